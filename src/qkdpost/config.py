@@ -1,0 +1,501 @@
+"""One frozen configuration for a whole run: a keyword-only dataclass per stage.
+
+Every field name is unique across the stages, so the same name serves as the
+key in a TOML file (inside the stage's table), as a CLI flag (``--block-bits``
+or ``--block_bits``) and as the name recorded in every output. The effective
+configuration is built in three layers, later wins::
+
+    defaults  <  TOML file  <  CLI flags
+
+and :meth:`Config.to_dict` records it next to every key block and report.
+
+Example TOML::
+
+    [pipeline]
+    block_bits = 1048576
+
+    [reconcile]
+    ec_method = "cascade"
+    cascade_preset = "option7"
+
+    [finitekey]
+    eps_sec = 1e-10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+__all__ = [
+    "IoConfig",
+    "SiftConfig",
+    "EstimateConfig",
+    "ReconcileConfig",
+    "VerifyConfig",
+    "FiniteKeyConfig",
+    "AmplifyConfig",
+    "PipelineConfig",
+    "TransportConfig",
+    "Config",
+    "load_config",
+    "add_config_arguments",
+    "config_from_args",
+    "to_toml",
+]
+
+
+def _check(cond: bool, name: str, value: Any, constraint: str, fix: str = "") -> None:
+    if not cond:
+        msg = f"{name}={value!r}: {constraint}"
+        if fix:
+            msg += f"; {fix}"
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IoConfig:
+    """Reading timestamp streams.
+
+    Attributes
+    ----------
+    chunk_events : int
+        Events per chunk read from a file (memory per chunk ~ 9 bytes/event).
+    input_format : str
+        ``"auto"`` (by magic/extension) or a format name understood by
+        :func:`qkdpost.io.open_stream`.
+    """
+
+    chunk_events: int = 1 << 20
+    input_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(1024 <= self.chunk_events <= 1 << 28, "chunk_events", self.chunk_events,
+               "must be in [1024, 2^28]", "use e.g. 1048576")
+        _check(bool(self.input_format), "input_format", self.input_format, "must not be empty",
+               "use 'auto'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiftConfig:
+    """Alignment and sifting.
+
+    Attributes
+    ----------
+    topology : {"auto", "bbm92", "decoy"}
+        Entanglement (both parties timestamp) or prepare-and-measure decoy
+        BB84 (Alice's input is a slot log). ``"auto"`` decides from Alice's
+        stream kind (``"slots"`` means decoy).
+    coincidence_window_ps : float
+        Half-width of the coincidence window (BBM92) in picoseconds; 0 lets
+        the sifting stage choose from the measured peak width.
+    """
+
+    topology: str = "auto"
+    coincidence_window_ps: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.topology in ("auto", "bbm92", "decoy"), "topology", self.topology,
+               "must be 'auto', 'bbm92' or 'decoy'")
+        _check(math.isfinite(self.coincidence_window_ps) and self.coincidence_window_ps >= 0,
+               "coincidence_window_ps", self.coincidence_window_ps, "must be >= 0 (0 = automatic)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimateConfig:
+    """Parameter estimation.
+
+    Attributes
+    ----------
+    qber_abort : float
+        Blocks whose estimated QBER exceeds this are dropped before
+        reconciliation (reason ``"qber_abort"``). 0.11 is the asymptotic
+        BB84 limit (Shor and Preskill, PRL 85, 441 (2000)).
+    """
+
+    qber_abort: float = 0.11
+
+    def __post_init__(self) -> None:
+        _check(0 < self.qber_abort < 0.5, "qber_abort", self.qber_abort, "must be in (0, 0.5)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileConfig:
+    """Error correction.
+
+    Attributes
+    ----------
+    ec_method : {"auto", "cascade", "ldpc"}
+        ``"auto"`` uses LDPC when the estimated QBER is at least
+        ``ldpc_min_qber`` and Cascade below it.
+    cascade_preset : str
+        Cascade variant (see :mod:`qkdpost.reconcile.cascade`).
+    ldpc_min_qber : float
+        Threshold for ``ec_method="auto"``.
+    ec_qber_floor : float
+        Lower clip of the QBER handed to reconciliation (an estimate of 0
+        from a small test sample would otherwise give degenerate block sizes).
+    """
+
+    ec_method: str = "cascade"
+    cascade_preset: str = "option7"
+    ldpc_min_qber: float = 0.04
+    ec_qber_floor: float = 0.005
+
+    def __post_init__(self) -> None:
+        _check(self.ec_method in ("auto", "cascade", "ldpc"), "ec_method", self.ec_method,
+               "must be 'auto', 'cascade' or 'ldpc'")
+        _check(bool(self.cascade_preset), "cascade_preset", self.cascade_preset, "must not be empty")
+        _check(0 < self.ldpc_min_qber < 0.5, "ldpc_min_qber", self.ldpc_min_qber, "must be in (0, 0.5)")
+        _check(0 < self.ec_qber_floor < 0.5, "ec_qber_floor", self.ec_qber_floor, "must be in (0, 0.5)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    """Error verification.
+
+    Attributes
+    ----------
+    eps_cor : float
+        Correctness parameter; the tag has ``ceil(log2(1/eps_cor))`` bits
+        (counted as leakage).
+    """
+
+    eps_cor: float = 2.0 ** -64
+
+    def __post_init__(self) -> None:
+        _check(0 < self.eps_cor < 1, "eps_cor", self.eps_cor, "must be in (0, 1)", "use e.g. 5.4e-20")
+
+    @property
+    def tag_bits(self) -> int:
+        return int(math.ceil(-math.log2(self.eps_cor)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FiniteKeyConfig:
+    """Finite-key secure length.
+
+    Attributes
+    ----------
+    bound : {"auto", "tomamichel2012", "lim2014", "rusca2018"}
+        Published bound; ``"auto"`` picks Tomamichel et al. 2012 for BBM92 and
+        Lim et al. 2014 (two decoys) or Rusca et al. 2018 (one decoy) for
+        decoy BB84.
+    eps_sec : float
+        Secrecy parameter.
+    """
+
+    bound: str = "auto"
+    eps_sec: float = 1e-10
+
+    def __post_init__(self) -> None:
+        _check(self.bound in ("auto", "tomamichel2012", "lim2014", "rusca2018"), "bound", self.bound,
+               "must be 'auto', 'tomamichel2012', 'lim2014' or 'rusca2018'")
+        _check(0 < self.eps_sec < 1, "eps_sec", self.eps_sec, "must be in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AmplifyConfig:
+    """Privacy amplification.
+
+    Attributes
+    ----------
+    pa_method : {"toeplitz", "modified"}
+        Toeplitz hashing, or the modified form [I | T'] of Hayashi and
+        Tsurumaru (IEEE TIT 62, 2213 (2016)) with an (n-1)-bit seed.
+    """
+
+    pa_method: str = "toeplitz"
+
+    def __post_init__(self) -> None:
+        _check(self.pa_method in ("toeplitz", "modified"), "pa_method", self.pa_method,
+               "must be 'toeplitz' or 'modified'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """Blocking and parallelism.
+
+    Attributes
+    ----------
+    block_bits : int
+        Sifted key bits per block (DESIGN.md: default 2^20, up to 10^8).
+    batch_blocks : int
+        Blocks reconciled together (one round trip covers all of them).
+    workers : int
+        Threads for the per-block stages (Numba kernels release the GIL).
+    seed : int
+        Seed of the public randomness for simulation and tests; -1 (the
+        default) means the OS CSPRNG, which production runs must use.
+    """
+
+    block_bits: int = 1 << 20
+    batch_blocks: int = 1
+    workers: int = 2
+    seed: int = -1
+
+    def __post_init__(self) -> None:
+        _check(1024 <= self.block_bits <= 10 ** 8, "block_bits", self.block_bits,
+               "must be in [1024, 10^8]", "use e.g. 1048576")
+        _check(1 <= self.batch_blocks <= 256, "batch_blocks", self.batch_blocks, "must be in [1, 256]")
+        _check(1 <= self.workers <= 64, "workers", self.workers, "must be in [1, 64]")
+        _check(self.seed >= -1, "seed", self.seed, "must be -1 (OS CSPRNG) or a non-negative int")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportConfig:
+    """The TCP channel between the parties.
+
+    Attributes
+    ----------
+    timeout_s : float
+        Longest wait for one reply (or one request on Alice's side) before
+        the peer counts as gone.
+    connect_timeout_s : float
+        Longest wait for the TCP connection and handshake.
+    """
+
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.timeout_s <= 86400, "timeout_s", self.timeout_s, "must be in (0, 86400] seconds")
+        _check(0 < self.connect_timeout_s <= 3600, "connect_timeout_s", self.connect_timeout_s,
+               "must be in (0, 3600] seconds")
+
+
+_SECTIONS: dict[str, type] = {
+    "io": IoConfig,
+    "sift": SiftConfig,
+    "estimate": EstimateConfig,
+    "reconcile": ReconcileConfig,
+    "verify": VerifyConfig,
+    "finitekey": FiniteKeyConfig,
+    "amplify": AmplifyConfig,
+    "pipeline": PipelineConfig,
+    "transport": TransportConfig,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The effective configuration of a run: one frozen object per stage."""
+
+    io: IoConfig = field(default_factory=IoConfig)
+    sift: SiftConfig = field(default_factory=SiftConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    finitekey: FiniteKeyConfig = field(default_factory=FiniteKeyConfig)
+    amplify: AmplifyConfig = field(default_factory=AmplifyConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            _check(isinstance(getattr(self, name), cls), name, type(getattr(self, name)).__name__,
+                   f"must be a {cls.__name__}")
+
+    # -- conversions -----------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict {section: {field: value}} (JSON/TOML-ready)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> "Config":
+        """Build from a nested mapping; unknown sections or keys are errors.
+
+        A flat mapping ``{field: value}`` is accepted too (field names are
+        unique across sections).
+        """
+        nested: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        owners = field_owners()
+        for key, value in data.items():
+            if key in _SECTIONS:
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{source}: [{key}] must be a table of fields, got {value!r}")
+                for fname, fval in value.items():
+                    if owners.get(fname) != key:
+                        raise ConfigError(_unknown(source, f"{key}.{fname}", key))
+                    nested[key][fname] = fval
+            elif key in owners:
+                nested[owners[key]][key] = value
+            else:
+                raise ConfigError(_unknown(source, key, None))
+        base = cls()
+        return base.replace(**{f: v for sec in nested.values() for f, v in sec.items()}, _source=source)
+
+    def replace(self, _source: str = "override", **overrides: Any) -> "Config":
+        """A copy with the named fields (from any section) changed, type-checked."""
+        owners = field_owners()
+        per_section: dict[str, dict[str, Any]] = {}
+        for fname, value in overrides.items():
+            sec = owners.get(fname)
+            if sec is None:
+                raise ConfigError(_unknown(_source, fname, None))
+            per_section.setdefault(sec, {})[fname] = _coerce(sec, fname, value, _source)
+        kwargs = {}
+        for sec, vals in per_section.items():
+            kwargs[sec] = dataclasses.replace(getattr(self, sec), **vals)
+        return dataclasses.replace(self, **kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def field_owners() -> dict[str, str]:
+    """Map every field name to its section (names are unique by design)."""
+    owners: dict[str, str] = {}
+    for sec, cls in _SECTIONS.items():
+        for f in fields(cls):
+            if f.name in owners:  # pragma: no cover - guarded by a test
+                raise RuntimeError(f"config field {f.name!r} defined in {owners[f.name]} and {sec}")
+            owners[f.name] = sec
+    return owners
+
+
+def _field_type(sec: str, fname: str) -> type:
+    hints = typing.get_type_hints(_SECTIONS[sec])
+    tp = hints[fname]
+    if isinstance(tp, types.UnionType):  # pragma: no cover - no optional fields today
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _coerce(sec: str, fname: str, value: Any, source: str) -> Any:
+    tp = _field_type(sec, fname)
+    where = f"{source}: {sec}.{fname}"
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}={value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r}: expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value, 0)
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    f = math.nan
+                if math.isfinite(f) and f.is_integer():
+                    return int(f)
+        raise ConfigError(f"{where}={value!r}: expected an integer (e.g. 1048576, 0x100000, 1e6)")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r}: expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}={value!r}: expected a number (e.g. 1e-10)")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}={value!r}: expected a string")
+    raise ConfigError(f"{where}: unsupported field type {tp!r}")  # pragma: no cover
+
+
+def _unknown(source: str, key: str, section: str | None) -> str:
+    import difflib
+
+    names = list(field_owners()) if section is None else [f.name for f in fields(_SECTIONS[section])]
+    close = difflib.get_close_matches(key.split(".")[-1], names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(names))}"
+    return f"{source}: unknown configuration key {key!r}{hint}"
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides``."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"config file {str(p)!r}: cannot read ({exc.strerror}); check the path") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(p)!r}: not valid TOML ({exc}); fix the syntax") from None
+        cfg = Config.from_dict(data, source=str(p))
+    if overrides:
+        cfg = cfg.replace(_source="override", **overrides)
+    return cfg
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+    return json.dumps(str(v))  # TOML basic strings accept JSON escapes
+
+
+def to_toml(cfg: Config) -> str:
+    """Render a config as TOML that :func:`load_config` reads back unchanged."""
+    lines = []
+    for sec, values in cfg.to_dict().items():
+        lines.append(f"[{sec}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE`` and one ``--<field>`` flag per config field.
+
+    Flags default to ``None`` (= not given) so the layering defaults < file <
+    flags is kept. Both ``--block-bits`` and ``--block_bits`` are accepted.
+    """
+    parser.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file")
+    for sec, cls in _SECTIONS.items():
+        group = parser.add_argument_group(f"[{sec}] configuration (overrides the file)")
+        for f in fields(cls):
+            tp = _field_type(sec, f.name)
+            dash = "--" + f.name.replace("_", "-")
+            flags = [dash] if dash == "--" + f.name else [dash, "--" + f.name]
+            group.add_argument(
+                *flags,
+                dest=f"cfg_{f.name}",
+                default=None,
+                metavar=tp.__name__.upper(),
+                help=f"(default {f.default!r})",
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The effective config from parsed args made with :func:`add_config_arguments`."""
+    overrides = {
+        name[4:]: value
+        for name, value in vars(args).items()
+        if name.startswith("cfg_") and value is not None
+    }
+    cfg = load_config(getattr(args, "config", None))
+    if overrides:
+        cfg = cfg.replace(_source="command line", **overrides)
+    return cfg
