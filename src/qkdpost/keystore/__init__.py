@@ -1,0 +1,281 @@
+"""The key store: final key blocks on disk, crash-safe, owner-only, used once.
+
+Layout of a store directory (mode 0700)::
+
+    STORE/
+      keys/<block_id>/key.bin      final key, packed bits (LSB first), mode 0600
+      keys/<block_id>/meta.json    metadata sidecar, mode 0600
+      pending/<block_id>/...       prepared, not yet committed (two-phase commit)
+      consumed/<block_id>/meta.json  tombstone of a delivered key (key.bin removed)
+      tmp/                         work area; anything left here after a crash is junk
+
+Every block is written into ``tmp/`` (files fsynced), then the block's
+directory is renamed into place in one atomic step and the parent directory
+fsynced, so a crash leaves either the whole block or nothing. A block id is
+never reused: :meth:`KeyStore.put` and :meth:`KeyStore.prepare` refuse an id
+that is already final, pending or consumed, which is what makes a re-run over
+the same input unable to duplicate keys.
+
+Two-phase commit keeps Alice's and Bob's stores equal across crashes: both
+sides first :meth:`prepare` a block (pending, never deliverable), the
+coordinator (Bob) then commits his own copy, and finally tells Alice to
+commit hers. After a crash, a pending block is committed if and only if the
+coordinator holds it final (see :mod:`qkdpost.pipeline`).
+
+:meth:`consume` delivers a key at most once, also across processes: the
+block directory is first renamed to ``consumed/`` (only one caller can win
+that rename), then read, then the key file is overwritten and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from ..bits import as_bits
+from ..errors import InputError
+
+__all__ = ["KeyStore", "KeyBlock"]
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_KEY = "key.bin"
+_META = "meta.json"
+
+
+class KeyBlock:
+    """One key read from a store: ``bits`` (uint8 0/1) and its ``meta`` dict."""
+
+    __slots__ = ("block_id", "bits", "meta")
+
+    def __init__(self, block_id: str, bits: np.ndarray, meta: dict[str, Any]):
+        self.block_id = block_id
+        self.bits = bits
+        self.meta = meta
+
+    def __repr__(self) -> str:  # never show key material
+        return f"KeyBlock(block_id={self.block_id!r}, n_bits={len(self.bits)})"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KeyStore:
+    """A directory of final key blocks with metadata sidecars.
+
+    Parameters
+    ----------
+    path : str or Path
+        Store directory; created (mode 0700) if missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        old = os.umask(0o077)
+        try:
+            for sub in ("", "keys", "pending", "consumed", "tmp"):
+                (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        finally:
+            os.umask(old)
+        # Leftovers in tmp/ are blocks a crash interrupted before their rename.
+        for junk in (self.path / "tmp").iterdir():
+            shutil.rmtree(junk, ignore_errors=True)
+
+    # -- queries -----------------------------------------------------------
+    @staticmethod
+    def check_id(block_id: str) -> str:
+        if not isinstance(block_id, str) or not _ID_RE.match(block_id):
+            raise InputError(
+                f"block_id={block_id!r}: must be 1-128 characters of letters, digits, '.', '_' or '-' "
+                "and start with a letter or digit"
+            )
+        return block_id
+
+    def _dir(self, area: str, block_id: str) -> Path:
+        return self.path / area / self.check_id(block_id)
+
+    def state(self, block_id: str) -> str | None:
+        """``"final"``, ``"pending"``, ``"consumed"`` or None if never seen."""
+        for area, name in (("keys", "final"), ("pending", "pending"), ("consumed", "consumed")):
+            if self._dir(area, block_id).is_dir():
+                return name
+        return None
+
+    def known(self, block_id: str) -> bool:
+        """True if the id was ever written here (final, pending or consumed)."""
+        return self.state(block_id) is not None
+
+    def ids(self, area: str = "keys") -> list[str]:
+        """Sorted block ids in ``keys`` (default), ``pending`` or ``consumed``."""
+        if area not in ("keys", "pending", "consumed"):
+            raise InputError(f"area={area!r}: choose 'keys', 'pending' or 'consumed'")
+        return sorted(p.name for p in (self.path / area).iterdir() if p.is_dir())
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def meta(self, block_id: str) -> dict[str, Any]:
+        """Metadata of a final, pending or consumed block."""
+        for area in ("keys", "pending", "consumed"):
+            p = self._dir(area, block_id) / _META
+            if p.is_file():
+                return json.loads(p.read_text())
+        raise InputError(f"block_id={block_id!r}: not in key store {str(self.path)!r}")
+
+    def total_bits(self) -> int:
+        return sum(int(self.meta(i)["n_bits"]) for i in self.ids())
+
+    # -- writing -----------------------------------------------------------
+    def _stage(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> Path:
+        self.check_id(block_id)
+        if self.known(block_id):
+            raise InputError(
+                f"block_id={block_id!r}: already in key store {str(self.path)!r} "
+                f"({self.state(block_id)}); a key id is never written twice"
+            )
+        bits = as_bits(bits, "bits")
+        record = dict(meta)
+        record.update(block_id=block_id, n_bits=int(bits.size), written_utc=_utc_now(), format="packbits-lsb")
+        work = self.path / "tmp" / f"{block_id}.{secrets.token_hex(4)}"
+        work.mkdir(mode=0o700)
+        try:
+            _write_private(work / _KEY, np.packbits(bits, bitorder="little").tobytes())
+            _write_private(work / _META, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode())
+            _fsync_dir(work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return work
+
+    def _move(self, src: Path, area: str, block_id: str) -> None:
+        dst = self._dir(area, block_id)
+        if dst.exists():
+            shutil.rmtree(src, ignore_errors=True)
+            raise InputError(f"block_id={block_id!r}: already in {area}/ of {str(self.path)!r}")
+        os.rename(src, dst)
+        _fsync_dir(dst.parent)
+        _fsync_dir(src.parent)
+
+    def put(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> None:
+        """Write a final key block atomically (one-phase)."""
+        work = self._stage(block_id, bits, meta)
+        self._move(work, "keys", block_id)
+
+    def prepare(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> None:
+        """Write a block as pending (durable, not deliverable) for two-phase commit."""
+        work = self._stage(block_id, bits, meta)
+        self._move(work, "pending", block_id)
+
+    def commit(self, block_id: str) -> bool:
+        """Make a pending block final. True if it was pending (idempotent on final)."""
+        st = self.state(block_id)
+        if st == "pending":
+            self._move(self._dir("pending", block_id), "keys", block_id)
+            return True
+        if st in ("final", "consumed"):
+            return False
+        raise InputError(f"block_id={block_id!r}: cannot commit, it was never prepared in {str(self.path)!r}")
+
+    def abort(self, block_id: str) -> bool:
+        """Discard a pending block. True if one was discarded."""
+        d = self._dir("pending", block_id)
+        if d.is_dir():
+            gone = self.path / "tmp" / f"{block_id}.abort.{secrets.token_hex(4)}"
+            os.rename(d, gone)
+            _fsync_dir(d.parent)
+            _shred_dir(gone)
+            return True
+        return False
+
+    # -- reading -----------------------------------------------------------
+    def read(self, block_id: str) -> KeyBlock:
+        """Read a final key without consuming it (tests, comparisons)."""
+        d = self._dir("keys", block_id)
+        if not d.is_dir():
+            raise InputError(f"block_id={block_id!r}: no final key in {str(self.path)!r}")
+        return _load(d, block_id)
+
+    def consume(self, block_id: str | None = None) -> KeyBlock:
+        """Deliver one key at most once: claim it, read it, erase it.
+
+        With ``block_id=None`` the oldest final key (by id order) is taken.
+        Raises InputError if there is no such key (or another consumer won).
+        """
+        candidates = [block_id] if block_id is not None else self.ids()
+        for bid in candidates:
+            src = self._dir("keys", bid)
+            dst = self._dir("consumed", bid)
+            try:
+                os.rename(src, dst)  # the claim: exactly one caller succeeds
+            except FileNotFoundError:
+                continue
+            _fsync_dir(src.parent)
+            block = _load(dst, bid)
+            _shred_file(dst / _KEY)
+            meta = dict(block.meta)
+            meta["consumed_utc"] = _utc_now()
+            tmp = dst / (_META + ".tmp")
+            _write_private(tmp, (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode())
+            os.replace(tmp, dst / _META)
+            _fsync_dir(dst)
+            return block
+        raise InputError(
+            f"block_id={block_id!r}: no final key to consume in {str(self.path)!r}"
+            if block_id is not None
+            else f"key store {str(self.path)!r} has no final key left to consume"
+        )
+
+
+def _load(d: Path, block_id: str) -> KeyBlock:
+    meta = json.loads((d / _META).read_text())
+    raw = np.frombuffer((d / _KEY).read_bytes(), dtype=np.uint8)
+    bits = np.unpackbits(raw, count=int(meta["n_bits"]), bitorder="little")
+    return KeyBlock(block_id, bits, meta)
+
+
+def _shred_file(p: Path) -> None:
+    try:
+        size = p.stat().st_size
+        with open(p, "r+b") as fh:
+            fh.write(b"\x00" * size)
+            fh.flush()
+            os.fsync(fh.fileno())
+        p.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _shred_dir(d: Path) -> None:
+    _shred_file(d / _KEY)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,150 @@
+"""Key store: atomic writes, owner-only files, never twice, consumed at most once."""
+
+import json
+import multiprocessing as mp
+import os
+import stat
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import qkdpost.keystore as ks_mod
+from qkdpost.errors import InputError
+from qkdpost.keystore import KeyStore
+
+
+def _bits(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 2, n, dtype=np.uint8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 2000), seed=st.integers(0, 2**32 - 1))
+def test_put_read_round_trip_any_length(tmp_path_factory, n, seed):
+    store = KeyStore(tmp_path_factory.mktemp("ks"))
+    bits = _bits(n, seed)
+    store.put("b1", bits, {"qber": 0.02})
+    blk = store.read("b1")
+    np.testing.assert_array_equal(blk.bits, bits)
+    assert blk.meta["n_bits"] == n and blk.meta["qber"] == 0.02 and blk.meta["block_id"] == "b1"
+
+
+def test_permissions_owner_only(tmp_path):
+    store = KeyStore(tmp_path / "s")
+    store.put("b1", _bits(100), {})
+    assert stat.S_IMODE(os.stat(tmp_path / "s").st_mode) == 0o700
+    d = tmp_path / "s" / "keys" / "b1"
+    for f in ("key.bin", "meta.json"):
+        assert stat.S_IMODE(os.stat(d / f).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+
+
+def test_never_written_twice_even_after_consumption(tmp_path):
+    store = KeyStore(tmp_path)
+    store.put("b1", _bits(64), {})
+    with pytest.raises(InputError, match="never written twice"):
+        store.put("b1", _bits(64, 1), {})
+    store.consume("b1")
+    with pytest.raises(InputError, match="consumed"):
+        store.put("b1", _bits(64, 2), {})
+    with pytest.raises(InputError, match="never written twice"):
+        store.prepare("b1", _bits(64, 2), {})
+
+
+def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    store = KeyStore(tmp_path)
+    real = ks_mod._write_private
+    calls = []
+
+    def dying(path, data):
+        calls.append(path)
+        if len(calls) == 2:  # the key is on disk, the metadata write dies
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(ks_mod, "_write_private", dying)
+    with pytest.raises(OSError):
+        store.put("b1", _bits(64), {})
+    monkeypatch.setattr(ks_mod, "_write_private", real)
+    assert store.state("b1") is None and store.ids() == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+    store.put("b1", _bits(64), {})  # id is free again: nothing was half-written
+    assert store.ids() == ["b1"]
+
+
+def test_leftover_tmp_from_kill_is_cleaned_on_open(tmp_path):
+    KeyStore(tmp_path)
+    junk = tmp_path / "tmp" / "b7.deadbeef"
+    junk.mkdir()
+    (junk / "key.bin").write_bytes(b"\x01")
+    store = KeyStore(tmp_path)
+    assert list((tmp_path / "tmp").iterdir()) == [] and store.ids() == []
+
+
+def test_two_phase_commit_states(tmp_path):
+    store = KeyStore(tmp_path)
+    store.prepare("a", _bits(10), {})
+    store.prepare("b", _bits(10), {})
+    assert store.state("a") == "pending" and store.ids() == [] and store.ids("pending") == ["a", "b"]
+    with pytest.raises(InputError):
+        store.consume("a")  # pending keys are never deliverable
+    assert store.commit("a") is True and store.commit("a") is False
+    assert store.abort("b") is True and store.abort("b") is False
+    assert store.ids() == ["a"] and store.state("b") is None
+    with pytest.raises(InputError, match="never prepared"):
+        store.commit("zzz")
+
+
+def test_consume_at_most_once_and_erases(tmp_path):
+    store = KeyStore(tmp_path)
+    bits = _bits(300)
+    store.put("b1", bits, {"x": 1})
+    store.put("b2", _bits(300, 1), {})
+    blk = store.consume()
+    assert blk.block_id == "b1"
+    np.testing.assert_array_equal(blk.bits, bits)
+    assert not (tmp_path / "consumed" / "b1" / "key.bin").exists()
+    assert "consumed_utc" in store.meta("b1")
+    with pytest.raises(InputError):
+        store.consume("b1")
+    assert "1" not in repr(blk).replace("b1", "")  # no bits in repr
+
+
+def _consumer(path, q):
+    try:
+        blk = KeyStore(path).consume("race")
+        q.put(int(blk.bits.sum()))
+    except InputError:
+        q.put(-1)
+
+
+def test_consume_race_between_processes_has_one_winner(tmp_path):
+    store = KeyStore(tmp_path)
+    store.put("race", np.ones(128, dtype=np.uint8), {})
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_consumer, args=(str(tmp_path), q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    results = sorted(q.get(timeout=5) for _ in procs)
+    assert results == [-1, -1, -1, 128]
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "x" * 129, 5])
+def test_bad_ids_rejected(tmp_path, bad):
+    with pytest.raises(InputError, match="block_id"):
+        KeyStore(tmp_path).put(bad, _bits(8), {})
+
+
+def test_non_binary_bits_rejected(tmp_path):
+    with pytest.raises(InputError, match="not 0 or 1"):
+        KeyStore(tmp_path).put("b", np.array([0, 2], dtype=np.uint8), {})
+
+
+def test_meta_is_json_sidecar(tmp_path):
+    store = KeyStore(tmp_path)
+    store.put("b", _bits(9), {"eps_sec": 1e-10, "leak": {"ec": 5}})
+    data = json.loads((tmp_path / "keys" / "b" / "meta.json").read_text())
+    assert data["leak"] == {"ec": 5} and data["n_bits"] == 9 and store.total_bits() == 9
