@@ -90,7 +90,9 @@ def test_two_phase_commit_states(tmp_path):
         store.consume("a")  # pending keys are never deliverable
     assert store.commit("a") is True and store.commit("a") is False
     assert store.abort("b") is True and store.abort("b") is False
-    assert store.ids() == ["a"] and store.state("b") is None
+    assert store.ids() == ["a"] and store.state("b") == "started"  # aborted ids stay known
+    with pytest.raises(InputError, match="never written twice"):
+        store.prepare("b", _bits(10), {})
     with pytest.raises(InputError, match="never prepared"):
         store.commit("zzz")
 
@@ -148,3 +150,16 @@ def test_meta_is_json_sidecar(tmp_path):
     store.put("b", _bits(9), {"eps_sec": 1e-10, "leak": {"ec": 5}})
     data = json.loads((tmp_path / "keys" / "b" / "meta.json").read_text())
     assert data["leak"] == {"ec": 5} and data["n_bits"] == 9 and store.total_bits() == 9
+
+
+def test_started_journal(tmp_path):
+    store = KeyStore(tmp_path)
+    assert store.mark_started("j1") is True and store.mark_started("j1") is False
+    assert store.state("j1") == "started" and store.known("j1") and store.ids("started") == ["j1"]
+    store.prepare("j1", _bits(5), {})  # a started block may be prepared once
+    assert store.state("j1") == "pending" and store.ids("started") == []
+    store.commit("j1")
+    assert store.state("j1") == "final"
+    store.mark_started("j2")
+    store.put("j2", _bits(5), {})
+    assert store.state("j2") == "final"

@@ -7,6 +7,8 @@ Layout of a store directory (mode 0700)::
       keys/<block_id>/meta.json    metadata sidecar, mode 0600
       pending/<block_id>/...       prepared, not yet committed (two-phase commit)
       consumed/<block_id>/meta.json  tombstone of a delivered key (key.bin removed)
+      started/<block_id>           journal: the block's protocol began (disclosures
+                                   happened); it is never processed again
       tmp/                         work area; anything left here after a crash is junk
 
 Every block is written into ``tmp/`` (files fsynced), then the block's
@@ -97,7 +99,7 @@ class KeyStore:
         self.path = Path(path)
         old = os.umask(0o077)
         try:
-            for sub in ("", "keys", "pending", "consumed", "tmp"):
+            for sub in ("", "keys", "pending", "consumed", "started", "tmp"):
                 (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         finally:
             os.umask(old)
@@ -119,11 +121,26 @@ class KeyStore:
         return self.path / area / self.check_id(block_id)
 
     def state(self, block_id: str) -> str | None:
-        """``"final"``, ``"pending"``, ``"consumed"`` or None if never seen."""
-        for area, name in (("keys", "final"), ("pending", "pending"), ("consumed", "consumed")):
+        """``"final"``, ``"pending"``, ``"consumed"``, ``"started"`` or None if never seen."""
+        for area, name in (("keys", "final"), ("pending", "pending"), ("consumed", "consumed"), ("started", "started")):
             if self._dir(area, block_id).is_dir():
                 return name
         return None
+
+    def mark_started(self, block_id: str) -> bool:
+        """Journal (durably) that a block's two-party protocol is starting.
+
+        Reconciliation discloses parities before a key exists; a block whose
+        protocol was interrupted must never be processed again (its leakage
+        would go uncounted), so :meth:`known` is true from here on. Returns
+        False if the block was already known.
+        """
+        if self.known(block_id):
+            return False
+        d = self._dir("started", block_id)
+        d.mkdir(mode=0o700)
+        _fsync_dir(d.parent)
+        return True
 
     def known(self, block_id: str) -> bool:
         """True if the id was ever written here (final, pending or consumed)."""
@@ -131,8 +148,8 @@ class KeyStore:
 
     def ids(self, area: str = "keys") -> list[str]:
         """Sorted block ids in ``keys`` (default), ``pending`` or ``consumed``."""
-        if area not in ("keys", "pending", "consumed"):
-            raise InputError(f"area={area!r}: choose 'keys', 'pending' or 'consumed'")
+        if area not in ("keys", "pending", "consumed", "started"):
+            raise InputError(f"area={area!r}: choose 'keys', 'pending', 'consumed' or 'started'")
         return sorted(p.name for p in (self.path / area).iterdir() if p.is_dir())
 
     def __len__(self) -> int:
@@ -155,7 +172,7 @@ class KeyStore:
     # -- writing -----------------------------------------------------------
     def _stage(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> Path:
         self.check_id(block_id)
-        if self.known(block_id):
+        if self.state(block_id) not in (None, "started"):
             raise InputError(
                 f"block_id={block_id!r}: already in key store {str(self.path)!r} "
                 f"({self.state(block_id)}); a key id is never written twice"
@@ -182,6 +199,10 @@ class KeyStore:
         os.rename(src, dst)
         _fsync_dir(dst.parent)
         _fsync_dir(src.parent)
+        journal = self._dir("started", block_id)
+        if journal.is_dir():  # the block is now pending/final: the journal entry is done
+            journal.rmdir()
+            _fsync_dir(journal.parent)
 
     def put(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> None:
         """Write a final key block atomically (one-phase)."""
@@ -204,9 +225,16 @@ class KeyStore:
         raise InputError(f"block_id={block_id!r}: cannot commit, it was never prepared in {str(self.path)!r}")
 
     def abort(self, block_id: str) -> bool:
-        """Discard a pending block. True if one was discarded."""
+        """Discard a pending block, leaving its journal entry. True if one was discarded.
+
+        The id stays known (state ``"started"``), so the block is never
+        processed again.
+        """
         d = self._dir("pending", block_id)
         if d.is_dir():
+            journal = self._dir("started", block_id)
+            journal.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(journal.parent)
             gone = self.path / "tmp" / f"{block_id}.abort.{secrets.token_hex(4)}"
             os.rename(d, gone)
             _fsync_dir(d.parent)
