@@ -90,7 +90,7 @@ def test_two_phase_commit_states(tmp_path):
         store.consume("a")  # pending keys are never deliverable
     assert store.commit("a") is True and store.commit("a") is False
     assert store.abort("b") is True and store.abort("b") is False
-    assert store.ids() == ["a"] and store.state("b") == "started"  # aborted ids stay known
+    assert store.ids() == ["a"] and store.state("b") == "dropped"  # aborted ids stay known
     with pytest.raises(InputError, match="never written twice"):
         store.prepare("b", _bits(10), {})
     with pytest.raises(InputError, match="never prepared"):
@@ -163,3 +163,13 @@ def test_started_journal(tmp_path):
     store.mark_started("j2")
     store.put("j2", _bits(5), {})
     assert store.state("j2") == "final"
+
+
+def test_dropped_blocks_stay_known(tmp_path):
+    store = KeyStore(tmp_path)
+    store.mark_started("d")
+    store.mark_dropped("d", "verify_failed")
+    assert store.state("d") == "dropped" and store.drop_reason("d") == "verify_failed"
+    with pytest.raises(InputError, match="never written twice"):
+        store.put("d", _bits(5), {})
+    assert store.mark_started("d") is False

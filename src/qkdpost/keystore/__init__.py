@@ -121,9 +121,11 @@ class KeyStore:
         return self.path / area / self.check_id(block_id)
 
     def state(self, block_id: str) -> str | None:
-        """``"final"``, ``"pending"``, ``"consumed"``, ``"started"`` or None if never seen."""
+        """``"final"``, ``"pending"``, ``"consumed"``, ``"started"``, ``"dropped"`` or None."""
         for area, name in (("keys", "final"), ("pending", "pending"), ("consumed", "consumed"), ("started", "started")):
             if self._dir(area, block_id).is_dir():
+                if name == "started" and (self._dir(area, block_id) / "dropped").exists():
+                    return "dropped"
                 return name
         return None
 
@@ -172,7 +174,7 @@ class KeyStore:
     # -- writing -----------------------------------------------------------
     def _stage(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> Path:
         self.check_id(block_id)
-        if self.state(block_id) not in (None, "started"):
+        if self.state(block_id) not in (None, "started"):  # a started block may finish once
             raise InputError(
                 f"block_id={block_id!r}: already in key store {str(self.path)!r} "
                 f"({self.state(block_id)}); a key id is never written twice"
@@ -232,15 +234,28 @@ class KeyStore:
         """
         d = self._dir("pending", block_id)
         if d.is_dir():
-            journal = self._dir("started", block_id)
-            journal.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(journal.parent)
+            self.mark_dropped(block_id, "aborted")
             gone = self.path / "tmp" / f"{block_id}.abort.{secrets.token_hex(4)}"
             os.rename(d, gone)
             _fsync_dir(d.parent)
             _shred_dir(gone)
             return True
         return False
+
+    def mark_dropped(self, block_id: str, reason: str) -> None:
+        """Journal that a block was dropped (it stays known, never reprocessed)."""
+        journal = self._dir("started", block_id)
+        journal.mkdir(mode=0o700, exist_ok=True)
+        tmp = journal / "dropped.tmp"
+        tmp.unlink(missing_ok=True)
+        _write_private(tmp, reason.encode()[:200])
+        os.replace(tmp, journal / "dropped")
+        _fsync_dir(journal)
+        _fsync_dir(journal.parent)
+
+    def drop_reason(self, block_id: str) -> str | None:
+        p = self._dir("started", block_id) / "dropped"
+        return p.read_text() if p.is_file() else None
 
     # -- reading -----------------------------------------------------------
     def read(self, block_id: str) -> KeyBlock:
