@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .model import Chunk, StreamInfo, pack_slot, unpack_slot
+from .model import Chunk, StreamInfo, pack_slot, parse_channel_map, unpack_slot
 
 _LAZY = {
     "write_stream": "qkdpost.io.arrow",
@@ -18,6 +18,10 @@ _LAZY = {
     "open_stream": "qkdpost.io.dispatch",
     "detect_format": "qkdpost.io.dispatch",
     "FORMATS": "qkdpost.io.dispatch",
+    "read_qcrypto": "qkdpost.io.qcrypto",
+    "read_ptu": "qkdpost.io.ptu",
+    "read_ptu_header": "qkdpost.io.ptu",
+    "read_qutag": "qkdpost.io.qutag",
 }
 
 
@@ -38,4 +42,9 @@ __all__ = [
     "open_stream",
     "detect_format",
     "FORMATS",
+    "parse_channel_map",
+    "read_qcrypto",
+    "read_ptu",
+    "read_ptu_header",
+    "read_qutag",
 ]

@@ -20,14 +20,18 @@ __all__ = ["open_stream", "FORMATS", "detect_format"]
 #: ``(path, **options)`` and returns ``(StreamInfo, Iterator[Chunk])``.
 FORMATS: dict[str, tuple[str, str]] = {
     "arrow": ("qkdpost.io.arrow", "read_stream"),
+    "ptu": ("qkdpost.io.ptu", "read_ptu"),
+    "qcrypto": ("qkdpost.io.qcrypto", "read_qcrypto"),
+    "qutag": ("qkdpost.io.qutag", "read_qutag"),
 }
 
-_ALIASES = {"native": "arrow", "ipc": "arrow", "feather": "arrow"}
+_ALIASES = {"native": "arrow", "ipc": "arrow", "feather": "arrow", "s15": "qcrypto"}
 
 _EXTENSIONS = {
     ".arrow": "arrow",
     ".ipc": "arrow",
     ".feather": "arrow",
+    ".ptu": "ptu",
 }
 
 

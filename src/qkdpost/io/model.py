@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
-__all__ = ["StreamInfo", "Chunk", "ROLES", "pack_slot", "unpack_slot"]
+__all__ = ["StreamInfo", "Chunk", "ROLES", "pack_slot", "unpack_slot", "parse_channel_map"]
 
 # Detector roles a channel can map to. "H"/"V" are the Z basis (bit 0/1),
 # "D"/"A" the X basis (bit 0/1); "sync" and "marker" carry no key.
@@ -111,3 +111,40 @@ def iter_arrays(t: np.ndarray, ch: np.ndarray, chunk_events: int) -> Iterator[Ch
     """Cut two in-memory arrays into chunks (for APIs that take streams)."""
     for start in range(0, len(t), chunk_events):
         yield Chunk(t[start : start + chunk_events], ch[start : start + chunk_events])
+
+
+def parse_channel_map(spec: "str | Mapping[int, str] | None") -> dict[int, str]:
+    """Parse a channel map given as text ``"0=H,1=V,2=D,3=A"`` or as a mapping.
+
+    Channels are integers 0..255 (decimal or ``0x..``); roles are from
+    :data:`ROLES`. ``None`` or ``""`` gives an empty map (every channel
+    unused).
+    """
+    from ..errors import ConfigError
+
+    if spec is None or spec == "":
+        return {}
+    if isinstance(spec, Mapping):
+        items = [(k, v) for k, v in spec.items()]
+    else:
+        items = []
+        for part in str(spec).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            key, sep, role = part.partition("=")
+            if not sep:
+                raise ConfigError(f"channel_map entry {part!r}: expected CHANNEL=ROLE, e.g. '0=H,1=V,2=D,3=A'")
+            items.append((key.strip(), role.strip()))
+    out: dict[int, str] = {}
+    for key, role in items:
+        try:
+            chan = int(key, 0) if isinstance(key, str) else int(key)
+        except ValueError:
+            raise ConfigError(f"channel_map channel {key!r}: not an integer 0..255") from None
+        if not 0 <= chan <= 255:
+            raise ConfigError(f"channel_map channel {chan}: out of range 0..255")
+        if role not in ROLES:
+            raise ConfigError(f"channel_map[{chan}]={role!r}: role must be one of {ROLES}")
+        out[chan] = role
+    return out

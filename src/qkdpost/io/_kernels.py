@@ -1,0 +1,297 @@
+"""Numba kernels that decode time-tagger records into ``(t, ch)``.
+
+Each decoder takes one block of raw records, a small ``int64`` state array
+that carries what must survive from block to block (overflow sum, rollover
+offset, running maximum of ``t``), a tolerance ``tol`` in ticks and
+caller-owned output buffers ``t_out`` (int64) and ``ch_out`` (uint8) at least
+as long as the block has records. It returns the number of events written,
+or ``-1`` when a record is bad; then ``state[S_ERR]`` holds an ``ERR_*``
+code and ``state[S_ERR_REC]`` the record's index within the block. Kernels
+never raise and never allocate.
+
+Out-of-order events (time taggers reorder events slightly across channels)
+are accepted while ``t >= max(t so far) - tol``; :func:`window_sort` then
+restores order with an insertion sort whose work is bounded by the number
+of events inside that window. An event further back is ``ERR_BACKWARDS``.
+
+Record layouts (all little endian) are documented with each decoder; the
+sources are the vendors' own format descriptions, summarised in
+``docs/io.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import boolean, int64, uint8, uint16, uint32, types
+
+from .._jit import kernel, register
+
+register(__name__)
+
+# state layout -------------------------------------------------------------
+S_OFFSET = 0  # overflow sum (PTU) or rollover offset (qcrypto), in ticks
+S_LAST = 1  # last raw counter value (qcrypto rollover tracking), -1 = none yet
+S_MAX = 2  # running maximum of decoded t
+S_ERR = 3  # error code (ERR_*)
+S_ERR_REC = 4  # record index within the block where the error happened
+S_ERR_VAL = 5  # offending value (time or channel)
+S_COUNT_A = 6  # per-format counter: qcrypto flagged events dropped; PTU overflow records
+S_COUNT_B = 7  # per-format counter: PTU markers seen
+STATE_LEN = 8
+
+#: Initial running maximum: far below any real time, but ``T_FLOOR - tol``
+#: cannot overflow int64 for any ``tol`` below 2**61.
+T_FLOOR = -(1 << 62)
+MAX_TOL = 1 << 61
+
+ERR_NONE = 0
+ERR_BACKWARDS = 1  # t < running max - tol
+ERR_RECORD = 2  # record of an impossible kind (e.g. undefined channel code)
+ERR_CHANNEL = 3  # channel number does not fit the uint8 model
+
+# PTU T2 flavours (see decode_ptu_t2)
+PTU_PICOHARP = 0
+PTU_HYDRAHARP1 = 1
+PTU_HYDRAHARP2 = 2  # also TimeHarp 260 N/P and Generic (MultiHarp, PicoHarp 330)
+
+#: PicoHarp 300 T2: one overflow adds this many ticks (PicoQuant PT2 format).
+PICOHARP_T2_WRAP = 210698240
+#: HydraHarp v1 T2: one overflow record adds this many ticks.
+HYDRAHARP1_T2_WRAP = 33552000
+#: HydraHarp v2 / TimeHarp 260 / Generic T2: each counted overflow adds 2**25.
+HYDRAHARP2_T2_WRAP = 1 << 25
+
+#: Channel code given to marker records: ``MARKER_BASE | marker_bits``.
+MARKER_BASE = 0x80
+
+
+def new_state() -> np.ndarray:
+    """A fresh decoder state (no overflows, no rollover, no events yet)."""
+    s = np.zeros(STATE_LEN, dtype=np.int64)
+    s[S_LAST] = -1
+    s[S_MAX] = T_FLOOR
+    return s
+
+
+@kernel(int64(uint32[:], boolean, int64, boolean, int64, int64[:], int64[:], uint8[:]))
+def decode_qcrypto(words, swap, shift, keep_flagged, tol, state, t_out, ch_out):  # pragma: no cover - jit
+    """Decode qcrypto / S-Fifteen raw 64-bit events.
+
+    Each event is two 32-bit words. By default the first word of a pair is
+    the low half (the event is one little-endian uint64); with ``swap`` the
+    first is the high half (the legacy layout). Of the 64-bit value, the
+    time counter is ``raw >> shift`` (``shift = 15``: 49 bits of 1/8 ns;
+    ``shift = 10``: 54 bits of 1/256 ns), the detector pattern is
+    ``raw & 0xF`` and bit 4 flags rollover/dummy events, which are dropped
+    unless ``keep_flagged`` (then ``ch = raw & 0x1F``). The counter rolls
+    over at ``2**(64 - shift)``; a jump back by more than half of that range
+    is unwrapped by adding the range.
+    """
+    n = words.size // 2
+    hi_pos = 0 if swap else 1
+    lo_pos = 1 - hi_pos
+    bits = 64 - shift
+    span = np.int64(1) << bits
+    half = span >> 1
+    off = state[S_OFFSET]
+    last = state[S_LAST]
+    tmax = state[S_MAX]
+    dropped = state[S_COUNT_A]
+    sh = np.uint64(shift)
+    k = 0
+    for i in range(n):
+        hi = np.uint64(words[2 * i + hi_pos])
+        lo = np.uint64(words[2 * i + lo_pos])
+        raw = (hi << np.uint64(32)) | lo
+        traw = np.int64(raw >> sh)
+        t = traw + off
+        if last >= 0:
+            if traw < last - half:  # the counter rolled over
+                off += span
+                t = traw + off
+                last = traw
+            elif traw > last + half and off >= span:  # a straggler from before the rollover
+                t = traw + off - span
+            else:
+                last = traw
+        else:
+            last = traw
+        flagged = (lo >> np.uint64(4)) & np.uint64(1)
+        if flagged and not keep_flagged:
+            dropped += 1
+            continue
+        if t < tmax - tol:
+            state[S_ERR] = ERR_BACKWARDS
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = t
+            state[S_MAX] = tmax
+            return -1
+        if t > tmax:
+            tmax = t
+        t_out[k] = t
+        ch_out[k] = np.uint8(lo & np.uint64(0x1F if keep_flagged else 0xF))
+        k += 1
+    state[S_OFFSET] = off
+    state[S_LAST] = last
+    state[S_MAX] = tmax
+    state[S_COUNT_A] = dropped
+    return k
+
+
+@kernel(int64(uint32[:], int64, boolean, int64, int64[:], int64[:], uint8[:]))
+def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out):  # pragma: no cover - jit
+    """Decode PicoQuant T2 records (uint32 each).
+
+    PicoHarp 300 (``PTU_PICOHARP``): bits 31..28 channel, 27..0 time.
+    Channel 15 is special: marker bits (3..0) zero means overflow
+    (+210698240 ticks), else a marker. Channels 0..4 are inputs (0 is the
+    sync input); 5..14 are undefined (``ERR_RECORD``).
+
+    HydraHarp / TimeHarp 260 / Generic: bit 31 special, bits 30..25
+    channel, 24..0 time. Special with channel 63: overflow (v1 adds
+    33552000 per record; v2 adds ``2**25`` times the count in the time
+    field, a count of 0 meaning 1). Special with channel 0: sync. Special
+    with channel 1..15: marker. Other special channels: ``ERR_RECORD``.
+
+    Output channel codes follow PicoQuant's demo readers: sync is 0, the
+    HydraHarp-type input ``c`` is ``c + 1``, PicoHarp inputs are as stored,
+    markers are ``MARKER_BASE | bits`` (dropped unless ``keep_markers``).
+    """
+    ofl = state[S_OFFSET]
+    tmax = state[S_MAX]
+    n_ofl = state[S_COUNT_A]
+    n_mark = state[S_COUNT_B]
+    k = 0
+    for i in range(rec.size):
+        r = np.int64(rec[i])
+        if flavour == PTU_PICOHARP:
+            chan = r >> 28
+            tt = r & 0x0FFFFFFF
+            if chan == 15:
+                m = r & 0xF
+                if m == 0:
+                    ofl += PICOHARP_T2_WRAP
+                    n_ofl += 1
+                    continue
+                n_mark += 1
+                if not keep_markers:
+                    continue
+                c = MARKER_BASE | m
+            elif chan <= 4:
+                c = chan
+            else:
+                state[S_ERR] = ERR_RECORD
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = chan
+                return -1
+        else:
+            chan = (r >> 25) & 0x3F
+            tt = r & 0x1FFFFFF
+            if r >> 31:
+                if chan == 0x3F:
+                    if flavour == PTU_HYDRAHARP1:
+                        ofl += HYDRAHARP1_T2_WRAP
+                    elif tt == 0:
+                        ofl += HYDRAHARP2_T2_WRAP
+                    else:
+                        ofl += HYDRAHARP2_T2_WRAP * tt
+                    n_ofl += 1
+                    continue
+                if chan == 0:
+                    c = 0
+                elif chan <= 15:
+                    n_mark += 1
+                    if not keep_markers:
+                        continue
+                    c = MARKER_BASE | chan
+                else:
+                    state[S_ERR] = ERR_RECORD
+                    state[S_ERR_REC] = i
+                    state[S_ERR_VAL] = chan
+                    return -1
+            else:
+                c = chan + 1
+        t = ofl + tt
+        if t < tmax - tol:
+            state[S_ERR] = ERR_BACKWARDS
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = t
+            state[S_MAX] = tmax
+            return -1
+        if t > tmax:
+            tmax = t
+        t_out[k] = t
+        ch_out[k] = np.uint8(c)
+        k += 1
+    state[S_OFFSET] = ofl
+    state[S_MAX] = tmax
+    state[S_COUNT_A] = n_ofl
+    state[S_COUNT_B] = n_mark
+    return k
+
+
+@kernel(int64(types.Array(int64, 1, "A", readonly=True), types.Array(uint16, 1, "A", readonly=True),
+              int64, int64[:], int64[:], uint8[:]))
+def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out):  # pragma: no cover - jit
+    """Decode qutools quTAG binary records (int64 time, uint16 channel).
+
+    ``t_in`` and ``ch_in`` are strided views of the 10-byte records. A
+    channel above 255 does not fit the uint8 model (``ERR_CHANNEL``).
+    """
+    tmax = state[S_MAX]
+    for i in range(t_in.size):
+        c = ch_in[i]
+        if c > 255:
+            state[S_ERR] = ERR_CHANNEL
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = c
+            return -1
+        t = t_in[i]
+        if t < tmax - tol:
+            state[S_ERR] = ERR_BACKWARDS
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = t
+            state[S_MAX] = tmax
+            return -1
+        if t > tmax:
+            tmax = t
+        t_out[i] = t
+        ch_out[i] = np.uint8(c)
+    state[S_MAX] = tmax
+    return t_in.size
+
+
+@kernel(int64(int64[:], uint8[:], int64, int64))
+def window_sort(t, ch, start, n):  # pragma: no cover - jit
+    """Stable in-place insertion sort of ``t[start:n]`` into sorted ``t[:start]``.
+
+    ``ch`` moves with ``t``. Returns the number of events that moved. The
+    decoders guarantee every event lies within ``tol`` of the running
+    maximum, so the work is O(n + events inside the window).
+    """
+    moved = 0
+    for i in range(max(start, 1), n):
+        ti = t[i]
+        if ti >= t[i - 1]:
+            continue
+        ci = ch[i]
+        j = i
+        while j > 0 and t[j - 1] > ti:
+            t[j] = t[j - 1]
+            ch[j] = ch[j - 1]
+            j -= 1
+        t[j] = ti
+        ch[j] = ci
+        moved += 1
+    return moved
+
+
+def _warmup() -> None:
+    """Run each kernel once on a tiny input (compiles or loads the cache)."""
+    t = np.zeros(4, np.int64)
+    c = np.zeros(4, np.uint8)
+    decode_qcrypto(np.zeros(4, np.uint32), False, 15, False, 0, new_state(), t, c)
+    decode_ptu_t2(np.zeros(2, np.uint32), PTU_HYDRAHARP2, True, 0, new_state(), t, c)
+    rec = np.zeros(2, dtype=np.dtype([("t", "<i8"), ("c", "<u2")]))
+    decode_qutag(rec["t"], rec["c"], 0, new_state(), t, c)
+    window_sort(t, c, 0, 4)
