@@ -191,3 +191,18 @@ def test_reader_rejects_backwards_time_nulls_and_bad_metadata(tmp_path):
     _raw_file(v, [([1], [0])], {b"qkdpost.format": b"timestamps/9", b"qkdpost.stream_info": b'{"tick_s": 1}'})
     with pytest.raises(FileFormatError, match="supports 'timestamps/1'"):
         read_stream(v)
+
+
+def test_checksum_catches_a_flipped_timestamp_bit(tmp_path):
+    p = tmp_path / "c.arrow"
+    t = np.arange(0, 4000, 4, dtype=np.int64)
+    write_stream(p, INFO, [(t, np.zeros(len(t), np.uint8))])
+    data = bytearray(p.read_bytes())
+    pos = data.find(np.int64(2000).tobytes())  # the event t = 2000 in the t buffer
+    data[pos] ^= 0x01  # 2000 -> 2001: still sorted, so only the checksum can tell
+    bad = tmp_path / "bad.arrow"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="record batch 0 .event 0. is corrupt .CRC-32 stored"):
+        list(read_stream(bad)[1])
+    _, t2, _, _ = _read_all(bad, verify=False)  # an explicit opt-out reads the altered value
+    assert t2[500] == 2001
