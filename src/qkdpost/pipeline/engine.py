@@ -1,0 +1,211 @@
+"""One party's run: front half output (segments) → blocks → keys.
+
+:class:`BobEngine` and :class:`AliceEngine` hold one party's state for one
+session over one channel. Both take sifted :class:`~.segments.Segment` s
+from their own front half (the timestamp front in :mod:`.front`, or sifted
+bits given directly), and the back half in :mod:`.blocks` turns blocks into
+keys. The session starts with ``pipe.hello``: both sides check that the
+settings that must agree do agree, exchange stream ids and derive the same
+run id, from which every block id follows (so a re-run over the same inputs
+finds its blocks already stored and skips them). Then Alice's pending blocks
+from an earlier crash are resolved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from .. import __version__
+from ..channel import Channel
+from ..config import Config
+from ..errors import ConfigError, ProtocolError, QkdpostError
+from ..keystore import KeyBlock, KeyStore
+from ..report import Report
+from .blocks import AliceBlocks, BobBlocks, SiftedBlock, block_id
+from .segments import BlockCutter, KeyBuffer, Segment, qber_from_stats
+from .stages import StageKit
+
+__all__ = ["BobEngine", "AliceEngine", "shared_config", "make_run_id", "PROTOCOL"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+# Settings both parties must share (the rest, e.g. workers, timeouts, chunk
+# sizes, are each party's own business).
+_SHARED = ("sift", "estimate", "reconcile", "verify", "finitekey", "amplify")
+
+
+def shared_config(cfg: Config) -> str:
+    d = {k: v for k, v in cfg.to_dict().items() if k in _SHARED}
+    d["pipeline"] = {k: cfg.to_dict()["pipeline"][k] for k in ("block_bits", "seed")}
+    return json.dumps(d, sort_keys=True)
+
+
+def make_run_id(alice_stream: str, bob_stream: str, cfg: Config) -> str:
+    """Deterministic run id from both stream ids and the block size."""
+    h = hashlib.sha256(f"{alice_stream}|{bob_stream}|{cfg.pipeline.block_bits}".encode()).hexdigest()
+    return "r" + h[:15]
+
+
+class BobEngine:
+    """Bob's side of one session: drives hello, recovery and every block.
+
+    Parameters
+    ----------
+    cfg : Config
+    channel : Channel
+    store : KeyStore
+    report : Report
+    stream_id : str
+        Stable id of Bob's input (file digest, or capture id of a device).
+    kit : StageKit, optional
+    """
+
+    def __init__(self, cfg: Config, channel: Channel, store: KeyStore, report: Report, *,
+                 stream_id: str, kit: StageKit | None = None, run_info: Mapping[str, Any] | None = None):
+        self.cfg = cfg
+        self.channel = channel
+        self.store = store
+        self.report = report
+        self.stream_id = stream_id
+        self.kit = kit
+        self.run_info = dict(run_info or {})
+        self.cutter = BlockCutter(cfg.pipeline.block_bits)
+        self.run_id = ""
+        self._index = 0
+        self._queue: list[SiftedBlock] = []
+        self.blocks: BobBlocks | None = None
+
+    def start(self) -> str:
+        t0 = time.perf_counter()
+        reply = self.channel.request("pipe.hello", {
+            "protocol": PROTOCOL, "qkdpost": __version__,
+            "shared": shared_config(self.cfg), "bob_stream": self.stream_id,
+        })
+        self.run_id = make_run_id(reply["alice_stream"], self.stream_id, self.cfg)
+        if reply["run_id"] != self.run_id:  # pragma: no cover - same code both sides
+            raise ProtocolError(f"run id mismatch: Alice {reply['run_id']!r}, Bob {self.run_id!r}")
+        info = dict(self.run_info, run_id=self.run_id, alice_stream=reply["alice_stream"],
+                    bob_stream=self.stream_id)
+        self.report.info.update(run_id=self.run_id)
+        self.blocks = BobBlocks(self.cfg, self.channel, self.store, self.report, info, kit=self.kit)
+        self.blocks.recover()
+        self.report.add_time("store", time.perf_counter() - t0)
+        return self.run_id
+
+    def push(self, seg: Segment) -> list[KeyBlock]:
+        """Add Bob's sifted segment; process every block it completes."""
+        self.cutter.add(seg)
+        for start, bits, stats, t_end in self.cutter.blocks():
+            self._queue.append(SiftedBlock(
+                block_id=block_id(self.run_id, self._index), index=self._index, start=start, bits=bits,
+                stats=stats, qber_estimate=qber_from_stats(stats), stream_time_s=t_end,
+            ))
+            self._index += 1
+        out: list[KeyBlock] = []
+        while len(self._queue) >= self.cfg.pipeline.batch_blocks:
+            out += self._run(self._queue[: self.cfg.pipeline.batch_blocks])
+            self._queue = self._queue[self.cfg.pipeline.batch_blocks :]
+        return out
+
+    def finish(self) -> list[KeyBlock]:
+        """Process the blocks still queued; sifted bits short of a block are left unused."""
+        out = self._run(self._queue) if self._queue else []
+        self._queue = []
+        self.report.info["unused_sifted_bits"] = self.cutter.pending_bits
+        return out
+
+    def _run(self, batch: list[SiftedBlock]) -> list[KeyBlock]:
+        assert self.blocks is not None, "start() first"
+        results = self.blocks.process(batch)
+        return [KeyBlock(rec.block_id, key, self.store.meta(rec.block_id)) for rec, key in results if key is not None]
+
+
+class AliceEngine:
+    """Alice's side of one session: answers Bob's requests.
+
+    Parameters
+    ----------
+    cfg : Config
+    store : KeyStore
+    report : Report
+    stream_id : str
+        Stable id of Alice's input.
+    pull : callable, optional
+        Returns Alice's next :class:`Segment` (or None at the end of her
+        input) when Bob asks for key bits she has not sifted yet (file runs).
+        Without it, segments come from :meth:`push` (device wrappers).
+    extra_handlers : mapping, optional
+        More message handlers (the front half's ``sift.*``).
+    kit : StageKit, optional
+    """
+
+    def __init__(self, cfg: Config, store: KeyStore, report: Report, *, stream_id: str,
+                 pull: Callable[[], Segment | None] | None = None,
+                 extra_handlers: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+                 kit: StageKit | None = None):
+        self.cfg = cfg
+        self.store = store
+        self.report = report
+        self.stream_id = stream_id
+        self.buffer = KeyBuffer()
+        self.pull = pull
+        self.blocks = AliceBlocks(cfg, store, report, self._key_bits, kit=kit)
+        self._static = {"pipe.hello": self._hello, **self.blocks.handlers(), **dict(extra_handlers or {})}
+        self.run_id = ""
+        self.hello_done = False
+
+    def push(self, seg: Segment) -> None:
+        self.buffer.append(seg.bits)
+
+    def _key_bits(self, start: int, n: int) -> np.ndarray:
+        while self.pull is not None and self.buffer.end < start + n:
+            seg = self.pull()
+            if seg is None:
+                break
+            self.buffer.append(seg.bits)
+        return self.buffer.take(start, n)
+
+    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("protocol") != PROTOCOL:
+            raise ProtocolError(f"Bob speaks pipeline protocol {body.get('protocol')}, Alice {PROTOCOL}; "
+                                "run the same qkdpost version on both sides")
+        mine, theirs = json.loads(shared_config(self.cfg)), json.loads(body["shared"])
+        if mine != theirs:
+            diffs = [f"{sec}.{k}: alice={mine[sec].get(k)!r} bob={theirs.get(sec, {}).get(k)!r}"
+                     for sec in mine for k in mine[sec] if mine[sec].get(k) != theirs.get(sec, {}).get(k)]
+            raise ConfigError("the parties' configurations differ: " + "; ".join(diffs)
+                              + "; use the same config file on both sides")
+        self.run_id = make_run_id(self.stream_id, body["bob_stream"], self.cfg)
+        self.report.info.update(run_id=self.run_id)
+        self.hello_done = True
+        return {"alice_stream": self.stream_id, "run_id": self.run_id, "qkdpost": __version__}
+
+    def handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        fn = self._static.get(kind)
+        if fn is None:
+            fn = self.blocks.route(kind)
+        if fn is None:
+            raise ProtocolError(f"no handler for message kind {kind!r} at this point of the session")
+        if not self.hello_done and kind != "pipe.hello":
+            raise ProtocolError(f"{kind!r} before pipe.hello; Bob must start the session with a hello")
+        try:
+            return fn(body)
+        except ProtocolError:
+            raise
+        except QkdpostError as exc:  # same shape as over TCP: Bob sees a ProtocolError
+            raise ProtocolError(f"Alice could not answer {kind!r}: {type(exc).__name__}: {exc}") from exc
+
+    def abandon(self, reason: str) -> None:
+        self.blocks.abandon(reason)
+
+    def take_finished(self) -> list[KeyBlock]:
+        out = [KeyBlock(bid, key, self.store.meta(bid)) for bid, key in self.blocks.finished]
+        self.blocks.finished.clear()
+        return out

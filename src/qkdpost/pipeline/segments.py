@@ -1,0 +1,145 @@
+"""Sifted key as a stream of segments, cut into fixed-size key blocks.
+
+The front half (read → align → sift → estimate) produces, per processed
+chunk, a :class:`Segment`: this party's new sifted key bits and additive
+public counters (test-basis size and errors, counts per basis and intensity).
+:class:`BlockCutter` concatenates segments and cuts blocks of exactly
+``block_bits``; a block's statistics are the counters accumulated since the
+previous block was cut (the sample taken over the same stretch of the
+capture). :class:`KeyBuffer` is Alice's side: her sifted key bits, served by
+offset and forgotten once a later block has been taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import InputError, ProtocolError
+
+__all__ = ["Segment", "BlockCutter", "KeyBuffer", "qber_from_stats"]
+
+
+@dataclass
+class Segment:
+    """New sifted key bits of one party plus public counters.
+
+    ``stats`` values are added up across segments (counts); the key
+    ``"t_end_s"`` is not a counter but the capture time at the segment's end.
+    """
+
+    bits: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+    t_end_s: float = float("nan")
+
+
+def qber_from_stats(stats: dict[str, Any]) -> float:
+    """QBER estimate of a block from its test-basis counters.
+
+    Uses ``test_errors / n_test`` when present (the sampled error fraction;
+    the finite-key bound adds its own statistical correction), else
+    ``stats["qber"]``; NaN when neither is known.
+    """
+    n = stats.get("n_test", 0)
+    if n:
+        return float(stats.get("test_errors", 0)) / float(n)
+    q = stats.get("qber")
+    return float(q) if q is not None else float("nan")
+
+
+class BlockCutter:
+    """Concatenate :class:`Segment` bits and cut blocks of ``block_bits``.
+
+    Memory is bounded by one block plus one segment.
+    """
+
+    def __init__(self, block_bits: int):
+        if block_bits <= 0:
+            raise InputError(f"block_bits={block_bits}: must be positive")
+        self.block_bits = int(block_bits)
+        self._parts: list[np.ndarray] = []
+        self._have = 0
+        self._stats: dict[str, Any] = {}
+        self._t_end = float("nan")
+        self.offset = 0  # stream offset of the first bit not yet in a block
+        self.total_bits = 0
+
+    def add(self, seg: Segment) -> None:
+        bits = np.ascontiguousarray(seg.bits, dtype=np.uint8)
+        if bits.ndim != 1:
+            raise InputError(f"segment bits: {bits.ndim}-D array, expected 1-D uint8")
+        if bits.size:
+            self._parts.append(bits)
+            self._have += bits.size
+            self.total_bits += bits.size
+        for k, v in seg.stats.items():
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+                self._stats[k] = self._stats.get(k, 0) + v
+            else:
+                self._stats[k] = v
+        if np.isfinite(seg.t_end_s):
+            self._t_end = float(seg.t_end_s)
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, Any], float]]:
+        """Yield every complete block: (start offset, bits, stats, capture time)."""
+        while self._have >= self.block_bits:
+            joined = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+            block = joined[: self.block_bits].copy()
+            rest = joined[self.block_bits :]
+            self._parts = [rest] if rest.size else []
+            self._have = int(rest.size)
+            start = self.offset
+            self.offset += self.block_bits
+            stats, self._stats = self._stats, {}
+            yield start, block, stats, self._t_end
+
+    @property
+    def pending_bits(self) -> int:
+        """Sifted bits waiting for the next block (dropped at the end of a run)."""
+        return self._have
+
+
+class KeyBuffer:
+    """Alice's sifted key stream: append bits, take ``[start, start + n)``.
+
+    Bits before the last taken block's start are released, so memory stays
+    bounded by the blocks in flight plus what the front half has sifted
+    ahead of Bob's requests.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self._base = 0  # stream offset of self._parts[0][0]
+        self._have = 0
+
+    @property
+    def end(self) -> int:
+        return self._base + self._have
+
+    def append(self, bits: np.ndarray) -> None:
+        bits = np.ascontiguousarray(bits, dtype=np.uint8)
+        if bits.size:
+            self._parts.append(bits)
+            self._have += bits.size
+
+    def take(self, start: int, n: int) -> np.ndarray:
+        if start < self._base:
+            raise ProtocolError(
+                f"key bits [{start}, {start + n}) requested, but bits before {self._base} were already used"
+            )
+        if start + n > self.end:
+            raise ProtocolError(
+                f"key bits [{start}, {start + n}) requested, Alice has sifted only up to {self.end}; "
+                "the parties' sifting is out of step"
+            )
+        joined = np.concatenate(self._parts) if len(self._parts) > 1 else (
+            self._parts[0] if self._parts else np.zeros(0, np.uint8))
+        lo = start - self._base
+        out = joined[lo : lo + n].copy()
+        rest = joined[lo:]
+        self._parts = [rest] if rest.size else []
+        self._base = start
+        self._have = int(rest.size)
+        return out

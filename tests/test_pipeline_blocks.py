@@ -1,0 +1,198 @@
+"""Pipeline orchestration (blocks, two-phase commit, drops, re-runs) with the toy kit."""
+
+import numpy as np
+import pytest
+
+from qkdpost.channel import LoopbackChannel
+from qkdpost.config import Config
+from qkdpost.errors import ConfigError, PeerDisconnected, ProtocolError
+from qkdpost.keystore import KeyStore
+from qkdpost.pipeline.engine import AliceEngine, BobEngine
+from qkdpost.pipeline.segments import BlockCutter, KeyBuffer, Segment
+from qkdpost.report import Report
+
+from pipeline_kit import ToyKit
+
+BLOCK = 2048
+
+
+def _cfg(**kw):
+    return Config().replace(block_bits=BLOCK, seed=7, **kw)
+
+
+def _link(n, q, seed=1):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2, n, dtype=np.uint8)
+    err = rng.random(n) < q
+    return a, a ^ err.astype(np.uint8)
+
+
+class _Pair:
+    def __init__(self, tmp, cfg=None, kit=None, alice_cfg=None, bob_stream="bob-1", alice_stream="alice-1"):
+        cfg = cfg or _cfg()
+        self.kit = kit or ToyKit()
+        self.sa, self.sb = KeyStore(tmp / "alice"), KeyStore(tmp / "bob")
+        self.ra, self.rb = Report("alice", cfg.to_dict()), Report("bob", cfg.to_dict())
+        self.alice = AliceEngine(alice_cfg or cfg, self.sa, self.ra, stream_id=alice_stream, kit=self.kit)
+        self.chan = LoopbackChannel(self.alice)
+        self.bob = BobEngine(cfg, self.chan, self.sb, self.rb, stream_id=bob_stream, kit=self.kit)
+
+    def run(self, a, b, seg=3000, stats=None):
+        self.bob.start()
+        keys = []
+        for i in range(0, len(a), seg):
+            self.alice.push(Segment(a[i:i + seg]))
+            keys += self.bob.push(Segment(b[i:i + seg], dict(stats or {})))
+        keys += self.bob.finish()
+        return keys
+
+
+def test_both_stores_hold_identical_keys_under_identical_ids(tmp_path):
+    a, b = _link(5 * BLOCK + 100, 0.002)
+    p = _Pair(tmp_path)
+    keys = p.run(a, b)
+    assert len(keys) == 5 and p.sb.ids() == p.sa.ids() == [k.block_id for k in keys]
+    for k in keys:
+        ka, kb = p.sa.read(k.block_id), p.sb.read(k.block_id)
+        np.testing.assert_array_equal(ka.bits, kb.bits)
+        np.testing.assert_array_equal(ka.bits, k.bits)
+        assert (tmp_path / "alice/keys" / k.block_id / "key.bin").read_bytes() == (
+            tmp_path / "bob/keys" / k.block_id / "key.bin").read_bytes()
+        assert kb.meta["leakage"]["verify"] == 64 and kb.meta["config"]["pipeline"]["block_bits"] == BLOCK
+        assert kb.meta["final_length"] == len(kb.bits) == kb.meta["secure_length"]
+    t = p.rb.totals()
+    assert t["blocks_ok"] == 5 and t["final_bits"] == sum(len(k.bits) for k in keys)
+    assert p.rb.info["unused_sifted_bits"] == 100
+    assert p.ra.totals()["blocks_ok"] == 5
+    assert p.sa.ids("pending") == [] and p.sb.ids("started") == [] and p.sa.ids("started") == []
+
+
+def test_rerun_over_same_input_writes_nothing_new(tmp_path):
+    a, b = _link(3 * BLOCK, 0.0)
+    _Pair(tmp_path).run(a, b)
+    before = sorted((tmp_path / "bob/keys").iterdir())
+    p2 = _Pair(tmp_path)
+    keys = p2.run(a, b)
+    assert keys == [] and sorted((tmp_path / "bob/keys").iterdir()) == before
+    assert p2.rb.totals()["drop_reasons"] == {"already_stored": 3}
+    assert p2.ra.totals()["drop_reasons"] == {"already_stored": 3}
+    # a different input (other stream id) makes new ids
+    p3 = _Pair(tmp_path, bob_stream="bob-2")
+    assert len(p3.run(a, b)) == 3 and len(p3.sb.ids()) == 6
+
+
+def test_drop_reasons_reach_both_reports(tmp_path):
+    a, b = _link(4 * BLOCK, 0.0)
+    kit = ToyKit()
+    p = _Pair(tmp_path, kit=kit)
+    p.bob.start()
+    kit.fail_verify = {p.bob.run_id + "-0000001"}
+    stats = [{}, {}, {"penalty": 10 ** 6}, {"n_test": 100, "test_errors": 20}]
+    keys = []
+    for i in range(4):
+        p.alice.push(Segment(a[i * BLOCK:(i + 1) * BLOCK]))
+        keys += p.bob.push(Segment(b[i * BLOCK:(i + 1) * BLOCK], stats[i]))
+    keys += p.bob.finish()
+    assert [k.block_id[-1] for k in keys] == ["0"]
+    want = {"verify_failed": 1, "no_secure_length": 1, "qber_abort": 1}
+    assert p.rb.totals()["drop_reasons"] == want and p.ra.totals()["drop_reasons"] == want
+    assert p.sa.ids() == p.sb.ids() == [keys[0].block_id]
+    for idx, why in ((1, "verify_failed"), (2, "no_secure_length"), (3, "qber_abort")):
+        bid = f"{p.bob.run_id}-{idx:07d}"
+        assert p.sb.drop_reason(bid) == why and p.sa.drop_reason(bid) == why
+
+
+class _Flaky(LoopbackChannel):
+    """Loopback that loses the connection on a chosen request."""
+
+    def __init__(self, responder, die_on):
+        super().__init__(responder)
+        self.die_on = die_on
+        self.n = 0
+
+    def request(self, kind, body):
+        self.n += 1
+        if self.die_on(self.n, kind):
+            raise PeerDisconnected(f"simulated loss at request {self.n} ({kind})")
+        return super().request(kind, body)
+
+
+@pytest.mark.parametrize("kind", ["toy.parity", "toy.verify", "toy.seed", "pipe.prepare", "pipe.commit"])
+def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tmp_path, kind):
+    a, b = _link(4 * BLOCK, 0.001)
+    cfg = _cfg()
+    sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
+    kit = ToyKit()
+    seen = {"armed": True}
+
+    def die_on(n, k):
+        if k == kind and seen["armed"] and p_bob.blocks is not None and len(p_bob.report.blocks) == 1:
+            seen["armed"] = False
+            return True
+        return False
+
+    ra, rb = Report("alice", {}), Report("bob", {})
+    alice = AliceEngine(cfg, sa, ra, stream_id="A", kit=kit)
+    chan = _Flaky(alice, die_on)
+    p_bob = BobEngine(cfg, chan, sb, rb, stream_id="B", kit=kit)
+    p_bob.start()
+    got = []
+    with pytest.raises(PeerDisconnected):
+        for i in range(4):
+            alice.push(Segment(a[i * BLOCK:(i + 1) * BLOCK]))
+            got += p_bob.push(Segment(b[i * BLOCK:(i + 1) * BLOCK]))
+    alice.abandon("peer_disconnected")
+    lost = rb.blocks[-1]
+    assert lost.index == 1 and lost.reason in ("peer_disconnected", "")
+    # Restart both parties from the beginning of their inputs (new session).
+    ra2, rb2 = Report("alice", {}), Report("bob", {})
+    alice2 = AliceEngine(cfg, sa, ra2, stream_id="A", kit=kit)
+    bob2 = BobEngine(cfg, LoopbackChannel(alice2), sb, rb2, stream_id="B", kit=kit)
+    bob2.start()
+    for i in range(4):
+        alice2.push(Segment(a[i * BLOCK:(i + 1) * BLOCK]))
+        got += bob2.push(Segment(b[i * BLOCK:(i + 1) * BLOCK]))
+    got += bob2.finish()
+    # The interrupted block was either completed on both sides before the loss
+    # (lost only the commit message) or is gone from both; never one side only.
+    assert sa.ids() == sb.ids()
+    assert sa.ids("pending") == []
+    for bid in sb.ids():
+        np.testing.assert_array_equal(sa.read(bid).bits, sb.read(bid).bits)
+    b1 = f"{bob2.run_id}-0000001"
+    if kind in ("pipe.commit",):
+        assert sb.state(b1) == "final" and sa.state(b1) == "final"
+    else:
+        assert sb.state(b1) == "dropped" and sa.state(b1) == "dropped"
+    assert {f"{bob2.run_id}-{i:07d}" for i in (0, 2, 3)} <= set(sb.ids())
+
+
+def test_config_mismatch_refused_at_hello(tmp_path):
+    p = _Pair(tmp_path, alice_cfg=_cfg(ec_method="ldpc"))
+    with pytest.raises(ProtocolError, match="reconcile.ec_method: alice='ldpc' bob='cascade'"):
+        p.bob.start()
+
+
+def test_requests_before_hello_refused(tmp_path):
+    p = _Pair(tmp_path)
+    with pytest.raises(ProtocolError, match="before pipe.hello"):
+        p.chan.request("pipe.pending", {})
+
+
+def test_block_cutter_and_key_buffer():
+    c = BlockCutter(10)
+    c.add(Segment(np.arange(7) % 2, {"n_test": 3, "test_errors": 1, "t_end_s": 0.5}))
+    assert list(c.blocks()) == []
+    c.add(Segment(np.ones(15, np.uint8), {"n_test": 2}, t_end_s=1.5))
+    out = list(c.blocks())
+    assert [(s, len(b)) for s, b, _, _ in out] == [(0, 10), (10, 10)]
+    assert out[0][2]["n_test"] == 5 and out[1][2] == {} and out[0][3] == 1.5
+    assert c.pending_bits == 2
+    kb = KeyBuffer()
+    kb.append(np.arange(20, dtype=np.uint8) % 2)
+    np.testing.assert_array_equal(kb.take(0, 10), np.arange(10) % 2)
+    np.testing.assert_array_equal(kb.take(10, 5), np.arange(10, 15) % 2)
+    with pytest.raises(ProtocolError, match="already used"):
+        kb.take(0, 5)
+    with pytest.raises(ProtocolError, match="out of step"):
+        kb.take(15, 10)
