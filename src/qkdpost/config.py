@@ -39,6 +39,7 @@ from .errors import ConfigError
 
 __all__ = [
     "IoConfig",
+    "AlignConfig",
     "SiftConfig",
     "EstimateConfig",
     "ReconcileConfig",
@@ -88,7 +89,7 @@ class IoConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SiftConfig:
-    """Alignment and sifting.
+    """Sifting (see :class:`qkdpost.sift.SiftConfig`, which this builds).
 
     Attributes
     ----------
@@ -99,16 +100,71 @@ class SiftConfig:
     coincidence_window_ps : float
         Half-width of the coincidence window (BBM92) in picoseconds; 0 lets
         the sifting stage choose from the measured peak width.
+    multi_click_window_ps : float
+        Clicks of one party this close after a detection join it (0: automatic).
+    dead_time_ps : float
+        Software dead time after each detection (0: off).
+    key_basis : {"Z", "X"}
+        Basis whose bits become key; the other one is disclosed for estimation.
+    bob_flip : str
+        Comma-separated bases in which Bob inverts his bits (e.g. ``"Z,X"``
+        for a singlet source); empty for none.
+    window_s : float
+        Span of Alice's time per sifting round trip.
     """
 
     topology: str = "auto"
     coincidence_window_ps: float = 0.0
+    multi_click_window_ps: float = 0.0
+    dead_time_ps: float = 0.0
+    key_basis: str = "Z"
+    bob_flip: str = ""
+    window_s: float = 0.05
 
     def __post_init__(self) -> None:
         _check(self.topology in ("auto", "bbm92", "decoy"), "topology", self.topology,
                "must be 'auto', 'bbm92' or 'decoy'")
-        _check(math.isfinite(self.coincidence_window_ps) and self.coincidence_window_ps >= 0,
-               "coincidence_window_ps", self.coincidence_window_ps, "must be >= 0 (0 = automatic)")
+        for name in ("coincidence_window_ps", "multi_click_window_ps", "dead_time_ps"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v >= 0, name, v, "must be >= 0 (0 = automatic/off)")
+        _check(self.key_basis in ("Z", "X"), "key_basis", self.key_basis, "must be 'Z' or 'X'")
+        _check(all(b.strip() in ("Z", "X") for b in self.bob_flip.split(",") if b.strip()), "bob_flip",
+               self.bob_flip, "must be a comma-separated list of 'Z' and 'X' (or empty)")
+        _check(1e-4 <= self.window_s <= 60, "window_s", self.window_s, "must be in [1e-4, 60] seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignConfig:
+    """Clock acquisition (see :class:`qkdpost.align.AlignConfig`, which this builds).
+
+    Attributes
+    ----------
+    max_offset_s, offset_prior_s : float
+        Offset search range around the prior (seconds).
+    max_freq_ppm : float
+        Largest frequency offset searched.
+    acquisition_s : float
+        Data used to acquire, from each party's first event (seconds).
+    coarse_bin_s, fine_bin_s : float
+        First and last cross-correlation bin widths.
+    min_significance : float
+        Smallest accepted peak significance.
+    """
+
+    max_offset_s: float = 0.6
+    offset_prior_s: float = 0.0
+    max_freq_ppm: float = 120.0
+    acquisition_s: float = 1.5
+    coarse_bin_s: float = 32e-6
+    fine_bin_s: float = 1e-9
+    min_significance: float = 6.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_offset_s", "acquisition_s", "coarse_bin_s", "fine_bin_s", "min_significance"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v > 0, name, v, "must be a positive finite number")
+        _check(math.isfinite(self.offset_prior_s), "offset_prior_s", self.offset_prior_s, "must be finite")
+        _check(0 <= self.max_freq_ppm <= 1000, "max_freq_ppm", self.max_freq_ppm, "must be in [0, 1000] ppm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,6 +332,7 @@ class TransportConfig:
 
 _SECTIONS: dict[str, type] = {
     "io": IoConfig,
+    "align": AlignConfig,
     "sift": SiftConfig,
     "estimate": EstimateConfig,
     "reconcile": ReconcileConfig,
@@ -292,6 +349,7 @@ class Config:
     """The effective configuration of a run: one frozen object per stage."""
 
     io: IoConfig = field(default_factory=IoConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     sift: SiftConfig = field(default_factory=SiftConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
