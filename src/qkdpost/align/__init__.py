@@ -545,8 +545,8 @@ def fit_clock(
         return model, float("nan"), int(ta.size)
     t_m = int(ta[ta.size // 2])
     x = (ta - t_m).astype(np.float64)
-    sxx = float(np.dot(x - x.mean(), x - x.mean()))
-    c1 = float(np.dot(x - x.mean(), res - res.mean()) / sxx) if sxx > 0 else 0.0
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    c1 = float(np.sum((x - x.mean()) * (res - res.mean())) / sxx) if sxx > 0 else 0.0
     c0 = float(res.mean() - c1 * x.mean())
     sigma = float(np.std(res - (c0 + c1 * x)))
     return model.corrected(c0, c1, t_m), sigma, int(ta.size)
@@ -596,8 +596,8 @@ class DriftTracker:
         x = (t_a - t_m).astype(np.float64)
         y = residual.astype(np.float64)
         xm, ym = x.mean(), y.mean()
-        sxx = float(np.dot(x - xm, x - xm))
-        c1 = float(np.dot(x - xm, y - ym) / sxx) if sxx > 0 else 0.0
+        sxx = float(np.sum((x - xm) ** 2))
+        c1 = float(np.sum((x - xm) * (y - ym)) / sxx) if sxx > 0 else 0.0
         c0 = float(ym - c1 * xm)
         self.model = self.model.corrected(self.gain_offset * c0, self.gain_freq * c1, t_m)
         self.history.append((t_m, self.model.offset_s(t_m), self.model.freq_ppm))
