@@ -186,8 +186,8 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
     return 0, pairs
 
 
-@kernel(void(uint64[:], uint64[:], uint8[:]))
-def decoy_choices(x, thr, packed):
+@kernel(void(uint64[:], uint64[:], uint8[:], int64[:]))
+def decoy_choices(x, thr, packed, counts):
     """Turn one random uint64 per slot into Alice's packed slot byte.
 
     Parameters
@@ -202,6 +202,8 @@ def decoy_choices(x, thr, packed):
         cumulative probabilities * 2**32).
     packed : uint8[N]
         Output: ``bit | basis << 1 | class << 2`` (:func:`qkdpost.io.model.pack_slot`).
+    counts : int64[16]
+        Incremented per packed value (slots emitted per combination).
     """
     zt = thr[0]
     c0 = thr[1]
@@ -212,7 +214,9 @@ def decoy_choices(x, thr, packed):
         basis = np.uint64(0) if ((w >> np.uint64(1)) & np.uint64(0x7FFFFFFF)) < zt else np.uint64(1)
         hi = w >> np.uint64(32)
         cls = np.uint64(0) if hi < c0 else (np.uint64(1) if hi < c1 else np.uint64(2))
-        packed[i] = np.uint8(bit | (basis << np.uint64(1)) | (cls << np.uint64(2)))
+        v = bit | (basis << np.uint64(1)) | (cls << np.uint64(2))
+        packed[i] = np.uint8(v)
+        counts[v] += 1
 
 
 @kernel(
@@ -617,7 +621,7 @@ def _warmup() -> None:
     ok = np.zeros((2, 64), np.int64)
     bbm92_pairs(np.array([1e-6, 1e6, 1e-3, 1e-12, 1.0, 0.0]), cum, np.arange(1, 25), ot, ok, np.zeros(2, np.int64), np.zeros(3, np.int64), rs)
     packed = np.zeros(16, np.uint8)
-    decoy_choices(np.arange(16, dtype=np.uint64), np.array([1, 1, 2], np.uint64), packed)
+    decoy_choices(np.arange(16, dtype=np.uint64), np.array([1, 1, 2], np.uint64), packed, np.zeros(16, np.int64))
     tab = np.zeros((16, 7))
     decoy_photons(packed, 0, tab, np.array([1e-9, 0.0, 4.0, 0.0]), np.zeros(16), np.zeros(16, np.int64),
                   np.zeros((16, 2), np.int64), rs)

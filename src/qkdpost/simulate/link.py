@@ -535,11 +535,10 @@ class _Decoy:
             last = k == self.n_slices - 1
             cutoff = length + self.guard if last else length - self.guard
             r = _rngs(self.seed, k)
-            x = r.gen_a.integers(0, 2**64, size=n, dtype=np.uint64, endpoint=False)
+            x = r.gen_a.bit_generator.random_raw(n)  # PCG64: n uniform 64-bit words
             packed = np.empty(n, np.uint8)
-            K.decoy_choices(x, self.thr, packed)
+            K.decoy_choices(x, self.thr, packed, self.emitted)
             del x
-            self.emitted += np.bincount(packed, minlength=16)
             cap = int(n * self.prm[1] * 4.5 + 64 * math.sqrt(n * self.prm[1] + 1) + 256)
             if cfg.sync_every > 0:
                 cap += n // cfg.sync_every + 2
