@@ -5,9 +5,9 @@ Each stage here is simple enough to check by eye, so tests of the pipeline
 heavy stages; end-to-end tests with the real kit live in
 tests/test_pipeline_e2e.py.
 
-- reconcile: one pass of blocks of 8 bits: Alice sends every block parity,
-  Bob binary-searches each mismatching block (one round trip per level).
-  Corrects any block with one error; leak = parities sent.
+- reconcile: passes of 8-bit block parities under public permutations; Bob
+  binary-searches each mismatching block (one round trip per level); stop
+  after two quiet passes. Leak = parities sent.
 - verify: HMAC-SHA256 of the block under a fresh key from Alice, 64-bit tag.
 - amplify: key bits XOR a SHA-256 keystream of Alice's seed, truncated to m
   (not a universal hash: for orchestration tests only).
@@ -46,46 +46,66 @@ class ToyKit(StageKit):
         self.fail_verify = fail_verify or set()
 
     def reconcile_alice(self, method, frames, cfg):
+        cache = {}
+
+        def permuted(i, pseed):
+            key = (i, pseed)
+            if key not in cache:
+                bits = frames[i]
+                cache.clear()
+                cache[key] = bits[np.random.default_rng(pseed).permutation(bits.size)] if pseed else bits
+            return cache[key]
+
         def parities(body):
             ids = body["ids"].split()
-            lo, hi = body["lo"], body["hi"]
+            lo, hi, fr = body["lo"], body["hi"], body["frame"]
             out = np.zeros(len(lo), np.uint8)
             for j in range(len(lo)):
-                out[j] = frames[ids[body["frame"][j]]][lo[j]:hi[j]].sum() & 1
+                out[j] = permuted(ids[fr[j]], body["perm"])[lo[j]:hi[j]].sum() & 1
             return {"p": out}
 
         return {"toy.parity": parities}
 
     def reconcile_bob(self, channel, method, ids, bits, qber, cfg, *, seed):
+        """Passes of 8-bit block parities + bisection, under fresh public
+        permutations, until two passes in a row find nothing."""
         bits = bits.copy()
         N, n = bits.shape
         leak = np.zeros(N, np.int64)
         fixed = np.zeros(N, np.int64)
         idsj = " ".join(ids)
+        quiet = 0
+        pseed = 0
+        while quiet < 2:
+            perm = np.random.default_rng(pseed).permutation(n) if pseed else np.arange(n)
+            view = bits[:, perm]
 
-        def ask(frame, lo, hi):
-            p = channel.request("toy.parity", {"ids": idsj, "frame": frame, "lo": lo, "hi": hi})["p"]
-            np.add.at(leak, frame, 1)
-            mine = np.array([bits[f, a:b].sum() & 1 for f, a, b in zip(frame, lo, hi)], np.uint8)
-            return p != mine
+            def ask(frame, lo, hi):
+                p = channel.request("toy.parity", {"ids": idsj, "frame": frame, "lo": lo, "hi": hi, "perm": pseed})["p"]
+                np.add.at(leak, frame, 1)
+                mine = np.array([view[f, a:b].sum() & 1 for f, a, b in zip(frame, lo, hi)], np.uint8)
+                return p != mine
 
-        frame = np.repeat(np.arange(N), (n + K - 1) // K)
-        lo = np.tile(np.arange(0, n, K), N)
-        hi = np.minimum(lo + K, n)
-        bad = ask(frame, lo, hi)
-        frame, lo, hi = frame[bad], lo[bad], hi[bad]  # intervals with odd error count
-        while len(frame):
-            single = hi - lo == 1
-            for f, a in zip(frame[single], lo[single]):
-                bits[f, a] ^= 1
-                fixed[f] += 1
-            frame, lo, hi = frame[~single], lo[~single], hi[~single]
-            if not len(frame):
-                break
-            mid = (lo + hi) // 2
-            left_bad = ask(frame, lo, mid)
-            lo = np.where(left_bad, lo, mid)
-            hi = np.where(left_bad, mid, hi)
+            frame = np.repeat(np.arange(N), (n + K - 1) // K)
+            lo = np.tile(np.arange(0, n, K), N)
+            hi = np.minimum(lo + K, n)
+            bad = ask(frame, lo, hi)
+            quiet = quiet + 1 if not bad.any() else 0
+            frame, lo, hi = frame[bad], lo[bad], hi[bad]  # intervals with odd error count
+            while len(frame):
+                single = hi - lo == 1
+                for f, a in zip(frame[single], lo[single]):
+                    view[f, a] ^= 1
+                    fixed[f] += 1
+                frame, lo, hi = frame[~single], lo[~single], hi[~single]
+                if not len(frame):
+                    break
+                mid = (lo + hi) // 2
+                left_bad = ask(frame, lo, mid)
+                lo = np.where(left_bad, lo, mid)
+                hi = np.where(left_bad, mid, hi)
+            bits[:, perm] = view
+            pseed += 1
         return ReconcileResult(bits=bits, leaked_bits=leak, success=np.ones(N, bool), errors_corrected=fixed,
                                round_trips=0, bytes_sent=0, method="toy")
 

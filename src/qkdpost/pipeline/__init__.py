@@ -15,9 +15,10 @@ from __future__ import annotations
 from .blocks import AliceBlocks, BobBlocks, SiftedBlock, block_id
 from .engine import AliceEngine, BobEngine
 from .segments import BlockCutter, KeyBuffer, Segment
+from .session import Session
 from .stages import StageKit
 
 __all__ = [
     "AliceBlocks", "BobBlocks", "SiftedBlock", "block_id", "AliceEngine", "BobEngine",
-    "BlockCutter", "KeyBuffer", "Segment", "StageKit",
+    "BlockCutter", "KeyBuffer", "Segment", "Session", "StageKit",
 ]

@@ -1,0 +1,111 @@
+"""Session (device-wrapper API) and file runners with the toy stage kit on a simulated BBM92 link."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from qkdpost.channel import LoopbackChannel
+from qkdpost.config import Config
+from qkdpost.errors import ConfigError, InputError
+from qkdpost.keystore import KeyStore
+from qkdpost.pipeline.run import run_bob, run_local, serve_alice
+from qkdpost.pipeline.session import Session
+from qkdpost.simulate import BBM92Config, generate, write_link
+
+from pipeline_kit import ToyKit
+
+DUR = 2.5
+
+
+@pytest.fixture(scope="module")
+def link():
+    return generate(BBM92Config(duration_s=DUR), seed=11)
+
+
+@pytest.fixture(scope="module")
+def link_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("link")
+    write_link(BBM92Config(duration_s=DUR), d, seed=12)
+    return d
+
+
+def _cfg():
+    return Config().replace(block_bits=1 << 13, seed=3, timeout_s=20)
+
+
+def _chunks(party, n=8):
+    edges = np.linspace(0, len(party.t), n + 1).astype(int)
+    for a, b in zip(edges[:-1], edges[1:]):
+        yield party.t[a:b], party.ch[a:b]
+
+
+def test_session_loopback_both_sides_get_identical_keys(link, tmp_path):
+    cfg, kit = _cfg(), ToyKit()
+    alice = Session(cfg, role="alice", info=link.alice.info, store=tmp_path / "a", stream_id="capA", kit=kit)
+    keys_a, keys_b = [], []
+    with Session(cfg, role="bob", info=link.bob.info, store=tmp_path / "b", stream_id="capB", kit=kit,
+                 channel=LoopbackChannel(alice.responder)) as bob:
+        for (ta, ca), (tb, cb) in zip(_chunks(link.alice), _chunks(link.bob)):
+            keys_a += alice.feed(ta, ca)
+            keys_b += bob.feed(tb, cb)
+        keys_a += alice.close()
+        keys_b += bob.close()
+    keys_a += alice.close()  # idempotent: nothing more
+    sa, sb = KeyStore(tmp_path / "a"), KeyStore(tmp_path / "b")
+    assert len(sb.ids()) >= 3 and sa.ids() == sb.ids()
+    assert [k.block_id for k in keys_a] == sa.ids() == [k.block_id for k in keys_b]
+    for k in keys_a:
+        np.testing.assert_array_equal(k.bits, sb.read(k.block_id).bits)
+    assert bob.report.totals()["blocks_ok"] == len(sb.ids())
+
+
+def test_session_feed_validates_chunks(link, tmp_path):
+    s = Session(_cfg(), role="alice", info=link.alice.info, store=tmp_path, stream_id="x", kit=ToyKit())
+    with pytest.raises(InputError, match="never floats"):
+        s.feed(np.array([1.0, 2.0]), np.array([0, 1], np.uint8))
+    with pytest.raises(InputError, match="backwards at index 2"):
+        s.feed(np.array([1, 5, 3]), np.array([0, 1, 2], np.uint8))
+    with pytest.raises(InputError, match="equal length"):
+        s.feed(np.array([1, 2]), np.array([0], np.uint8))
+    with pytest.raises(ConfigError, match="needs channel"):
+        Session(_cfg(), role="bob", info=link.bob.info, store=tmp_path, kit=ToyKit())
+    with pytest.raises(ConfigError, match="role='carol'"):
+        Session(_cfg(), role="carol", info=link.bob.info, store=tmp_path, kit=ToyKit())
+
+
+def test_run_local_files_and_rerun(link_files, tmp_path):
+    cfg = _cfg()
+    rep = run_local(link_files / "alice.arrow", link_files / "bob.arrow", tmp_path, cfg, kit=ToyKit())
+    sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
+    assert rep.totals()["blocks_ok"] >= 3 and sa.ids() == sb.ids() == sorted(sb.ids())
+    for bid in sb.ids():
+        assert (tmp_path / "alice/keys" / bid / "key.bin").read_bytes() == (tmp_path / "bob/keys" / bid / "key.bin").read_bytes()
+    assert (tmp_path / "report.json").exists() and (tmp_path / "report.png").stat().st_size > 1000
+    n = len(sb.ids())
+    rep2 = run_local(link_files / "alice.arrow", link_files / "bob.arrow", tmp_path, cfg, kit=ToyKit())
+    assert len(KeyStore(tmp_path / "bob").ids()) == n
+    assert rep2.totals()["drop_reasons"] == {"already_stored": n}
+
+
+def test_tcp_two_parties_in_threads(link_files, tmp_path):
+    cfg = _cfg()
+    port = {}
+    ready = threading.Event()
+
+    def on_listen(p):
+        port["p"] = p
+        ready.set()
+
+    t = threading.Thread(target=serve_alice, args=(link_files / "alice.arrow", tmp_path / "alice", cfg),
+                         kwargs=dict(port=0, max_sessions=1, on_listen=on_listen, kit=ToyKit(), idle_timeout_s=30),
+                         daemon=True)
+    t.start()
+    assert ready.wait(10)
+    rep = run_bob(link_files / "bob.arrow", tmp_path / "bob", ("127.0.0.1", port["p"]), cfg, kit=ToyKit())
+    t.join(30)
+    sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
+    assert rep.totals()["blocks_ok"] >= 3 and sa.ids() == sb.ids()
+    for bid in sb.ids():
+        assert (tmp_path / "alice/keys" / bid / "key.bin").read_bytes() == (tmp_path / "bob/keys" / bid / "key.bin").read_bytes()
+    assert (tmp_path / "alice/report.json").exists() and (tmp_path / "bob/report.json").exists()
