@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "warmup": ("qkdpost._jit", "warmup"),
+    "Session": ("qkdpost.pipeline.session", "Session"),
 }
 
 
@@ -32,4 +33,4 @@ def __getattr__(name: str) -> Any:
         raise
 
 
-__all__ = ["__version__", "warmup"]
+__all__ = ["__version__", "warmup", "Session"]
