@@ -1,0 +1,535 @@
+"""Numba kernels for exact Toeplitz hashing over GF(2) on packed uint64 words.
+
+Representation
+--------------
+A bit string ``b`` of length ``L`` is packed LSB first into ``ceil(L/64)``
+``uint64`` words (``qkdpost.bits.pack_bits``); word ``k`` holds the
+coefficients of ``z^(64k) .. z^(64k+63)`` of the polynomial ``B(z)``.
+
+Word-level Toeplitz product
+---------------------------
+For ``M`` output words, ``Nc`` input words and a seed of ``M + Nc`` words,
+:func:`toeplitz_words` computes ``Y = (S(z) X(z))[Nc : Nc + M]`` (word
+indices), i.e. ``y[i] = sum_j s[i - j + 64 Nc] x[j]`` over GF(2). The public
+layer maps the bit-level convention ``T[i, j] = s[i - j + n - 1]`` onto this
+by shifting the seed up by ``d = 64 Nc - n + 1`` bits (:func:`shift_up`).
+
+Algorithm
+---------
+The square case ``M = Nc = N`` is the *middle product* of Hanrot, Quercia and
+Zimmermann ("The middle product algorithm I", AAECC 14, 415 (2004),
+doi:10.1007/s00200-003-0144-2), evaluated with the transposed Karatsuba
+step: writing ``X = X0 + z^h X1`` and the seed as four quarters,
+
+    Y0 = P0 + MP(S01 + S12, X1),   Y1 = P0 + MP(S12 + S23, X0),
+    P0 = MP(S12, X0 + X1),
+
+three half-size products instead of four (all sums are XORs, because a sum
+of Toeplitz matrices is the Toeplitz matrix of the XORed seeds). Odd sizes
+peel one row and one column (O(N) work). Rectangular products are split
+into square blocks. Leaves (size <= ``LEAF_WORDS``) multiply words
+schoolbook-style with a 64x64 -> 128-bit carry-less product: the x86
+PCLMULQDQ instruction reached through the LLVM intrinsic
+``llvm.x86.pclmulqdq`` when the CPU has it, or an exact portable
+shift-and-xor loop otherwise. Both give identical bits.
+
+Selecting the carry-less product
+--------------------------------
+Every kernel takes a ``mode`` argument whose *type* selects the product at
+compile time: ``np.uint8`` -> PCLMULQDQ, ``np.int8`` -> portable. The
+PCLMULQDQ code is therefore only compiled when asked for, and the two
+variants are cached separately (Numba caches per signature).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .._jit import jit_disabled, kernel, register
+
+register(__name__)
+
+__all__ = [
+    "HW",
+    "SW",
+    "has_pclmul",
+    "default_mode",
+    "clmul",
+    "toeplitz_words",
+    "workspace_words",
+    "shift_up",
+    "shift_down",
+    "mask_tail",
+    "LEAF_WORDS",
+]
+
+#: Square sizes (in 64-bit words) at or below which the schoolbook leaf runs.
+LEAF_WORDS = 32
+
+#: Mode markers: the dtype of the marker selects the carry-less product.
+HW = np.uint8(1)
+SW = np.int8(0)
+
+ST_OK = 0
+ST_WORKSPACE = -1
+ST_STACK = -2
+
+
+def has_pclmul() -> bool:
+    """True when Numba compiles for a CPU with the PCLMULQDQ instruction.
+
+    Honours ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` (portable caches) and
+    ``QKDPOST_NO_PCLMUL=1`` (force the portable path), and is False when the
+    JIT is disabled.
+    """
+    if jit_disabled() or os.environ.get("QKDPOST_NO_PCLMUL", "0") not in ("", "0"):
+        return False
+    import numba
+
+    feats = numba.config.CPU_FEATURES
+    name = numba.config.CPU_NAME
+    if feats is not None:
+        return "+pclmul" in feats.split(",")
+    if name not in (None, "host"):
+        return False
+    try:
+        import llvmlite.binding as llb
+
+        return bool(llb.get_host_cpu_features().get("pclmul", False))
+    except Exception:  # pragma: no cover - exotic llvmlite builds
+        return False
+
+
+def default_mode():
+    """The fastest exact mode marker for this machine (``HW`` or ``SW``)."""
+    return HW if has_pclmul() else SW
+
+
+# --------------------------------------------------------------------------
+# 64 x 64 -> 128-bit carry-less product
+# --------------------------------------------------------------------------
+
+
+@intrinsic
+def _pclmul(typingctx, a, b):
+    """(lo, hi) of the carry-less product a*b via ``llvm.x86.pclmulqdq``."""
+    from llvmlite import ir
+
+    sig = types.UniTuple(types.uint64, 2)(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        v2 = ir.VectorType(i64, 2)
+        undef = ir.Constant(v2, ir.Undefined)
+        zero = ir.Constant(i32, 0)
+        va = builder.insert_element(undef, args[0], zero)
+        vb = builder.insert_element(undef, args[1], zero)
+        fnty = ir.FunctionType(v2, [v2, v2, ir.IntType(8)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.pclmulqdq")
+        r = builder.call(fn, [va, vb, ir.Constant(ir.IntType(8), 0)])
+        lo = builder.extract_element(r, zero)
+        hi = builder.extract_element(r, ir.Constant(i32, 1))
+        return context.make_tuple(builder, signature.return_type, [lo, hi])
+
+    return sig, codegen
+
+
+@kernel(None)
+def clmul_sw(a, b):
+    """Portable exact 64x64 -> 128-bit carry-less product (lo, hi)."""
+    a = np.uint64(a)
+    b = np.uint64(b)
+    lo = np.uint64(0)
+    hi = np.uint64(0)
+    one = np.uint64(1)
+    if b & one:
+        lo = a
+    for i in range(1, 64):
+        mask = np.uint64(0) - ((b >> np.uint64(i)) & one)
+        lo ^= (a << np.uint64(i)) & mask
+        hi ^= (a >> np.uint64(64 - i)) & mask
+    return lo, hi
+
+
+def clmul(a, b, mode):
+    """Carry-less product (lo, hi) of two uint64; ``mode`` type picks the method.
+
+    In pure Python (``NUMBA_DISABLE_JIT=1``) this runs the portable loop.
+    """
+    return clmul_sw(a, b)
+
+
+@overload(clmul)
+def _clmul_overload(a, b, mode):
+    if isinstance(mode, types.Integer) and mode.bitwidth == 8 and not mode.signed:
+
+        def impl_hw(a, b, mode):
+            return _pclmul(a, b)
+
+        return impl_hw
+
+    def impl_sw(a, b, mode):
+        return clmul_sw(a, b)
+
+    return impl_sw
+
+
+@intrinsic
+def _pclmul_dot(typingctx, B, a0, b0, n):
+    """XOR over j < n of clmul(B[a0 - j], B[b0 + j]) as (lo, hi), PCLMULQDQ.
+
+    Written directly in LLVM IR so the 128-bit accumulator stays in a vector
+    register (no per-product extraction, no negative-index wraparound).
+    The caller guarantees 0 <= a0 - j and b0 + j < B.size.
+    """
+    from llvmlite import ir
+
+    sig = types.UniTuple(types.uint64, 2)(B, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        data = ary.data
+        a0v, b0v, nv = args[1], args[2], args[3]
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        v2 = ir.VectorType(i64, 2)
+        zero32 = ir.Constant(i32, 0)
+        undef = ir.Constant(v2, ir.Undefined)
+        fnty = ir.FunctionType(v2, [v2, v2, ir.IntType(8)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.pclmulqdq")
+        pre = builder.block
+        head = builder.append_basic_block("cdot.head")
+        body = builder.append_basic_block("cdot.body")
+        done = builder.append_basic_block("cdot.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        j = builder.phi(i64)
+        acc = builder.phi(v2)
+        j.add_incoming(ir.Constant(i64, 0), pre)
+        acc.add_incoming(ir.Constant(v2, None), pre)
+        builder.cbranch(builder.icmp_signed("<", j, nv), body, done)
+        builder.position_at_end(body)
+        pa = builder.gep(data, [builder.sub(a0v, j)])
+        pb = builder.gep(data, [builder.add(b0v, j)])
+        va = builder.insert_element(undef, builder.load(pa), zero32)
+        vb = builder.insert_element(undef, builder.load(pb), zero32)
+        r = builder.call(fn, [va, vb, ir.Constant(ir.IntType(8), 0)])
+        acc2 = builder.xor(acc, r)
+        j2 = builder.add(j, ir.Constant(i64, 1))
+        j.add_incoming(j2, body)
+        acc.add_incoming(acc2, body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        lo = builder.extract_element(acc, zero32)
+        hi = builder.extract_element(acc, ir.Constant(i32, 1))
+        return context.make_tuple(builder, signature.return_type, [lo, hi])
+
+    return sig, codegen
+
+
+@kernel(None)
+def clmul_dot_sw(B, a0, b0, n):
+    """Portable XOR over j < n of clmul(B[a0 - j], B[b0 + j]) as (lo, hi)."""
+    acc_lo = np.uint64(0)
+    acc_hi = np.uint64(0)
+    for j in range(n):
+        lo, hi = clmul_sw(B[a0 - j], B[b0 + j])
+        acc_lo ^= lo
+        acc_hi ^= hi
+    return acc_lo, acc_hi
+
+
+def clmul_dot(B, a0, b0, n, mode):
+    """XOR over j < n of clmul(B[a0 - j], B[b0 + j]); ``mode`` type picks the method."""
+    return clmul_dot_sw(B, a0, b0, n)
+
+
+@overload(clmul_dot)
+def _clmul_dot_overload(B, a0, b0, n, mode):
+    if isinstance(mode, types.Integer) and mode.bitwidth == 8 and not mode.signed:
+
+        def impl_hw(B, a0, b0, n, mode):
+            return _pclmul_dot(B, a0, b0, n)
+
+        return impl_hw
+
+    def impl_sw(B, a0, b0, n, mode):
+        return clmul_dot_sw(B, a0, b0, n)
+
+    return impl_sw
+
+
+# --------------------------------------------------------------------------
+# Toeplitz product on words
+# --------------------------------------------------------------------------
+# Everything lives in one caller-owned buffer B (seed, input, output and
+# scratch at different offsets), so sub-products are pure offset arithmetic
+# and the recursion runs on an explicit stack (Numba's cache cannot reload
+# self-recursive functions reliably).
+
+
+@kernel(None)
+def _leaf(B, s0, x0, y0, M, Nc, mode):
+    """Schoolbook: B[y0:y0+M] = (S X)[Nc : Nc+M], S = B[s0:], X = B[x0:x0+Nc].
+
+    Output-stationary: word k of the result is the XOR of the low halves of
+    S[Nc+k-j] x_j and the high halves of S[Nc+k-1-j] x_j over j, so each
+    128-bit product serves word k (low half) and word k+1 (high half).
+    """
+    lo, carry = clmul_dot(B, s0 + Nc - 1, x0, Nc, mode)
+    for k in range(M):
+        acc_lo, acc_hi = clmul_dot(B, s0 + Nc + k, x0, Nc, mode)
+        B[y0 + k] = acc_lo ^ carry
+        carry = acc_hi
+
+
+# frame layout on the explicit stack
+_F_S, _F_X, _F_Y, _F_M, _F_N, _F_W, _F_PH, _F_AUX = 0, 1, 2, 3, 4, 5, 6, 7
+_MAX_DEPTH = 512
+
+
+@kernel(None)
+def toeplitz_words(B, s0, x0, y0, M, Nc, w0, mode):
+    """Word-level Toeplitz product in one buffer: Y = (S X)[Nc : Nc+M] over GF(2).
+
+    Parameters
+    ----------
+    B : uint64[:]
+        Buffer holding the seed words ``B[s0 : s0+M+Nc]``, the input words
+        ``B[x0 : x0+Nc]``, the output words ``B[y0 : y0+M]`` (overwritten)
+        and scratch ``B[w0 : w0 + workspace_words(M, Nc)]``. The regions must
+        not overlap.
+    s0, x0, y0, w0 : int
+        Offsets of seed, input, output and scratch.
+    M, Nc : int
+        Output and input length in words.
+    mode : uint8 or int8 scalar
+        Carry-less product selector (``HW`` / ``SW``).
+
+    Returns
+    -------
+    int
+        0 on success, -1 if the scratch region would overflow ``B``,
+        -2 if the explicit stack would overflow.
+    """
+    if M <= 0:
+        return ST_OK
+    if Nc <= 0:
+        for k in range(M):
+            B[y0 + k] = 0
+        return ST_OK
+    st = np.zeros((_MAX_DEPTH, 8), dtype=np.int64)
+    sp = 0
+    st[0, _F_S] = s0
+    st[0, _F_X] = x0
+    st[0, _F_Y] = y0
+    st[0, _F_M] = M
+    st[0, _F_N] = Nc
+    st[0, _F_W] = w0
+    st[0, _F_PH] = 0
+    st[0, _F_AUX] = 0
+    sp = 1
+    nb = B.size
+    while sp > 0:
+        f = sp - 1
+        s = st[f, _F_S]
+        x = st[f, _F_X]
+        y = st[f, _F_Y]
+        m = st[f, _F_M]
+        nc = st[f, _F_N]
+        w = st[f, _F_W]
+        ph = st[f, _F_PH]
+        child = False
+        cs = 0
+        cx = 0
+        cy = 0
+        cm = 0
+        cn = 0
+        cw = 0
+        if m <= LEAF_WORDS or nc <= LEAF_WORDS:
+            _leaf(B, s, x, y, m, nc, mode)
+            sp -= 1
+            continue
+        if nc > m:
+            # column blocks of width <= m; the block at column xc of width a
+            # is Toeplitz(S[s + nc - xc - a:], X[x + xc:], m, a).
+            if w + m > nb:
+                return ST_WORKSPACE
+            aux = st[f, _F_AUX]
+            if ph == 0:
+                a = min(m, nc)
+                st[f, _F_AUX] = a
+                st[f, _F_PH] = 1
+                child = True
+                cs, cx, cy, cm, cn, cw = s + nc - a, x, y, m, a, w + m
+            elif ph == 1:
+                if aux >= nc:
+                    sp -= 1
+                    continue
+                a = min(m, nc - aux)
+                st[f, _F_AUX] = aux + a
+                st[f, _F_PH] = 2
+                child = True
+                cs, cx, cy, cm, cn, cw = s + nc - aux - a, x + aux, w, m, a, w + m
+            else:
+                for k in range(m):
+                    B[y + k] ^= B[w + k]
+                st[f, _F_PH] = 1
+                continue
+        elif m > nc:
+            # row blocks of height <= nc: rows from yr use S[s + yr:]
+            aux = st[f, _F_AUX]
+            if aux >= m:
+                sp -= 1
+                continue
+            r = min(nc, m - aux)
+            st[f, _F_AUX] = aux + r
+            child = True
+            cs, cx, cy, cm, cn, cw = s + aux, x, y + aux, r, nc, w
+        elif m & 1:
+            # odd square: (N-1) square, then last column and last row
+            if ph == 0:
+                st[f, _F_PH] = 1
+                child = True
+                cs, cx, cy, cm, cn, cw = s + 1, x, y, m - 1, m - 1, w
+            else:
+                if w + m > nb:
+                    return ST_WORKSPACE
+                _leaf(B, s, x + m - 1, w, m - 1, 1, mode)
+                for k in range(m - 1):
+                    B[y + k] ^= B[w + k]
+                _leaf(B, s + m - 1, x, y + m - 1, 1, m, mode)
+                sp -= 1
+                continue
+        else:
+            # even square: transposed Karatsuba (middle product)
+            h = m >> 1
+            if w + 2 * h > nb:
+                return ST_WORKSPACE
+            if ph == 0:
+                for k in range(2 * h):
+                    B[w + k] = B[s + k] ^ B[s + h + k]
+                st[f, _F_PH] = 1
+                child = True
+                cs, cx, cy, cm, cn, cw = w, x + h, y, h, h, w + 2 * h
+            elif ph == 1:
+                for k in range(2 * h):
+                    B[w + k] = B[s + h + k] ^ B[s + 2 * h + k]
+                st[f, _F_PH] = 2
+                child = True
+                cs, cx, cy, cm, cn, cw = w, x, y + h, h, h, w + 2 * h
+            elif ph == 2:
+                for k in range(h):
+                    B[w + k] = B[x + k] ^ B[x + h + k]
+                st[f, _F_PH] = 3
+                child = True
+                cs, cx, cy, cm, cn, cw = s + h, w, w + h, h, h, w + 2 * h
+            else:
+                for k in range(h):
+                    p = B[w + h + k]
+                    B[y + k] ^= p
+                    B[y + h + k] ^= p
+                sp -= 1
+                continue
+        if child:
+            if sp >= _MAX_DEPTH:
+                return ST_STACK
+            st[sp, _F_S] = cs
+            st[sp, _F_X] = cx
+            st[sp, _F_Y] = cy
+            st[sp, _F_M] = cm
+            st[sp, _F_N] = cn
+            st[sp, _F_W] = cw
+            st[sp, _F_PH] = 0
+            st[sp, _F_AUX] = 0
+            sp += 1
+    return ST_OK
+
+
+def workspace_words(M: int, Nc: int) -> int:
+    """Scratch words sufficient for :func:`toeplitz_words`: 3 (M + Nc) + 64.
+
+    Each level of the square recursion uses N words and hands the rest to its
+    children (<= 2N in total); a column split adds M words for the partial
+    products (see docs/amplify.md).
+    """
+    return 3 * (M + Nc) + 64
+
+
+@kernel(None)
+def shift_up(src, nbits_src, d, dst):
+    """dst = bits of ``src`` (first ``nbits_src`` bits) moved up by ``d`` bits.
+
+    Bits below ``d`` and above ``d + nbits_src`` are zero. ``dst`` is fully
+    overwritten. ``0 <= d``.
+    """
+    for k in range(dst.size):
+        dst[k] = 0
+    nw = (nbits_src + 63) >> 6
+    q = d >> 6
+    r = d & 63
+    for k in range(nw):
+        w = src[k]
+        if k == nw - 1 and (nbits_src & 63) != 0:
+            w &= (np.uint64(1) << np.uint64(nbits_src & 63)) - np.uint64(1)
+        t = k + q
+        if t < dst.size:
+            dst[t] |= w << np.uint64(r)
+        if r != 0 and t + 1 < dst.size:
+            dst[t + 1] |= w >> np.uint64(64 - r)
+    return 0
+
+
+@kernel(None)
+def shift_down(src, start, nbits, dst):
+    """dst = bits ``start .. start+nbits-1`` of the packed words ``src``.
+
+    ``dst`` (>= ceil(nbits/64) words) is fully overwritten; bits above
+    ``nbits`` are zero. ``src`` must hold at least ``start + nbits`` bits.
+    """
+    q = start >> 6
+    r = start & 63
+    nw = (nbits + 63) >> 6
+    ns = src.size
+    for k in range(dst.size):
+        if k >= nw:
+            dst[k] = 0
+            continue
+        w = src[q + k] >> np.uint64(r)
+        if r != 0 and q + k + 1 < ns:
+            w |= src[q + k + 1] << np.uint64(64 - r)
+        dst[k] = w
+    if (nbits & 63) != 0 and nw > 0:
+        dst[nw - 1] &= (np.uint64(1) << np.uint64(nbits & 63)) - np.uint64(1)
+    return 0
+
+
+@kernel(None)
+def mask_tail(Y, nbits):
+    """Zero every bit at position >= nbits in the packed words Y."""
+    nw = (nbits + 63) >> 6
+    for k in range(nw, Y.size):
+        Y[k] = 0
+    if (nbits & 63) != 0 and nw > 0:
+        Y[nw - 1] &= (np.uint64(1) << np.uint64(nbits & 63)) - np.uint64(1)
+
+
+def _warmup() -> None:
+    """Compile the Toeplitz kernels for this machine's mode."""
+    mode = default_mode()
+    rng = np.random.default_rng(0)
+    for M, Nc in ((1, 1), (3, 70), (70, 3), (2 * LEAF_WORDS + 1, 2 * LEAF_WORDS + 1)):
+        B = np.zeros(2 * (M + Nc) + workspace_words(M, Nc), np.uint64)
+        B[: 2 * Nc + M] = rng.integers(0, 2**63, 2 * Nc + M, dtype=np.uint64)
+        toeplitz_words(B, 0, M + Nc, M + 2 * Nc, M, Nc, 2 * (M + Nc), mode)
+    dst = np.zeros(3, np.uint64)
+    shift_up(np.ones(2, np.uint64), 100, 5, dst)
+    mask_tail(dst, 70)
+    shift_down(np.ones(3, np.uint64), 7, 100, dst)
