@@ -15,9 +15,10 @@ both parties' detection times the way qcrypto's ``pfind`` and S-Fifteen's
    gives the residual frequency (``df = (dt_late - dt_early) / Ts``, fpfind).
    Bins shrink by 128x per stage down to ``fine_bin_s``.
 3. **Fit**: the coincidences of the whole acquisition span within a few
-   fine bins are fitted with a straight line (sigma-clipped least squares),
-   which gives offset and frequency well inside the detector jitter, and the
-   width of the coincidence peak.
+   fine bins are fitted with a quadratic (sigma-clipped least squares),
+   which gives offset, frequency and drift well inside the detector jitter,
+   and the width of the coincidence peak. The model returned is the tangent
+   at the start of the span, where sifting begins.
 
 Over a long run :class:`DriftTracker` keeps the model locked: a servo that
 fits the residuals of each sifting window's coincidences and updates offset
@@ -237,6 +238,9 @@ class Alignment:
         Length of the fit span (Alice ticks).
     stages : list of StageResult
         The cross-correlations that led there.
+    drift_ppm_per_s : float
+        Rate of change of Bob's frequency offset over the fit span
+        (the quadratic term of the fit).
     """
 
     model: ClockModel
@@ -245,12 +249,15 @@ class Alignment:
     pair_rate_hz: float
     span_ticks: int
     stages: list[StageResult] = field(default_factory=list)
+    drift_ppm_per_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         m = self.model
         return {
             "offset_s": m.offset_s(0),
             "freq_ppm": m.freq_ppm,
+            "drift_ppm_per_s": self.drift_ppm_per_s,
+            "anchor_s": m.a_ref * m.tick_a_s,
             "sigma_ps": self.sigma_ticks * m.tick_a_s * 1e12,
             "n_pairs": self.n_pairs,
             "pair_rate_hz": self.pair_rate_hz,
@@ -491,38 +498,102 @@ def find_alignment(
         u_t = float(r)
         u_f = 2.0 * r / max(ts, 1)
 
-    # ---- final: sigma-clipped line fit of the coincidences ----------------------------
-    window = int(max(3 * r, 4 * u_t)) + 1
-    t_b_map = model.to_alice(t_b[np.searchsorted(t_b, math.floor(model.to_bob(ov_lo)) - 2):
-                                 np.searchsorted(t_b, math.ceil(model.to_bob(ov_hi)) + 2)])
-    t_a_ov = t_a[np.searchsorted(t_a, ov_lo): np.searchsorted(t_a, ov_hi)]
-    model, sigma, n_pairs = fit_clock(model, t_a_ov, t_b_map, window)
+    # ---- final: follow the clock across the span, then fit a quadratic -------------
+    # A drift bends the residual curve away from the early/late chord, so the
+    # span is walked in short sub-windows with a line fit each (a servo); the
+    # pairs found are then fitted with a quadratic relative to the chord
+    # model, whose tangent at the start of the overlap (where sifting begins)
+    # is returned, together with the drift.
+    model, sigma, n_pairs, dslope = _track_fit(model, t_a, t_b, ov_lo, ov_hi, int(max(8 * r, 4 * u_t)) + 1,
+                                               max(int(0.05 * sec), 64 * r))
     if n_pairs < 16:
         raise AlignmentError(
-            f"only {n_pairs} coincidences within +-{window} ticks after the fine search; "
+            f"only {n_pairs} coincidences found after the fine search; "
             f"the data are too sparse to align (use a longer acquisition_s)"
         )
     dur = (ov_hi - ov_lo) * tick_a_s
-    return Alignment(model, sigma, n_pairs, n_pairs / dur if dur > 0 else 0.0, ov_hi - ov_lo, stages)
+    # a residual slope growing by dslope per tick: Bob's clock gains frequency at that rate
+    drift_ppm_per_s = dslope / tick_a_s * 1e6
+    return Alignment(model, sigma, n_pairs, n_pairs / dur if dur > 0 else 0.0, ov_hi - ov_lo, stages,
+                     drift_ppm_per_s=drift_ppm_per_s)
+
+
+def _track_fit(
+    model0: ClockModel, t_a: np.ndarray, t_b: np.ndarray, lo: int, hi: int, window: int, sub: int
+) -> tuple[ClockModel, float, int, float]:
+    from ._kernels import pair_residuals
+
+    m = model0
+    ta_parts, res_parts = [], []
+    for s_lo in range(lo, hi, sub):
+        s_hi = min(s_lo + sub, hi)
+        ta_s = t_a[np.searchsorted(t_a, s_lo): np.searchsorted(t_a, s_hi)]
+        if ta_s.size == 0:
+            continue
+        tb_s = t_b[np.searchsorted(t_b, math.floor(m.to_bob(s_lo - window)) - 2):
+                   np.searchsorted(t_b, math.ceil(m.to_bob(s_hi + window)) + 2)]
+        tb_map = m.to_alice(tb_s)
+        cap = 2 * max(ta_s.size, tb_s.size) + 16
+        ta_p = np.empty(cap, np.int64)
+        res_p = np.empty(cap, np.int64)
+        k = min(pair_residuals(ta_s, tb_map, window, ta_p, res_p), cap)
+        if k < 8:
+            continue
+        ta_p, res = ta_p[:k], res_p[:k].astype(np.float64)
+        med = float(np.median(res))
+        mad = float(np.median(np.abs(res - med))) * 1.4826
+        keep = np.abs(res - med) <= max(4.0 * mad, 1.0)
+        ta_p, res = ta_p[keep], res[keep]
+        # residual relative to model0: model0(m^-1(t)) - t added to the residual against m
+        b = m.b_ref + (ta_p - m.a_ref - m.frac) / m.rate
+        res0 = res + (model0.a_ref + model0.frac + (b - model0.b_ref) * model0.rate - ta_p)
+        ta_parts.append(ta_p)
+        res_parts.append(res0)
+        got = _polyfit_clipped(ta_p, res, (s_lo + s_hi) // 2, 1, 4.0)
+        if got is not None:
+            m = m.corrected(got[0], got[1], (s_lo + s_hi) // 2)
+    if not ta_parts:
+        return model0, float("nan"), 0, 0.0
+    ta_all = np.concatenate(ta_parts)
+    res_all = np.concatenate(res_parts)
+    got = _polyfit_clipped(ta_all, res_all, lo, 2, 4.0)
+    if got is None:
+        return model0, float("nan"), int(ta_all.size), 0.0
+    c0, c1, c2, sigma, n = got
+    return model0.corrected(c0, c1, lo), sigma, n, 2.0 * c2
 
 
 def fit_clock(
-    model: ClockModel, t_a: np.ndarray, t_b_mapped: np.ndarray, window: int, *, clip: float = 4.0
-) -> tuple[ClockModel, float, int]:
-    """Refine ``model`` by a sigma-clipped straight-line fit of coincidence residuals.
+    model: ClockModel,
+    t_a: np.ndarray,
+    t_b_mapped: np.ndarray,
+    window: int,
+    *,
+    anchor: int | None = None,
+    quadratic: bool = True,
+    clip: float = 4.0,
+) -> tuple[ClockModel, float, int, float]:
+    """Refine ``model`` by a sigma-clipped polynomial fit of coincidence residuals.
 
     All pairs with ``|t_b_mapped - t_a| <= window`` are found; the residuals
     are clipped at ``clip`` robust standard deviations (1.4826 MAD) around
-    the median, then fitted by least squares as ``c0 + c1 (t_a - t_m)``.
+    the median and fitted by least squares with ``c0 + c1 x + c2 x^2``,
+    ``x = t_a - anchor`` (``c2 = 0`` if not ``quadratic``); the fit is
+    repeated once, clipping at ``clip`` standard deviations around the curve.
+    The quadratic term absorbs a clock drift (frequency changing in time),
+    which a straight line over a long window would turn into a bias.
 
     Returns
     -------
     model : ClockModel
-        Corrected model.
+        Tangent of the fitted curve at ``anchor`` (default: the median pair
+        time), i.e. offset and frequency *at* the anchor.
     sigma : float
-        Standard deviation of the kept residuals after the fit (ticks).
+        Standard deviation of the kept residuals about the curve (ticks).
     n : int
         Number of kept pairs.
+    dfreq_per_tick : float
+        Change of the residual slope per Alice tick (``2 c2``); 0 for a line.
     """
     from ._kernels import pair_residuals
 
@@ -535,21 +606,43 @@ def fit_clock(
             break
         cap = k
     ta, res = ta[:k], res[:k].astype(np.float64)
-    if k < 3:
-        return model, float("nan"), k
+    if k < 8:
+        return model, float("nan"), k, 0.0
     med = float(np.median(res))
     mad = float(np.median(np.abs(res - med))) * 1.4826
     keep = np.abs(res - med) <= max(clip * mad, 1.0)
     ta, res = ta[keep], res[keep]
-    if ta.size < 3:
-        return model, float("nan"), int(ta.size)
-    t_m = int(ta[ta.size // 2])
-    x = (ta - t_m).astype(np.float64)
-    sxx = float(np.sum((x - x.mean()) ** 2))
-    c1 = float(np.sum((x - x.mean()) * (res - res.mean())) / sxx) if sxx > 0 else 0.0
-    c0 = float(res.mean() - c1 * x.mean())
-    sigma = float(np.std(res - (c0 + c1 * x)))
-    return model.corrected(c0, c1, t_m), sigma, int(ta.size)
+    if ta.size < 8:
+        return model, float("nan"), int(ta.size), 0.0
+    t0 = int(ta[ta.size // 2]) if anchor is None else int(anchor)
+    got = _polyfit_clipped(ta, res, t0, 2 if quadratic else 1, clip)
+    if got is None:
+        return model, float("nan"), int(ta.size), 0.0
+    c0, c1, c2, sigma, n = got
+    return model.corrected(c0, c1, t0), sigma, n, 2.0 * c2
+
+
+def _polyfit_clipped(
+    ta: np.ndarray, res: np.ndarray, t0: int, deg: int, clip: float
+) -> tuple[float, float, float, float, int] | None:
+    """Least-squares ``res ~ c0 + c1 x + c2 x^2`` (``x = ta - t0``), refit once after clipping at ``clip`` sd."""
+    x_all = (ta - t0).astype(np.float64)
+    scale = float(np.max(np.abs(x_all))) or 1.0  # conditioning of the normal equations
+    keep = np.ones(ta.size, bool)
+    coef = np.zeros(deg + 1)
+    for _ in range(2):
+        if keep.sum() < 8:
+            return None
+        coef = np.polynomial.polynomial.polyfit(x_all[keep] / scale, res[keep], deg)
+        fit = np.polynomial.polynomial.polyval(x_all / scale, coef)
+        sd = float(np.std(res[keep] - fit[keep]))
+        keep = np.abs(res - fit) <= max(clip * sd, 1.0)
+    if keep.sum() < 8:
+        return None
+    fit = np.polynomial.polynomial.polyval(x_all[keep] / scale, coef)
+    sigma = float(np.std(res[keep] - fit))
+    c2 = float(coef[2]) / scale**2 if deg == 2 else 0.0
+    return float(coef[0]), float(coef[1]) / scale, c2, sigma, int(keep.sum())
 
 
 # --------------------------------------------------------------------------- tracking
@@ -559,11 +652,15 @@ def fit_clock(
 class DriftTracker:
     """Servo keeping a :class:`ClockModel` locked over a long run.
 
-    After each sifting window, :meth:`update` takes the Alice times and
+    After each sifting (sub-)window, :meth:`update` takes the Alice times and
     residuals (``mapped t_b - t_a``, Alice ticks) of that window's
-    coincidences, fits ``c0 + c1 (t - t_m)`` by least squares and corrects the
-    model by ``gain_offset * c0`` and ``gain_freq * c1``. With gains of 1 it is
-    a dead-beat estimator; lower gains average noisy windows. A history of
+    coincidences and fits them by least squares with ``c0 + c1 x + c2 x^2``
+    (a line when there are few pairs), ``x = t - t_m``. The model is then
+    replaced by the fitted curve's tangent at the centre of the *next*
+    window, ``t_m + span`` -- a prediction that keeps a drifting clock
+    (frequency ramp) locked, where a first-order servo on the offset alone
+    (costream's) would lag. ``gain_offset`` and ``gain_freq`` scale the
+    offset and slope corrections; 1 is dead-beat. A history of
     ``(t_m, offset_s, freq_ppm)`` is kept for the report (drift).
 
     Attributes
@@ -577,7 +674,7 @@ class DriftTracker:
 
     model: ClockModel
     gain_offset: float = 1.0
-    gain_freq: float = 0.5
+    gain_freq: float = 1.0
     min_pairs: int = 32
     history: list[tuple[int, float, float]] = field(default_factory=list)
 
@@ -593,12 +690,15 @@ class DriftTracker:
         if n < self.min_pairs:
             return self.model
         t_m = int(t_a[n // 2])
-        x = (t_a - t_m).astype(np.float64)
-        y = residual.astype(np.float64)
-        xm, ym = x.mean(), y.mean()
-        sxx = float(np.sum((x - xm) ** 2))
-        c1 = float(np.sum((x - xm) * (y - ym)) / sxx) if sxx > 0 else 0.0
-        c0 = float(ym - c1 * xm)
-        self.model = self.model.corrected(self.gain_offset * c0, self.gain_freq * c1, t_m)
+        span = int(t_a[-1]) - int(t_a[0])
+        deg = 2 if n >= 4 * self.min_pairs else 1
+        got = _polyfit_clipped(np.asarray(t_a, np.int64), residual.astype(np.float64), t_m, deg, 5.0)
+        if got is None:
+            return self.model
+        c0, c1, c2, _, _ = got
+        d = float(span)  # predict to the centre of the next window
+        c0p = c0 + c1 * d + c2 * d * d
+        c1p = c1 + 2.0 * c2 * d
+        self.model = self.model.corrected(self.gain_offset * c0p, self.gain_freq * c1p, t_m + int(d))
         self.history.append((t_m, self.model.offset_s(t_m), self.model.freq_ppm))
         return self.model

@@ -10,14 +10,18 @@ at 1 ps).
 from __future__ import annotations
 
 import numpy as np
-from numba import float64, int64, void
+from numba import float64, int64, types, void
 
 from .._jit import kernel, register
 
 register(__name__)
 
+# Input-only arrays are typed read-only so memory-mapped (read-only) chunks
+# are accepted without a copy; writable arrays convert to them implicitly.
+ro_i64 = types.Array(types.int64, 1, "A", readonly=True)
 
-@kernel(void(int64[:], int64, int64, int64, int64, int64, float64[:]))
+
+@kernel(void(ro_i64, int64, int64, int64, int64, int64, float64[:]))
 def fold_histogram(t, lo, hi, origin, bin_ticks, mask, out):
     """Add events with ``lo <= t < hi`` to ``out[((t - origin) // bin_ticks) & mask]``.
 
@@ -35,7 +39,7 @@ def fold_histogram(t, lo, hi, origin, bin_ticks, mask, out):
         out[((x - origin) // bin_ticks) & mask] += 1.0
 
 
-@kernel(void(int64[:], int64, int64, float64, float64, int64, int64, int64, int64, int64, float64[:]))
+@kernel(void(ro_i64, int64, int64, float64, float64, int64, int64, int64, int64, int64, float64[:]))
 def fold_histogram_mapped(t_b, b_ref, a_ref, frac, rate, lo, hi, origin, bin_ticks, mask, out):
     """Fold Bob's events mapped to Alice's clock, ``x = a_ref + floor(frac + (t_b - b_ref) * rate)``.
 
@@ -49,7 +53,7 @@ def fold_histogram_mapped(t_b, b_ref, a_ref, frac, rate, lo, hi, origin, bin_tic
         out[((x - origin) // bin_ticks) & mask] += 1.0
 
 
-@kernel(void(int64[:], int64, int64, float64, float64, int64[:]))
+@kernel(void(ro_i64, int64, int64, float64, float64, int64[:]))
 def map_clock(t_b, b_ref, a_ref, frac, rate, out):
     """``out[i] = a_ref + floor(frac + (t_b[i] - b_ref) * rate + 1/2)``: Bob's ticks to Alice's.
 
@@ -61,7 +65,7 @@ def map_clock(t_b, b_ref, a_ref, frac, rate, out):
         out[i] = a_ref + np.int64(np.floor(frac + (t_b[i] - b_ref) * rate + 0.5))
 
 
-@kernel(int64(int64[:], int64[:], int64, int64[:], int64[:]))
+@kernel(int64(ro_i64, ro_i64, int64, int64[:], int64[:]))
 def pair_residuals(t_a, t_b_mapped, window, out_ta, out_res):
     """Every (Alice, Bob) pair with ``|t_b - t_a| <= window``: Alice time and difference.
 

@@ -110,7 +110,7 @@ class SiftConfig:
     bob_flip: tuple[str, ...] = ()
     window_s: float = 0.05
     gain_offset: float = 1.0
-    gain_freq: float = 0.5
+    gain_freq: float = 1.0
     align: AlignConfig = field(default_factory=AlignConfig)
 
     def __post_init__(self) -> None:
@@ -847,29 +847,48 @@ class BobSift:
         self._open = None
 
     def _sift_window(self, channel: Channel, reply: dict[str, Any], t_a: np.ndarray, first: bool) -> None:
-        """Pair Alice's window times with Bob's detections; keep the result open until the bases go out."""
+        """Pair Alice's window times with Bob's detections; keep the result open until the bases go out.
+
+        The window is matched in sub-windows of ``window_s`` with a servo
+        update after each, so a long window (the acquisition window) follows
+        the clock drift too.
+        """
         from ._kernels import match_coincidences
 
         assert self.tracker is not None
         hi_eff = int(reply["hi_eff"])
-        model = self.tracker.model
         w = self.window_ticks
-        # Bob's detections that can pair with Alice's [lo, hi_eff)
-        j1 = int(np.searchsorted(self._buf.t, math.ceil(model.to_bob(hi_eff + w)) + 2))
-        tb_map = model.to_alice(self._buf.t[:j1])
-        n = min(t_a.size, j1)
-        ia = np.empty(n, np.int64)
-        ib = np.empty(n, np.int64)
-        used = self._used[:j1]
-        k = match_coincidences(t_a, tb_map, w, used, ia, ib)
-        ia, ib = ia[:k], ib[:k]
-        # servo on the residuals of this window's pairs
-        if k:
-            self.tracker.update(t_a[ia], tb_map[ib] - t_a[ia])
+        tick_a = self.tracker.model.tick_a_s
+        sub = max(1, int(self.config.window_s / tick_a))
+        ia_parts: list[np.ndarray] = []
+        ib_parts: list[np.ndarray] = []
+        i0 = 0
+        bt = self._buf.t
+        while i0 < t_a.size:
+            i1 = int(np.searchsorted(t_a, int(t_a[i0]) + sub))
+            ta_sub = t_a[i0:i1]
+            model = self.tracker.model
+            j0 = int(np.searchsorted(bt, math.floor(model.to_bob(int(ta_sub[0]) - w)) - 2))
+            j1 = int(np.searchsorted(bt, math.ceil(model.to_bob(int(ta_sub[-1]) + w)) + 2))
+            tb_map = model.to_alice(bt[j0:j1])
+            n = min(ta_sub.size, j1 - j0)
+            ia = np.empty(n, np.int64)
+            ib = np.empty(n, np.int64)
+            k = match_coincidences(ta_sub, tb_map, w, self._used[j0:j1], ia, ib)
+            ia, ib = ia[:k], ib[:k]
+            if k:
+                # servo on the residuals of this sub-window's pairs
+                self.tracker.update(ta_sub[ia], tb_map[ib] - ta_sub[ia])
+                ia_parts.append(ia + i0)
+                ib_parts.append(ib + j0)
+            i0 = i1
+        ia = np.concatenate(ia_parts) if ia_parts else np.empty(0, np.int64)
+        ib = np.concatenate(ib_parts) if ib_parts else np.empty(0, np.int64)
         self._open_wid = int(reply["wid_new"])
         self._open = (ia, self._buf.basis[ib], self._buf.bit[ib])
         # drop Bob's detections that can no longer pair with later Alice events
-        keep_from = int(np.searchsorted(tb_map, hi_eff - w))
+        keep_from = int(np.searchsorted(bt, math.floor(self.tracker.model.to_bob(hi_eff - w)) - 2))
+        keep_from = max(0, keep_from)
         self._buf = self._buf.slice(keep_from, len(self._buf))
         self._used = self._used[keep_from:]
         self._lo = hi_eff

@@ -8,11 +8,16 @@ value still to be drawn at random by the caller (double clicks).
 from __future__ import annotations
 
 import numpy as np
-from numba import int64, uint8, void
+from numba import int64, types, uint8, void
 
 from .._jit import kernel, register
 
 register(__name__)
+
+# Input-only arrays are typed read-only so memory-mapped (read-only) chunks
+# are accepted without a copy; writable arrays convert to them implicitly.
+ro_i64 = types.Array(types.int64, 1, "A", readonly=True)
+ro_u8 = types.Array(types.uint8, 1, "A", readonly=True)
 
 #: ``state`` slots of :func:`condition_clicks` (one pending detection).
 ST_OPEN, ST_T, ST_BASIS, ST_BIT, ST_FLAG = 0, 1, 2, 3, 4
@@ -23,7 +28,7 @@ FLAG_SINGLE, FLAG_MULTI_SAME, FLAG_MULTI_CROSS = 0, 1, 2
 RANDOM = 255
 
 
-@kernel(int64(int64[:], uint8[:], uint8[:], int64, int64, int64[:], int64[:], uint8[:], uint8[:], uint8[:], int64[:]))
+@kernel(int64(ro_i64, ro_u8, ro_u8, int64, int64, int64[:], int64[:], uint8[:], uint8[:], uint8[:], int64[:]))
 def condition_clicks(t, ch, lut, dead_ticks, mc_ticks, state, out_t, out_basis, out_bit, out_flag, counts):
     """Turn one party's clicks into detections; returns the number written.
 
@@ -103,7 +108,7 @@ def condition_clicks(t, ch, lut, dead_ticks, mc_ticks, state, out_t, out_basis, 
     return k
 
 
-@kernel(int64(int64[:], int64[:], int64, uint8[:], int64[:], int64[:]))
+@kernel(int64(ro_i64, ro_i64, int64, uint8[:], int64[:], int64[:]))
 def match_coincidences(t_a, t_b, window, used_b, out_ia, out_ib):
     """Pair each Alice event with the nearest unused Bob event within ``window``.
 
@@ -144,7 +149,7 @@ def match_coincidences(t_a, t_b, window, used_b, out_ia, out_ib):
     return k
 
 
-@kernel(void(uint8[:], uint8[:], uint8, uint8[:], int64[:]))
+@kernel(void(ro_u8, ro_u8, uint8, uint8[:], int64[:]))
 def classify_pairs(basis_a, basis_b, key_basis, out_class, counts):
     """Per pair: 0 = both in the key basis, 1 = both in the test basis, 2 = bases differ.
 
