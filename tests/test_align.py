@@ -219,7 +219,8 @@ def test_drift_tracker_follows_a_frequency_ramp():
             worst = max(worst, float(np.abs(res).max()))
         tr.update(ta_ticks, res)
     # without the servo the offset error would reach 0.25 ppm/s * 25 s^2 ~ 6 us;
-    # with the predicting servo it stays at the rounding level
-    assert worst * tick < 20e-12
+    # with the predicting servo only the tangent-vs-parabola gap remains,
+    # (0.5 ppm/s / 2) * (0.025 s)^2 = 156 ps at the window edges
+    assert worst * tick < 250e-12
     assert tr.model.freq_ppm == pytest.approx(20 + 0.5 * 5, abs=0.05)
     assert len(tr.history) == 100
