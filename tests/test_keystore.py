@@ -173,3 +173,11 @@ def test_dropped_blocks_stay_known(tmp_path):
     with pytest.raises(InputError, match="never written twice"):
         store.put("d", _bits(5), {})
     assert store.mark_started("d") is False
+
+
+def test_empty_journal_of_finished_block_is_cleaned_on_open(tmp_path):
+    store = KeyStore(tmp_path)
+    store.put("k", _bits(5), {})
+    (tmp_path / "started" / "k").mkdir()  # as if killed right after the rename
+    store = KeyStore(tmp_path)
+    assert store.ids("started") == [] and store.state("k") == "final"

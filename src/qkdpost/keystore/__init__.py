@@ -106,6 +106,12 @@ class KeyStore:
         # Leftovers in tmp/ are blocks a crash interrupted before their rename.
         for junk in (self.path / "tmp").iterdir():
             shutil.rmtree(junk, ignore_errors=True)
+        # A crash between a block's rename into place and the removal of its
+        # journal entry leaves an empty entry behind: the block is done.
+        for entry in (self.path / "started").iterdir():
+            if any((self.path / area / entry.name).is_dir() for area in ("keys", "pending", "consumed")):
+                if not (entry / "dropped").exists():
+                    entry.rmdir()
 
     # -- queries -----------------------------------------------------------
     @staticmethod

@@ -518,9 +518,13 @@ class AliceBlocks:
     def abandon(self, reason: str) -> None:
         """The session ended mid-batch: drop every block still in flight."""
         for bid in list(self._recs):
-            if self.store.state(bid) == "started":
+            st = self.store.state(bid)
+            if st == "started":
                 self.store.mark_dropped(bid, reason)
-            self._close(bid, "dropped", reason)
+            if st == "pending":  # Bob decides at the next session (two-phase commit)
+                self._close(bid, "pending", f"{reason}; awaiting Bob's commit at the next session")
+            else:
+                self._close(bid, "dropped", reason)
         self._routes = {}
         self._outputs = None
 
