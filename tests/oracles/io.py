@@ -14,6 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+class BadRecord(ValueError):
+    """A record that must be rejected; ``index`` is its position, ``events`` what came
+    before it and ``what`` the reason ("record", "range" or "channel")."""
+
+    def __init__(self, index, events, what="record"):
+        super().__init__(f"record {index}: {what}")
+        self.index = index
+        self.events = events
+        self.what = what
+
+
 # --------------------------------------------------------------------------- qcrypto
 
 QCRYPTO_SHIFT = {"49bit": 15, "54bit": 10}
@@ -54,6 +65,8 @@ def decode_qcrypto(data, *, variant="49bit", word_swap=False, keep_flagged=False
         if prev is not None:
             if traw < prev - span // 2:
                 wraps += 1
+                if wraps * span > 1 << 62:
+                    raise BadRecord(i, events, "range")
                 epoch = wraps
                 prev = traw
             elif traw > prev + span // 2 and wraps > 0:
@@ -169,8 +182,10 @@ def write_ptu(path, events, flavour, resolution=1e-12, *, extra_tags=(), records
     return recs
 
 
+
+
 def decode_ptu_t2(recs, flavour, keep_markers=True):
-    """Events (t, ch, record index) with our channel codes, plain loop."""
+    """Events (t, ch, record index) with our channel codes, plain loop; BadRecord on an undefined record."""
     out = []
     ofl = 0
     for i, r in enumerate(int(x) for x in recs):
@@ -179,11 +194,13 @@ def decode_ptu_t2(recs, flavour, keep_markers=True):
             if chan == 15:
                 if r & 0xF == 0:
                     ofl += PH_WRAP
+                    if ofl > 1 << 62:
+                        raise BadRecord(i, out, "range")
                 elif keep_markers:
                     out.append((ofl + tt, 0x80 | (r & 0xF), i))
                 continue
             if chan > 4:
-                raise ValueError(f"record {i}: bad channel {chan}")
+                raise BadRecord(i, out)
             out.append((ofl + tt, chan, i))
         else:
             special, chan, tt = r >> 31, (r >> 25) & 0x3F, r & 0x1FFFFFF
@@ -192,13 +209,15 @@ def decode_ptu_t2(recs, flavour, keep_markers=True):
                     ofl += HH1_WRAP
                 else:
                     ofl += HH2_WRAP * (tt or 1)
+                if ofl > 1 << 62:
+                    raise BadRecord(i, out, "range")
             elif special and chan == 0:
                 out.append((ofl + tt, 0, i))
             elif special and chan <= 15:
                 if keep_markers:
                     out.append((ofl + tt, 0x80 | chan, i))
             elif special:
-                raise ValueError(f"record {i}: bad special channel {chan}")
+                raise BadRecord(i, out)
             else:
                 out.append((ofl + tt, chan + 1, i))
     return out
@@ -212,7 +231,16 @@ def encode_qutag(t, ch, header=None):
 
 
 def decode_qutag(data):
-    return [(*struct.unpack_from("<qH", data, 40 + 10 * i), i) for i in range((len(data) - 40) // 10)]
+    """Events (t, ch, record index); BadRecord at the first channel > 255 or negative time."""
+    out = []
+    for i in range((len(data) - 40) // 10):
+        t, ch = struct.unpack_from("<qH", data, 40 + 10 * i)
+        if ch > 255:
+            raise BadRecord(i, out, "channel")
+        if t < 0:
+            raise BadRecord(i, out, "range")
+        out.append((t, ch, i))
+    return out
 
 
 # --------------------------------------------------------------------------- ordering

@@ -43,11 +43,14 @@ STATE_LEN = 8
 #: cannot overflow int64 for any ``tol`` below 2**61.
 T_FLOOR = -(1 << 62)
 MAX_TOL = 1 << 61
+#: Largest overflow sum / rollover offset accepted; beyond it int64 time could wrap.
+T_MAX = 1 << 62
 
 ERR_NONE = 0
 ERR_BACKWARDS = 1  # t < running max - tol
 ERR_RECORD = 2  # record of an impossible kind (e.g. undefined channel code)
 ERR_CHANNEL = 3  # channel number does not fit the uint8 model
+ERR_RANGE = 4  # time outside the representable range (negative, or overflow sum beyond 2**62)
 
 # PTU T2 flavours (see decode_ptu_t2)
 PTU_PICOHARP = 0
@@ -108,6 +111,11 @@ def decode_qcrypto(words, swap, shift, keep_flagged, tol, state, t_out, ch_out):
         if last >= 0:
             if traw < last - half:  # the counter rolled over
                 off += span
+                if off > T_MAX:
+                    state[S_ERR] = ERR_RANGE
+                    state[S_ERR_REC] = i
+                    state[S_ERR_VAL] = off
+                    return -1
                 t = traw + off
                 last = traw
             elif traw > last + half and off >= span:  # a straggler from before the rollover
@@ -172,6 +180,11 @@ def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out):  # pra
                 if m == 0:
                     ofl += PICOHARP_T2_WRAP
                     n_ofl += 1
+                    if ofl > T_MAX:
+                        state[S_ERR] = ERR_RANGE
+                        state[S_ERR_REC] = i
+                        state[S_ERR_VAL] = ofl
+                        return -1
                     continue
                 n_mark += 1
                 if not keep_markers:
@@ -196,6 +209,11 @@ def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out):  # pra
                     else:
                         ofl += HYDRAHARP2_T2_WRAP * tt
                     n_ofl += 1
+                    if ofl > T_MAX:
+                        state[S_ERR] = ERR_RANGE
+                        state[S_ERR_REC] = i
+                        state[S_ERR_VAL] = ofl
+                        return -1
                     continue
                 if chan == 0:
                     c = 0
@@ -236,7 +254,8 @@ def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out):  # pragma: no cover - 
     """Decode qutools quTAG binary records (int64 time, uint16 channel).
 
     ``t_in`` and ``ch_in`` are strided views of the 10-byte records. A
-    channel above 255 does not fit the uint8 model (``ERR_CHANNEL``).
+    channel above 255 does not fit the uint8 model (``ERR_CHANNEL``); a
+    negative time stamp cannot come from the device (``ERR_RANGE``).
     """
     tmax = state[S_MAX]
     for i in range(t_in.size):
@@ -247,6 +266,11 @@ def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out):  # pragma: no cover - 
             state[S_ERR_VAL] = c
             return -1
         t = t_in[i]
+        if t < 0:
+            state[S_ERR] = ERR_RANGE
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = t
+            return -1
         if t < tmax - tol:
             state[S_ERR] = ERR_BACKWARDS
             state[S_ERR_REC] = i

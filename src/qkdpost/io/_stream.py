@@ -121,6 +121,9 @@ class RecordStream:
             msg = (f"record {index}: time {val} ticks is more than the reordering tolerance ({self.tol} ticks) "
                    f"before the latest time {int(s[K.S_MAX])}; the file is corrupt, or raise reorder_window_s "
                    "if the tagger reorders events that much")
+        elif code == K.ERR_RANGE:
+            msg = (f"record {index}: time {val} is out of range (negative, or an overflow sum beyond 2**62 ticks); "
+                   f"the file is corrupt or not a {self.fmt} file")
         elif code == K.ERR_CHANNEL:
             msg = f"record {index}: channel {val} does not fit 0..255; the file is corrupt or not a {self.fmt} file"
         else:

@@ -8,7 +8,8 @@ whose schema is ``t: int64 not null, ch: uint8 not null`` and whose schema
 metadata holds
 
 - ``qkdpost.format``: ``"timestamps/1"`` (the layout version),
-- ``qkdpost.stream_info``: :meth:`StreamInfo.to_json` as UTF-8 JSON, and
+- ``qkdpost.stream_info``: :meth:`StreamInfo.to_json` as UTF-8 JSON, with
+  its CRC-32 in ``qkdpost.stream_info_crc32``, and
 - ``qkdpost.checksum``: ``"crc32"``: every record batch then carries the
   CRC-32 (zlib) of its ``t`` bytes followed by its ``ch`` bytes, as hex in the
   batch's custom metadata key ``qkdpost.crc32``; the reader verifies it, so
@@ -45,6 +46,7 @@ FORMAT_TAG = "timestamps/1"
 _META_FORMAT = b"qkdpost.format"
 _META_INFO = b"qkdpost.stream_info"
 _META_CHECKSUM = b"qkdpost.checksum"
+_META_INFO_CRC = b"qkdpost.stream_info_crc32"
 _BATCH_CRC = b"qkdpost.crc32"
 SCHEMA = pa.schema([pa.field("t", pa.int64(), nullable=False), pa.field("ch", pa.uint8(), nullable=False)])
 ARROW_MAGIC = b"ARROW1"
@@ -54,9 +56,11 @@ BATCH_EVENTS = 1 << 20
 
 
 def _schema_with(info: StreamInfo) -> pa.Schema:
+    text = json.dumps(info.to_json(), sort_keys=True).encode()
     meta = {
         _META_FORMAT: FORMAT_TAG.encode(),
-        _META_INFO: json.dumps(info.to_json(), sort_keys=True).encode(),
+        _META_INFO: text,
+        _META_INFO_CRC: b"%08x" % zlib.crc32(text),
         _META_CHECKSUM: b"crc32",
     }
     return SCHEMA.with_metadata(meta)
@@ -259,6 +263,13 @@ def _info_from_meta(path: str, meta: dict[bytes, bytes] | None) -> StreamInfo:
     fmt = meta.get(_META_FORMAT, b"").decode("utf-8", "replace")
     if fmt.split("/")[0] != "timestamps" or not fmt.endswith("/1"):
         raise FileFormatError(path, None, f"qkdpost.format={fmt!r}: this reader supports {FORMAT_TAG!r} only")
+    crc = meta.get(_META_INFO_CRC)
+    if crc is None:
+        raise FileFormatError(path, None, "qkdpost.stream_info_crc32 metadata missing: the file is damaged or was "
+                              "not written by qkdpost.io.write_stream; re-create it")
+    if crc != b"%08x" % zlib.crc32(meta[_META_INFO]):
+        raise FileFormatError(path, None, "qkdpost.stream_info does not match its CRC-32: the metadata were "
+                              "altered; re-create the file")
     try:
         d = json.loads(meta[_META_INFO].decode("utf-8"))
         if not isinstance(d, dict):
@@ -341,12 +352,19 @@ def read_stream(
         _check_schema(path, reader.schema)
         info = _info_from_meta(path, reader.schema.metadata)
         checksum = (reader.schema.metadata or {}).get(_META_CHECKSUM)
-        if checksum not in (None, b"crc32"):
-            raise FileFormatError(path, None, f"qkdpost.checksum={checksum!r}: unknown checksum; supported: crc32")
+        if checksum != b"crc32":
+            raise FileFormatError(path, None, f"qkdpost.checksum={checksum!r}: missing or unknown (expected b'crc32'); "
+                                  "the file is damaged or was not written by qkdpost.io.write_stream")
+    except FileFormatError:
+        mm.close()
+        raise
+    except (pa.ArrowException, ValueError, TypeError, KeyError) as exc:  # e.g. a field name that is not UTF-8
+        mm.close()
+        raise FileFormatError(path, None, f"corrupt Arrow schema ({type(exc).__name__}: {exc})") from None
     except BaseException:
         mm.close()
         raise
-    return info, _iter_batches(path, mm, reader, int(chunk_events), bool(verify) and checksum == b"crc32")
+    return info, _iter_batches(path, mm, reader, int(chunk_events), bool(verify))
 
 
 def _iter_batches(path: str, mm: Any, reader: Any, chunk_events: int, verify: bool) -> Iterator[Chunk]:

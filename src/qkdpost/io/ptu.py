@@ -183,7 +183,7 @@ def read_ptu(
     tags, data_offset = read_ptu_header(path)
     size = file_size(path)
     rectype = tags.get("TTResultFormat_TTTRRecType")
-    if not isinstance(rectype, int):
+    if type(rectype) is not int:  # noqa: E721 - a Bool8 tag must not pass as a number
         raise FileFormatError(path, None, "PTU header has no TTResultFormat_TTTRRecType tag; cannot decode records")
     if rectype in _T3_TYPES:
         raise FileFormatError(path, None, f"record type 0x{rectype:08X} is a T3 (histogramming) format; only T2 "
@@ -193,17 +193,17 @@ def read_ptu(
                               + ", ".join(f"0x{k:08X} {v[0]}" for k, v in RECORD_TYPES.items()))
     kind, flavour = RECORD_TYPES[rectype]
     res = tags.get("MeasDesc_GlobalResolution")
-    if not isinstance(res, float) or not (0 < res < 1):
-        raise FileFormatError(path, None, f"MeasDesc_GlobalResolution={res!r}: missing or not a tick length in "
-                              "seconds; the header is corrupt")
+    if not isinstance(res, float) or not (1e-15 <= res <= 1e-3):
+        raise FileFormatError(path, None, f"MeasDesc_GlobalResolution={res!r}: missing or not a plausible tick "
+                              "length (1 fs .. 1 ms); the header is corrupt")
     body = size - data_offset
     declared = tags.get("TTResult_NumberOfRecords")
-    if isinstance(declared, int) and declared > 0:
+    if type(declared) is int and declared > 0:  # noqa: E721
         if declared * 4 > body:
             have = body // 4
             raise FileFormatError(path, data_offset + have * 4, f"truncated PTU file: header declares {declared} "
                                   f"records, the file holds {have}{' and a partial one' if body % 4 else ''}")
-        n = declared
+        n = int(declared)
     else:  # acquisition software that did not finish writing the header
         n = check_record_region(path, data_offset, 4, size, "PTU")
     if n == 0:
