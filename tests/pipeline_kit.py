@@ -121,9 +121,9 @@ class ToyKit(StageKit):
         r = channel.request("toy.verify", {"ids": " ".join(ids)})
         ok = np.array([hmac.compare_digest(_tag(r["key"], bits[j]), r["tags"][8 * j: 8 * j + 8])
                        and ids[j] not in self.fail_verify for j in range(len(ids))])
-        return ok, 64
+        return ok, 64, 2.0**-64
 
-    def secure_length(self, stats, n, leak_ec, leak_verify, cfg):
+    def secure_length(self, stats, n, leak_ec, leak_verify, eps_cor, cfg):
         ell = n - leak_ec - leak_verify - int(stats.get("penalty", 0))
         return ell, "toy", {"penalty": int(stats.get("penalty", 0))}
 

@@ -247,10 +247,12 @@ class BobBlocks:
             ok = np.zeros(len(live), dtype=bool)
             if cand:
                 with clock("verify"):
-                    v_ok, tag_bits = self.kit.verify_bob(self.channel, [ids[i] for i in cand], corrected[cand], cfg)
+                    v_ok, tag_bits, eps_cor = self.kit.verify_bob(self.channel, [ids[i] for i in cand],
+                                                                  corrected[cand], cfg)
                 for j, i in enumerate(cand):
                     ok[i] = bool(v_ok[j])
                     recs[ids[i]].leak_verify = int(tag_bits)
+                    recs[ids[i]].extra["eps_cor"] = float(eps_cor)
             failed_v = [b for i, b in enumerate(live) if i in cand and not ok[i]]
 
             # 4. finite-key length on Bob's side (public inputs only)
@@ -260,7 +262,8 @@ class BobBlocks:
                     if not ok[i]:
                         continue
                     r = recs[b.block_id]
-                    ell, bound, details = self.kit.secure_length(b.stats, int(b.bits.size), r.leak_ec, r.leak_verify, cfg)
+                    ell, bound, details = self.kit.secure_length(b.stats, int(b.bits.size), r.leak_ec, r.leak_verify,
+                                                                 r.extra.get("eps_cor", cfg.verify.eps_cor), cfg)
                     r.secure_length, r.bound = int(ell), bound
                     r.extra["finitekey"] = details
                     lengths[i] = max(0, int(ell))
@@ -349,7 +352,7 @@ class BobBlocks:
             "qber_observed": r.qber_observed,
             "ec_method": r.ec_method,
             "leakage": {"ec": r.leak_ec, "verify": r.leak_verify},
-            "eps": {"eps_sec": cfg.finitekey.eps_sec, "eps_cor": cfg.verify.eps_cor},
+            "eps": {"eps_sec": cfg.finitekey.eps_sec, "eps_cor": r.extra.get("eps_cor", cfg.verify.eps_cor)},
             "bound": r.bound,
             "finitekey": r.extra.get("finitekey", {}),
             "stats": b.stats,

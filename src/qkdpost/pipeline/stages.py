@@ -42,12 +42,13 @@ class StageKit(ABC):
         """Alice's verification handlers for these frames."""
 
     @abstractmethod
-    def verify_bob(self, channel: Channel, ids: list[str], bits: np.ndarray, cfg: Config) -> tuple[np.ndarray, int]:
-        """(ok per frame, tag bits disclosed per frame)."""
+    def verify_bob(self, channel: Channel, ids: list[str], bits: np.ndarray,
+                   cfg: Config) -> tuple[np.ndarray, int, float]:
+        """(passed per frame, tag bits disclosed per frame, collision bound eps_cor of the tag)."""
 
     # -- finite-key length ------------------------------------------------------
     @abstractmethod
-    def secure_length(self, stats: Mapping[str, Any], n: int, leak_ec: int, leak_verify: int,
+    def secure_length(self, stats: Mapping[str, Any], n: int, leak_ec: int, leak_verify: int, eps_cor: float,
                       cfg: Config) -> tuple[int, str, dict[str, Any]]:
         """(secure length, bound name, intermediate bounds) from public counts."""
 

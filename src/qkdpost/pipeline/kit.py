@@ -1,0 +1,183 @@
+"""qkdpost's own stages behind the pipeline's :class:`~.stages.StageKit`.
+
+- Reconciliation: :mod:`qkdpost.reconcile.cascade` (any block length) or
+  :mod:`qkdpost.reconcile.ldpc` (a block longer than the best LDPC frame is
+  cut into near-equal sub-frames, each reconciled on its own; the block's
+  leakage is the sum and it succeeds only if every sub-frame does).
+- Verification: :mod:`qkdpost.verify` (keyed universal hash, fresh key per block).
+- Secure length: :mod:`qkdpost.finitekey` (bound chosen by config / topology).
+- Privacy amplification: :mod:`qkdpost.amplify` (Toeplitz, seed from Alice).
+
+Block ids (strings) map to the stages' integer frame ids by the block's index
+in the run (``"<run>-0000042"`` → 42).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..channel import Channel
+from ..config import Config
+from ..errors import InputError
+from ..reconcile.result import ReconcileResult
+from .stages import Handler, StageKit
+
+__all__ = ["QkdpostKit", "frame_id"]
+
+_SUB = 4096  # sub-frame ids of LDPC-split blocks: block_index * _SUB + j
+
+
+def frame_id(block_id: str) -> int:
+    """The stages' integer frame id of a block (its index in the run)."""
+    try:
+        return int(block_id.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        raise InputError(f"block_id={block_id!r}: expected '<run>-<index>'") from None
+
+
+def ldpc_split(n: int) -> list[int]:
+    """Sub-frame lengths for an LDPC-reconciled block of ``n`` bits.
+
+    Frames of about 0.9 × the longest shipped code length, where shortening
+    and puncturing have room (docs/ldpc.md).
+    """
+    from ..reconcile.ldpc import available_codes
+
+    nmax = max(int(c["n"]) for c in available_codes())
+    target = int(0.9 * nmax)
+    k = max(1, math.ceil(n / target))
+    if k > _SUB:
+        raise InputError(f"block of {n} bits needs {k} LDPC frames (> {_SUB}); use Cascade or smaller blocks")
+    base, extra = divmod(n, k)
+    return [base + 1] * extra + [base] * (k - extra)
+
+
+class QkdpostKit(StageKit):
+    """The stages shipped with qkdpost."""
+
+    # -- reconciliation -------------------------------------------------------------
+    def reconcile_alice(self, method: str, frames: Mapping[str, np.ndarray], cfg: Config) -> dict[str, Handler]:
+        if method == "cascade":
+            from ..reconcile.cascade import CascadeAlice
+
+            return CascadeAlice({frame_id(b): bits for b, bits in frames.items()}).handlers()
+        if method == "ldpc":
+            from ..reconcile.ldpc import LdpcAlice
+
+            sub: dict[int, np.ndarray] = {}
+            for b, bits in frames.items():
+                off = 0
+                for j, ln in enumerate(ldpc_split(bits.size)):
+                    sub[frame_id(b) * _SUB + j] = bits[off : off + ln]
+                    off += ln
+            seed = None if cfg.pipeline.seed < 0 else cfg.pipeline.seed
+            return LdpcAlice(sub, sim_seed=seed).handlers()
+        raise InputError(f"ec_method={method!r}: choose 'cascade' or 'ldpc'")
+
+    def reconcile_bob(self, channel: Channel, method: str, ids: list[str], bits: np.ndarray, qber: float,
+                      cfg: Config, *, seed: int | None) -> ReconcileResult:
+        fids = np.array([frame_id(b) for b in ids], dtype=np.int64)
+        if method == "cascade":
+            from ..reconcile.cascade import CascadeBob, CascadeConfig
+
+            bob = CascadeBob(CascadeConfig(preset=cfg.reconcile.cascade_preset))
+            return bob.run(channel, fids, bits, qber, seed=seed)
+        if method == "ldpc":
+            return self._ldpc_bob(channel, fids, bits, qber, seed)
+        raise InputError(f"ec_method={method!r}: choose 'cascade' or 'ldpc'")
+
+    def _ldpc_bob(self, channel: Channel, fids: np.ndarray, bits: np.ndarray, qber: float,
+                  seed: int | None) -> ReconcileResult:
+        from ..reconcile.ldpc import LdpcBob
+
+        N, n = bits.shape
+        lens = ldpc_split(n)
+        offs = np.concatenate([[0], np.cumsum(lens)])
+        out = bits.copy()
+        leak = np.zeros(N, np.int64)
+        ok = np.ones(N, bool)
+        fixed = np.zeros(N, np.int64)
+        rt0, by0 = channel.stats.snapshot()
+        extra: dict[str, Any] = {"sub_frames": len(lens), "rounds": [], "iterations": []}
+        for ln in sorted(set(lens)):
+            js = [j for j, x in enumerate(lens) if x == ln]
+            sub_ids = np.array([f * _SUB + j for f in fids for j in js], dtype=np.int64)
+            sub = np.stack([bits[i, offs[j] : offs[j] + ln] for i in range(N) for j in js])
+            res = LdpcBob(seed=seed).run(channel, sub_ids, sub, qber)
+            corrected = np.asarray(res.bits).reshape(len(sub_ids), ln)
+            for r, (i, j) in enumerate((i, j) for i in range(N) for j in js):
+                out[i, offs[j] : offs[j] + ln] = corrected[r]
+                leak[i] += int(res.leaked_bits[r])
+                ok[i] &= bool(res.success[r])
+                fixed[i] += int(res.errors_corrected[r])
+            for key in ("rounds", "iterations"):
+                if key in res.extra:
+                    extra[key].append(np.asarray(res.extra[key]).tolist())
+        rt1, by1 = channel.stats.snapshot()
+        return ReconcileResult(bits=out, leaked_bits=leak, success=ok, errors_corrected=fixed,
+                               round_trips=rt1 - rt0, bytes_sent=by1 - by0, method="ldpc", extra=extra)
+
+    # -- verification -------------------------------------------------------------------
+    def verify_alice(self, frames: Mapping[str, np.ndarray], cfg: Config) -> dict[str, Handler]:
+        from ..verify import VerifyAlice
+
+        return VerifyAlice({frame_id(b): bits for b, bits in frames.items()}).handlers()
+
+    def verify_bob(self, channel: Channel, ids: list[str], bits: np.ndarray,
+                   cfg: Config) -> tuple[np.ndarray, int, float]:
+        from ..verify import VerifyBob
+
+        res = VerifyBob(eps_cor=cfg.verify.eps_cor).run(channel, [frame_id(b) for b in ids], bits)
+        return np.asarray(res.passed, dtype=bool), int(res.tag_bits), float(res.eps_cor)
+
+    # -- finite-key length ---------------------------------------------------------------
+    def secure_length(self, stats: Mapping[str, Any], n: int, leak_ec: int, leak_verify: int, eps_cor: float,
+                      cfg: Config) -> tuple[int, str, dict[str, Any]]:
+        from .. import finitekey
+
+        return _secure_length(finitekey, stats, n, leak_ec, leak_verify, eps_cor, cfg)
+
+    # -- privacy amplification ------------------------------------------------------------
+    def amplify_alice(self, frames: Mapping[str, np.ndarray], lengths: Mapping[str, int],
+                      cfg: Config) -> tuple[dict[str, Handler], Callable[[str], np.ndarray]]:
+        from ..amplify import AmplifyAlice
+
+        alice = AmplifyAlice({frame_id(b): bits for b, bits in frames.items()}, method=cfg.amplify.pa_method)
+        return alice.handlers(), lambda b: alice.keys[frame_id(b)]
+
+    def amplify_bob(self, channel: Channel, ids: list[str], bits: np.ndarray, lengths: np.ndarray,
+                    cfg: Config, *, seed: int | None) -> list[np.ndarray]:
+        from ..amplify import AmplifyBob
+
+        fids = [frame_id(b) for b in ids]
+        keys = AmplifyBob(method=cfg.amplify.pa_method).run(channel, fids, bits, [int(m) for m in lengths])
+        return [keys[f] for f in fids]
+
+
+def _secure_length(finitekey: Any, stats: Mapping[str, Any], n: int, leak_ec: int, leak_verify: int,
+                   eps_cor: float, cfg: Config) -> tuple[int, str, dict[str, Any]]:
+    """Evaluate the configured finite-key bound on a block's public counts.
+
+    BBM92 blocks (the timestamp front half) carry ``n_test`` and
+    ``test_errors``: the bound is Tomamichel et al. 2012 (Nat. Commun. 3,
+    634, Eqs. 2-3), with the actual EC leakage and the verification tag
+    length. The decoy bounds need per-intensity counts, which only a
+    prepare-and-measure front half provides.
+    """
+    bound = cfg.finitekey.bound
+    if bound == "auto":
+        bound = "tomamichel2012"
+    if bound != "tomamichel2012":
+        raise InputError(f"bound={bound!r}: needs decoy-state counts per intensity, which BBM92 blocks do not "
+                         "have; use bound='tomamichel2012' (or 'auto')")
+    k = int(stats.get("n_test", 0))
+    e = int(stats.get("test_errors", 0))
+    if k < 1:
+        return 0, bound, {"reason": "no test-basis bits in this block: the phase error cannot be bounded"}
+    res = finitekey.tomamichel2012(n, k, e, leak_ec=float(leak_ec), eps_sec=cfg.finitekey.eps_sec,
+                                   eps_cor=float(eps_cor), tag_bits=int(leak_verify))
+    details = {"reason": res.reason, "value": res.value, **{k_: v for k_, v in res.bounds.items()}}
+    return int(res.length), res.bound, details
