@@ -1,0 +1,520 @@
+"""Finite-key secure length: published bounds as pure functions of observed counts.
+
+Bounds
+------
+``lim2014``
+    Decoy-state BB84 with two decoys (three intensities): Lim, Curty, Walenta,
+    Xu, Zbinden, "Concise security bounds for practical decoy-state quantum
+    key distribution", Phys. Rev. A 89, 022307 (2014),
+    doi:10.1103/PhysRevA.89.022307, Eqs. (1)-(5).
+``rusca2018``
+    Decoy-state BB84 with one decoy (two intensities): Rusca, Boaron,
+    Grünenfelder, Martin, Zbinden, "Finite-key analysis for the 1-decoy state
+    QKD protocol", Appl. Phys. Lett. 112, 171104 (2018),
+    doi:10.1063/1.5023340, Eqs. (A16)-(A25), with the two known misprints
+    corrected: the ``e^k/p_k`` prefactor missing from (A18) is restored, and
+    (A16) uses ``eps_2`` (the error-count deviation of (A4)) where ``eps_1`` is
+    printed.
+``tomamichel2012``
+    Single-photon BB84 / entanglement-based BBM92: Tomamichel, Lim, Gisin,
+    Renner, "Tight finite-key analysis for quantum cryptography", Nat. Commun.
+    3, 634 (2012), doi:10.1038/ncomms1631, Eqs. (2)-(3).
+
+Conventions
+-----------
+* "key" basis = the basis the key is drawn from (X in Lim et al., Z in Rusca
+  et al.); "test" basis = the other one, whose errors bound the phase error.
+* ``leak_ec`` is the number of bits actually disclosed by error correction
+  (never ``f h(Q)``); ``tag_bits`` the verification tag. The papers charge
+  ``log2(2/eps_cor)`` bits for verification; we charge
+  ``max(log2(2/eps_cor), tag_bits)`` so a longer tag is never undercounted.
+* Rounding: every lower bound is nudged down and every upper bound up by
+  ``1e-12`` times the magnitude of the terms that formed it (float64 error
+  of the few dozen operations involved is below ``1e-14`` of that
+  magnitude), and the final length is floored; so floating-point rounding can
+  never increase the length.
+* All count bounds are clipped to ``[0, n]``; a phase-error bound at or above
+  ``1/2`` (or no single-photon events) gives no key. ``length <= 0`` is a
+  no-key outcome (``SecureLength.has_key`` is False), not an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = [
+    "BOUNDS",
+    "SecureLength",
+    "secure_length",
+    "lim2014",
+    "rusca2018",
+    "tomamichel2012",
+    "hoeffding_delta",
+]
+
+BOUNDS = ("lim2014", "rusca2018", "tomamichel2012")
+
+_REL = 1e-12  # relative safety margin against float64 rounding (see module docstring)
+
+
+@dataclass(frozen=True)
+class SecureLength:
+    """Result of a finite-key bound.
+
+    Attributes
+    ----------
+    bound : str
+        Which published bound produced it (``"lim2014"``, ...).
+    length : int
+        Secure key length ``l`` in bits; 0 when the block yields no key.
+    value : float
+        The bound before flooring and clipping at 0 (may be negative).
+    reason : str
+        Empty when ``length > 0``; otherwise why there is no key.
+    bounds : dict
+        Intermediate bounds: vacuum and single-photon counts in the key and
+        test basis (``s0``, ``s1``, ``s0_test``, ``s1_test``), single-photon
+        test-basis errors ``v1_test``, phase-error bound ``phi``, and the
+        subtracted terms (``leak_ec``, ``verify_cost``, ``pa_cost``).
+    params : dict
+        eps_sec, eps_cor and the counts the bound was evaluated on.
+    """
+
+    bound: str
+    length: int
+    value: float
+    reason: str
+    bounds: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_key(self) -> bool:
+        return self.length > 0
+
+
+# --------------------------------------------------------------------------
+# helpers: validation and conservative rounding
+# --------------------------------------------------------------------------
+
+
+def _lo(x: float, scale: float) -> float:
+    """A lower bound nudged down by the rounding margin."""
+    return x - _REL * abs(scale) - 1e-300
+
+
+def _hi(x: float, scale: float) -> float:
+    """An upper bound nudged up by the rounding margin."""
+    return x + _REL * abs(scale) + 1e-300
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+def _h(p: float) -> float:
+    """Binary entropy, nudged up (an upper bound on h(p) for p in [0, 1/2])."""
+    if p <= 0.0:
+        return 0.0
+    if p >= 0.5:
+        return 1.0
+    v = -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
+    return min(1.0, _hi(v, 1.0))
+
+
+def hoeffding_delta(n: float, eps: float) -> float:
+    """Hoeffding deviation ``delta(n, eps) = sqrt(n/2 ln(1/eps))`` (Lim et al. 2014, Eq. A1)."""
+    return math.sqrt(n / 2.0 * math.log(1.0 / eps))
+
+
+def _eps(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}={value!r}: must be a number in (0, 1)") from None
+    if not (0.0 < v < 1.0):
+        raise InputError(f"{name}={value!r}: must be in (0, 1), e.g. 1e-10")
+    return v
+
+
+def _counts(name: str, value: Any, size: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (size,):
+        raise InputError(f"{name}: expected {size} counts (one per intensity), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise InputError(f"{name}={arr.tolist()}: counts must be finite and >= 0")
+    return arr
+
+
+def _nonneg(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}={value!r}: must be a number >= 0") from None
+    if not math.isfinite(v) or v < 0:
+        raise InputError(f"{name}={value!r}: must be finite and >= 0")
+    return v
+
+
+def _probs(name: str, value: Any, size: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (size,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0) or np.any(arr > 1):
+        raise InputError(f"{name}={value!r}: expected {size} probabilities in (0, 1]")
+    if arr.sum() > 1.0 + 1e-9:
+        raise InputError(f"{name}={arr.tolist()}: probabilities sum to {arr.sum()} > 1")
+    return arr
+
+
+def _tau(n: int, mu: np.ndarray, p: np.ndarray) -> float:
+    """tau_n = sum_k p_k e^-k k^n / n!: probability that Alice sends n photons (Lim Eq. 2)."""
+    return float(sum(pk * math.exp(-k) * k**n / math.factorial(n) for k, pk in zip(mu, p)))
+
+
+def _gamma(a: float, b: float, c: float, d: float) -> float:
+    """Random-sampling term of Lim et al. Eq. (5) (Fung, Ma, Chau, PRA 81, 012318 (2010)).
+
+    gamma(a,b,c,d) = sqrt((c+d)(1-b)b / (c d ln 2) * log2((c+d)/(c d (1-b) b) * 21^2/a^2)).
+    """
+    x = (1.0 - b) * b
+    arg = (c + d) / (c * d * x) * (21.0**2) / (a * a)
+    if arg <= 1.0:
+        return 0.0
+    return math.sqrt((c + d) * x / (c * d * math.log(2.0)) * math.log2(arg))
+
+
+def _phase_error(v1_test: float, s1_test: float, s1_key: float, eps_sec: float) -> float:
+    """phi = v/s + gamma(eps_sec, v/s, s_test, s_key), upper bound; >= 1/2 means no key.
+
+    gamma grows with b on (0, 1/2], so evaluating it at b >= 1/s_test (at
+    least one error) is conservative and avoids the degenerate gamma(b=0)=0.
+    """
+    if s1_test <= 0.0 or s1_key <= 0.0:
+        return 0.5
+    b = v1_test / s1_test
+    if b >= 0.5:
+        return 0.5
+    b_eff = min(max(b, 1.0 / s1_test), 0.5)
+    phi = b + _gamma(eps_sec, b_eff, s1_test, s1_key)
+    phi = _hi(phi, phi)
+    return min(phi, 0.5)
+
+
+def _verify_cost(eps_cor: float, tag_bits: Any) -> float:
+    paper = math.log2(2.0 / eps_cor)
+    if tag_bits is None:
+        return _hi(paper, paper)
+    t = _nonneg("tag_bits", tag_bits)
+    return max(_hi(paper, paper), t)
+
+
+def _finish(bound: str, s0: float, s1: float, phi: float, leak: float, verify: float, pa: float,
+            n_key: float, bounds: dict[str, float], params: dict[str, Any]) -> SecureLength:
+    """l = floor(s0 + s1 (1 - h(phi)) - leak - verify - pa), conservatively."""
+    bounds = {k: float(v) for k, v in dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa).items()}
+    s0, s1 = float(s0), float(s1)
+    if phi >= 0.5 or s1 <= 0.0:
+        why = "phase-error bound reached 1/2" if phi >= 0.5 else "no single-photon events can be certified"
+        val = _lo(s0 - leak - verify - pa, s0 + leak + verify + pa)
+        return SecureLength(bound, 0, float(val), why, bounds, params)
+    gain = s1 * (1.0 - _h(phi))
+    val = s0 + gain - leak - verify - pa
+    val = _lo(val, s0 + s1 + leak + verify + pa + n_key * 0.0)
+    length = int(math.floor(val)) if val > 0 else 0
+    length = min(length, int(math.floor(n_key)))
+    reason = "" if length > 0 else "finite-key bound is not positive"
+    return SecureLength(bound, length, float(val), reason, bounds, params)
+
+
+# --------------------------------------------------------------------------
+# Lim et al. 2014 (two decoys)
+# --------------------------------------------------------------------------
+
+
+def _lim_s0(n: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float) -> tuple[float, float]:
+    """Vacuum lower bound, Lim Eq. (2): s0 >= tau0 (mu2 n-_{mu3} - mu3 n+_{mu2}) / (mu2 - mu3)."""
+    total = float(n.sum())
+    d = hoeffding_delta(total, eps)
+    tau0 = _tau(0, mu, p)
+    n_minus3 = math.exp(mu[2]) / p[2] * (n[2] - d)
+    n_plus2 = math.exp(mu[1]) / p[1] * (n[1] + d)
+    val = tau0 * (mu[1] * n_minus3 - mu[2] * n_plus2) / (mu[1] - mu[2])
+    scale = tau0 * (mu[1] * abs(n_minus3) + mu[2] * abs(n_plus2)) / (mu[1] - mu[2])
+    return _clip(_lo(val, scale), 0.0, total), d
+
+
+def _lim_s1(n: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float, s0: float) -> float:
+    """Single-photon lower bound, Lim Eq. (3)."""
+    total = float(n.sum())
+    d = hoeffding_delta(total, eps)
+    tau0, tau1 = _tau(0, mu, p), _tau(1, mu, p)
+    m1, m2, m3 = mu
+    n_plus1 = math.exp(m1) / p[0] * (n[0] + d)
+    n_minus2 = math.exp(m2) / p[1] * (n[1] - d)
+    n_plus3 = math.exp(m3) / p[2] * (n[2] + d)
+    c = (m2 * m2 - m3 * m3) / (m1 * m1)
+    den = m1 * (m2 - m3) - m2 * m2 + m3 * m3
+    inner = n_minus2 - n_plus3 - c * (n_plus1 - s0 / tau0)
+    val = tau1 * m1 * inner / den
+    scale = tau1 * m1 * (abs(n_minus2) + abs(n_plus3) + c * (abs(n_plus1) + s0 / tau0)) / abs(den)
+    return _clip(_lo(val, scale), 0.0, total)
+
+
+def _lim_v1(m: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float) -> float:
+    """Single-photon error upper bound, Lim Eq. (4): v1 <= tau1 (m+_{mu2} - m-_{mu3}) / (mu2 - mu3)."""
+    total = float(m.sum())
+    d = hoeffding_delta(total, eps)
+    tau1 = _tau(1, mu, p)
+    m_plus2 = math.exp(mu[1]) / p[1] * (m[1] + d)
+    m_minus3 = math.exp(mu[2]) / p[2] * (m[2] - d)
+    val = tau1 * (m_plus2 - m_minus3) / (mu[1] - mu[2])
+    scale = tau1 * (abs(m_plus2) + abs(m_minus3)) / (mu[1] - mu[2])
+    return max(_hi(val, scale), 0.0)
+
+
+def lim2014(
+    n_key: Sequence[float],
+    n_test: Sequence[float],
+    m_test: Sequence[float],
+    *,
+    mu: Sequence[float],
+    p_mu: Sequence[float],
+    leak_ec: float,
+    eps_sec: float = 1e-10,
+    eps_cor: float = 1e-15,
+    tag_bits: int | None = None,
+) -> SecureLength:
+    """Secure length of decoy-state BB84 with two decoys (Lim et al. 2014).
+
+    ``l = floor(s0 + s1 - s1 h(phi) - leak_ec - 6 log2(21/eps_sec) - log2(2/eps_cor))``
+    (Eq. 1) with the vacuum bound ``s0`` (Eq. 2), the single-photon bound
+    ``s1`` (Eq. 3) in the key basis, the single-photon errors ``v1`` of the
+    test basis (Eq. 4) and the phase-error bound ``phi`` (Eq. 5); Hoeffding
+    deviations ``sqrt(n/2 ln(21/eps_sec))``.
+
+    Parameters
+    ----------
+    n_key : 3 counts
+        Detections in the key basis per intensity ``(mu1, mu2, mu3)`` (both
+        parties chose the key basis). ``sum(n_key)`` is the block length.
+    n_test, m_test : 3 counts each
+        Detections and errors in the test basis per intensity.
+    mu : 3 floats
+        Intensities with ``mu1 > mu2 + mu3`` and ``mu2 > mu3 >= 0``.
+    p_mu : 3 floats
+        Probabilities of the intensities.
+    leak_ec : float
+        Bits disclosed by error correction (actual count).
+    eps_sec, eps_cor : float
+    tag_bits : int, optional
+        Verification tag length; see the module docstring.
+    """
+    nk = _counts("n_key", n_key, 3)
+    nt = _counts("n_test", n_test, 3)
+    mt = _counts("m_test", m_test, 3)
+    if np.any(mt > nt):
+        raise InputError(f"m_test={mt.tolist()}: errors cannot exceed detections n_test={nt.tolist()}")
+    mu_a = np.asarray(mu, dtype=np.float64)
+    if mu_a.shape != (3,) or not (mu_a[0] > mu_a[1] + mu_a[2] and mu_a[1] > mu_a[2] >= 0):
+        raise InputError(f"mu={mu!r}: Lim et al. need mu1 > mu2 + mu3 and mu2 > mu3 >= 0")
+    p = _probs("p_mu", p_mu, 3)
+    es = _eps("eps_sec", eps_sec)
+    ec = _eps("eps_cor", eps_cor)
+    leak = _nonneg("leak_ec", leak_ec)
+    eps = es / 21.0
+    s0, _ = _lim_s0(nk, mu_a, p, eps)
+    s1 = min(_lim_s1(nk, mu_a, p, eps, s0), max(float(nk.sum()) - s0, 0.0))
+    s0t, _ = _lim_s0(nt, mu_a, p, eps)
+    s1t = _lim_s1(nt, mu_a, p, eps, s0t)
+    v1t = min(_lim_v1(mt, mu_a, p, eps), float(nt.sum()))
+    phi = _phase_error(v1t, s1t, s1, es)
+    pa = _hi(6.0 * math.log2(21.0 / es), 6.0 * math.log2(21.0 / es))
+    bounds = {"s0": s0, "s1": s1, "s0_test": s0t, "s1_test": s1t, "v1_test": v1t}
+    params = {"eps_sec": es, "eps_cor": ec, "n_key": nk.tolist(), "n_test": nt.tolist(),
+              "m_test": mt.tolist(), "mu": mu_a.tolist(), "p_mu": p.tolist(), "tag_bits": tag_bits}
+    return _finish("lim2014", s0, s1, phi, leak, _verify_cost(ec, tag_bits), pa, float(nk.sum()), bounds, params)
+
+
+# --------------------------------------------------------------------------
+# Rusca et al. 2018 (one decoy)
+# --------------------------------------------------------------------------
+
+
+def _rusca_basis(n: np.ndarray, m: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float) -> tuple[float, float, float]:
+    """(s0 lower (A19), s0 upper (A16), s1 lower (A17)) for one basis."""
+    n_tot = float(n.sum())
+    m_tot = float(m.sum())
+    dn = hoeffding_delta(n_tot, eps)
+    dm = hoeffding_delta(m_tot, eps) if m_tot > 0 else 0.0
+    tau0, tau1 = _tau(0, mu, p), _tau(1, mu, p)
+    m1, m2 = mu
+    n_plus1 = math.exp(m1) / p[0] * (n[0] + dn)
+    n_minus2 = math.exp(m2) / p[1] * (n[1] - dn)
+    # (A19): s0 >= tau0/(mu1-mu2) (mu1 n-_{mu2} - mu2 n+_{mu1})
+    s0_lo = tau0 / (m1 - m2) * (m1 * n_minus2 - m2 * n_plus1)
+    s0_lo = _clip(_lo(s0_lo, tau0 / (m1 - m2) * (m1 * abs(n_minus2) + m2 * n_plus1)), 0.0, n_tot)
+    # (A16) with k = mu2 and eps_2 for the error deviation (misprint corrected)
+    s0_up = 2.0 * (tau0 * math.exp(m2) / p[1] * (m[1] + dm) + dn)
+    s0_up = _clip(_hi(s0_up, s0_up), 0.0, n_tot)
+    # (A17) with n^± = e^k/p_k (n_k ± delta) (A18 prefactor restored)
+    inner = n_minus2 - (m2 * m2) / (m1 * m1) * n_plus1 - (m1 * m1 - m2 * m2) / (m1 * m1) * s0_up / tau0
+    coef = tau1 * m1 / (m2 * (m1 - m2))
+    scale = coef * (abs(n_minus2) + n_plus1 + s0_up / tau0)
+    s1_lo = _clip(_lo(coef * inner, scale), 0.0, n_tot)
+    return s0_lo, s0_up, s1_lo
+
+
+def rusca2018(
+    n_key: Sequence[float],
+    m_key: Sequence[float],
+    n_test: Sequence[float],
+    m_test: Sequence[float],
+    *,
+    mu: Sequence[float],
+    p_mu: Sequence[float],
+    leak_ec: float,
+    eps_sec: float = 1e-10,
+    eps_cor: float = 1e-15,
+    tag_bits: int | None = None,
+) -> SecureLength:
+    """Secure length of decoy-state BB84 with one decoy (Rusca et al. 2018).
+
+    ``l = floor(s0 + s1 (1 - h(phi)) - leak_ec - 6 log2(19/eps_sec) - log2(2/eps_cor))``
+    (A25) with ``s0`` from (A19), ``s1`` from (A17) using the vacuum upper
+    bound (A16) evaluated on the decoy ``mu2``'s errors, ``v1`` of the test
+    basis from (A22) and ``phi`` from (A20)-(A21); deviations
+    ``sqrt(n/2 ln(19/eps_sec))``. Misprints corrected as in the module
+    docstring. The sampling term gamma uses ``21^2/eps_sec^2`` as in Lim et
+    al.; it is larger than the ``19^2`` that the one-decoy composition would
+    allow, hence conservative.
+
+    Parameters
+    ----------
+    n_key, m_key : 2 counts each
+        Detections and errors in the key basis per intensity ``(mu1, mu2)``.
+    n_test, m_test : 2 counts each
+        Detections and errors in the test basis.
+    mu : 2 floats, ``mu1 > mu2 > 0``
+    p_mu : 2 floats
+    leak_ec, eps_sec, eps_cor, tag_bits : see :func:`lim2014`.
+    """
+    nk = _counts("n_key", n_key, 2)
+    mk = _counts("m_key", m_key, 2)
+    nt = _counts("n_test", n_test, 2)
+    mt = _counts("m_test", m_test, 2)
+    if np.any(mk > nk) or np.any(mt > nt):
+        raise InputError("m_key/m_test: errors cannot exceed the detections of the same intensity")
+    mu_a = np.asarray(mu, dtype=np.float64)
+    if mu_a.shape != (2,) or not (mu_a[0] > mu_a[1] > 0):
+        raise InputError(f"mu={mu!r}: Rusca et al. need mu1 > mu2 > 0")
+    p = _probs("p_mu", p_mu, 2)
+    es = _eps("eps_sec", eps_sec)
+    ec = _eps("eps_cor", eps_cor)
+    leak = _nonneg("leak_ec", leak_ec)
+    eps = es / 19.0
+    s0, s0_up, s1 = _rusca_basis(nk, mk, mu_a, p, eps)
+    s1 = min(s1, max(float(nk.sum()) - s0, 0.0))
+    s0t, s0t_up, s1t = _rusca_basis(nt, mt, mu_a, p, eps)
+    # (A22): v1 <= tau1/(mu1-mu2) (m+_{mu1} - m-_{mu2}), deviation delta(m_test, eps_2)
+    m_tot = float(mt.sum())
+    dm = hoeffding_delta(m_tot, eps) if m_tot > 0 else 0.0
+    tau1 = _tau(1, mu_a, p)
+    m_plus1 = math.exp(mu_a[0]) / p[0] * (mt[0] + dm)
+    m_minus2 = math.exp(mu_a[1]) / p[1] * (mt[1] - dm)
+    v1t = tau1 / (mu_a[0] - mu_a[1]) * (m_plus1 - m_minus2)
+    v1t = min(max(_hi(v1t, tau1 / (mu_a[0] - mu_a[1]) * (m_plus1 + abs(m_minus2))), 0.0), float(nt.sum()))
+    phi = _phase_error(v1t, s1t, s1, es)
+    pa = _hi(6.0 * math.log2(19.0 / es), 6.0 * math.log2(19.0 / es))
+    bounds = {"s0": s0, "s0_upper": s0_up, "s1": s1, "s0_test": s0t, "s0_test_upper": s0t_up,
+              "s1_test": s1t, "v1_test": v1t}
+    params = {"eps_sec": es, "eps_cor": ec, "n_key": nk.tolist(), "m_key": mk.tolist(), "n_test": nt.tolist(),
+              "m_test": mt.tolist(), "mu": mu_a.tolist(), "p_mu": p.tolist(), "tag_bits": tag_bits}
+    return _finish("rusca2018", s0, s1, phi, leak, _verify_cost(ec, tag_bits), pa, float(nk.sum()), bounds, params)
+
+
+# --------------------------------------------------------------------------
+# Tomamichel et al. 2012 (single photons / BBM92)
+# --------------------------------------------------------------------------
+
+
+def tomamichel2012(
+    n_key: int,
+    k_test: int,
+    errors_test: int,
+    *,
+    leak_ec: float,
+    eps_sec: float = 1e-10,
+    eps_cor: float = 1e-15,
+    qber_tol: float | None = None,
+    q: float = 1.0,
+    tag_bits: int | None = None,
+) -> SecureLength:
+    """Secure length for single-photon BB84 or BBM92 (Tomamichel et al. 2012).
+
+    ``l = floor(n (q - h(Q_tol + mu)) - leak_ec - log2(2/(eps_sec^2 eps_cor)))``
+    with ``mu = sqrt((n+k)/(n k) (k+1)/k ln(2/eps_sec))`` from Serfling's
+    bound on sampling without replacement (Nat. Commun. 3, 634, Eqs. 2-3).
+
+    Parameters
+    ----------
+    n_key : int
+        Raw key bits (block length) ``n``.
+    k_test : int
+        Bits used for parameter estimation ``k``.
+    errors_test : int
+        Errors among the ``k`` test bits.
+    qber_tol : float, optional
+        The protocol's tolerated error rate ``Q_tol``; the block aborts (no
+        key) if the observed ``errors_test / k_test`` exceeds it. Default:
+        the observed rate (the tolerance is set to what was seen).
+    q : float
+        Preparation quality ``log2(1/c)``; 1 for BB84 with unbiased bases.
+    leak_ec, eps_sec, eps_cor, tag_bits : see :func:`lim2014`.
+    """
+    n = _nonneg("n_key", n_key)
+    k = _nonneg("k_test", k_test)
+    e = _nonneg("errors_test", errors_test)
+    if n < 1 or k < 1:
+        raise InputError(f"n_key={n_key!r}, k_test={k_test!r}: both must be >= 1")
+    if e > k:
+        raise InputError(f"errors_test={errors_test!r}: cannot exceed k_test={k_test!r}")
+    es = _eps("eps_sec", eps_sec)
+    ec = _eps("eps_cor", eps_cor)
+    leak = _nonneg("leak_ec", leak_ec)
+    if not (0 < q <= 1):
+        raise InputError(f"q={q!r}: the preparation quality log2(1/c) is in (0, 1]")
+    observed = e / k
+    tol = observed if qber_tol is None else float(qber_tol)
+    if not (0 <= tol <= 0.5):
+        raise InputError(f"qber_tol={qber_tol!r}: must be in [0, 1/2]")
+    mu_s = math.sqrt((n + k) / (n * k) * (k + 1) / k * math.log(2.0 / es))
+    phi = min(_hi(tol + mu_s, tol + mu_s), 0.5)
+    bounds = {"s1": n, "s0": 0.0, "mu": mu_s, "qber_observed": observed, "qber_tol": tol}
+    params = {"eps_sec": es, "eps_cor": ec, "n_key": n, "k_test": k, "errors_test": e, "q": q, "tag_bits": tag_bits}
+    verify = _verify_cost(ec, tag_bits)
+    # log2(2/(eps_sec^2 eps_cor)) = log2(2/eps_cor) + 2 log2(1/eps_sec): the first part is the verification
+    pa = _hi(2.0 * math.log2(1.0 / es), 2.0 * math.log2(1.0 / es))
+    if observed > tol:
+        b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
+        return SecureLength("tomamichel2012", 0, -math.inf, f"observed QBER {observed:.4g} exceeds qber_tol {tol:.4g}",
+                            b, params)
+    if phi >= 0.5:
+        b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
+        return SecureLength("tomamichel2012", 0, -math.inf, "phase-error bound reached 1/2", b, params)
+    gain = n * (q - _h(phi))
+    val = _lo(gain - leak - verify - pa, n + leak + verify + pa)
+    length = min(int(math.floor(val)) if val > 0 else 0, int(n))
+    b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
+    return SecureLength("tomamichel2012", length, val, "" if length > 0 else "finite-key bound is not positive", b, params)
+
+
+def secure_length(bound: str, **kwargs: Any) -> SecureLength:
+    """Dispatch to a named bound: ``secure_length("lim2014", n_key=..., ...)``."""
+    fns = {"lim2014": lim2014, "rusca2018": rusca2018, "tomamichel2012": tomamichel2012}
+    if bound not in fns:
+        raise InputError(f"bound={bound!r}: choose one of {BOUNDS}")
+    return fns[bound](**kwargs)
