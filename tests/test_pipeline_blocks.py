@@ -186,8 +186,29 @@ def test_block_cutter_and_key_buffer():
     c.add(Segment(np.ones(15, np.uint8), {"n_test": 2}, t_end_s=1.5))
     out = list(c.blocks())
     assert [(s, len(b)) for s, b, _, _ in out] == [(0, 10), (10, 10)]
-    assert out[0][2]["n_test"] == 5 and out[1][2] == {} and out[0][3] == 1.5
+    np.testing.assert_array_equal(out[0][1], np.r_[np.arange(7) % 2, 1, 1, 1])
+    # second segment: 3 of its 15 bits went to block 0 -> floor(2 * 3/15) = 0 test bits,
+    # then 10 of the remaining 12 to block 1 -> floor(2 * 10/12) = 1
+    assert out[0][2]["n_test"] == 3 and out[0][2]["test_errors"] == 1 and out[1][2]["n_test"] == 1
+    assert out[0][3] == 1.5
     assert c.pending_bits == 2
+
+
+def test_block_cutter_shares_counters_conservatively():
+    c = BlockCutter(100)
+    c.add(Segment(np.zeros(0, np.uint8), {"n_test": 4, "test_errors": 1}))  # bit-less: goes to next block
+    c.add(Segment(np.zeros(350, np.uint8), {"n_test": 350, "test_errors": 7}))
+    out = list(c.blocks())
+    assert len(out) == 3 and c.pending_bits == 50
+    n_tests = [s["n_test"] for _, _, s, _ in out]
+    errs = [s["test_errors"] for _, _, s, _ in out]
+    assert n_tests == [104, 100, 100]  # floor shares; the rest stays with the last 50 bits
+    assert errs[0] >= 1 + 2 and all(e >= 2 for e in errs)  # 7 * 100/350 = 2 rounded up (3)
+    c.add(Segment(np.zeros(50, np.uint8), {}))
+    (last,) = list(c.blocks())
+    assert last[2]["n_test"] == 354 - sum(n_tests)  # totals exact for n_test
+
+
     kb = KeyBuffer()
     kb.append(np.arange(20, dtype=np.uint8) % 2)
     np.testing.assert_array_equal(kb.take(0, 10), np.arange(10) % 2)

@@ -52,47 +52,92 @@ def qber_from_stats(stats: dict[str, Any]) -> float:
 class BlockCutter:
     """Concatenate :class:`Segment` bits and cut blocks of ``block_bits``.
 
-    Memory is bounded by one block plus one segment.
+    A block's counters come from the segments its bits came from: a segment
+    split across blocks shares its counters in proportion to the key bits
+    each block took (``n_test`` and other counts rounded down, the remainder
+    staying with the segment's last block, so totals are exact), except
+    ``test_errors``, which is rounded *up* (capped at the share of test
+    bits), so no block is credited fewer errors than its proportional share.
+    Counters of segments without key bits go to the next block. Memory is
+    bounded by one block plus one segment.
     """
+
+    _ROUND_UP = ("test_errors",)
 
     def __init__(self, block_bits: int):
         if block_bits <= 0:
             raise InputError(f"block_bits={block_bits}: must be positive")
         self.block_bits = int(block_bits)
-        self._parts: list[np.ndarray] = []
+        self._segs: list[list[Any]] = []  # [bits not yet in a block, counters not yet given out]
+        self._loose: dict[str, Any] = {}  # counters of bit-less segments
         self._have = 0
-        self._stats: dict[str, Any] = {}
         self._t_end = float("nan")
         self.offset = 0  # stream offset of the first bit not yet in a block
         self.total_bits = 0
+
+    @staticmethod
+    def _merge(into: dict[str, Any], stats: dict[str, Any]) -> None:
+        for k, v in stats.items():
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+                into[k] = into.get(k, 0) + v
+            else:
+                into[k] = v
 
     def add(self, seg: Segment) -> None:
         bits = np.ascontiguousarray(seg.bits, dtype=np.uint8)
         if bits.ndim != 1:
             raise InputError(f"segment bits: {bits.ndim}-D array, expected 1-D uint8")
         if bits.size:
-            self._parts.append(bits)
+            stats = dict(self._loose)
+            self._loose = {}
+            self._merge(stats, seg.stats)
+            self._segs.append([bits, stats])
             self._have += bits.size
             self.total_bits += bits.size
-        for k, v in seg.stats.items():
-            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-                self._stats[k] = self._stats.get(k, 0) + v
-            else:
-                self._stats[k] = v
+        else:
+            self._merge(self._loose, seg.stats)
         if np.isfinite(seg.t_end_s):
             self._t_end = float(seg.t_end_s)
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, Any], float]]:
         """Yield every complete block: (start offset, bits, stats, capture time)."""
         while self._have >= self.block_bits:
-            joined = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
-            block = joined[: self.block_bits].copy()
-            rest = joined[self.block_bits :]
-            self._parts = [rest] if rest.size else []
-            self._have = int(rest.size)
+            need = self.block_bits
+            parts: list[np.ndarray] = []
+            stats: dict[str, Any] = {}
+            while need:
+                bits, sstats = self._segs[0]
+                if bits.size <= need:  # whole (rest of the) segment
+                    parts.append(bits)
+                    need -= bits.size
+                    self._merge(stats, sstats)
+                    self._segs.pop(0)
+                    continue
+                frac = need / bits.size
+                share: dict[str, Any] = {}
+                for k, v in sstats.items():
+                    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                        share[k] = int(np.floor(v * frac)) if k not in self._ROUND_UP else int(np.ceil(v * frac))
+                    elif isinstance(v, (float, np.floating)):
+                        share[k] = float(v) * frac
+                    else:
+                        share[k] = v
+                if "test_errors" in share and "n_test" in share:
+                    share["test_errors"] = min(share["test_errors"], share["n_test"])
+                for k, v in share.items():
+                    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+                        sstats[k] = sstats[k] - v
+                # errors handed out rounded up may leave the remainder short: never below 0
+                if sstats.get("test_errors", 0) < 0:
+                    sstats["test_errors"] = 0
+                self._merge(stats, share)
+                parts.append(bits[:need])
+                self._segs[0][0] = bits[need:]
+                need = 0
+            block = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+            self._have -= self.block_bits
             start = self.offset
             self.offset += self.block_bits
-            stats, self._stats = self._stats, {}
             yield start, block, stats, self._t_end
 
     @property
