@@ -1,0 +1,559 @@
+"""Numba kernels of the two-party Cascade (no validation; status values, not exceptions).
+
+Layout shared by both parties
+-----------------------------
+A batch holds N frames of n bits. Pass ``q`` reads the frame in the order of a
+permutation ``perm[q]`` (pass 0 is the identity) and cuts it into
+``nb[q] = ceil(n / k[q])`` consecutive blocks of ``k[q]`` positions (the last
+may be shorter). The binary-search tree of a block is implicit: the root
+(heap index 1) covers the block, node ``h`` covering ``[s, e)`` has children
+``2h`` on ``[s, m)`` and ``2h + 1`` on ``[m, e)`` with ``m = s + ceil((e-s)/2)``
+(the halving of Brassard-Salvail's BINARY, EUROCRYPT '93, Sec. 3).
+
+Pass geometry lives in one int64 array ``geo`` of shape (4, P + 1):
+``geo[G_K]`` block size, ``geo[G_NB]`` block count, ``geo[G_STRIDE]`` heap
+indices per block (``2 * next_pow2(k)``), ``geo[G_BASE]`` first global node id
+of the pass (``geo[G_BASE, P]`` is the total node count M).
+
+Bob's per-frame knowledge is two bitsets over the M nodes, ``tree[f, 0]``
+("Alice's parity of this node is known": asked, or inferred for free) and
+``tree[f, 1]`` (the *error parity*: Alice's parity XOR Bob's current parity).
+Every flip of Bob's bit toggles the error parity of all known nodes containing
+it; a known node without known children and with odd error parity (a
+*frontier odd node*) is exactly a block that still has to be searched. This is
+Cascade's "cascade" step and the sub-block reuse of Martinez-Mateo et al.
+(QIC 15, 2015, Sec. 4, options 4/7/8) in one structure.
+
+Per-frame scalars live in ``st`` (int64, shape (N, NST)), columns ``S_*``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..._jit import kernel, register
+
+register(__name__)
+
+# geometry rows
+G_K, G_NB, G_STRIDE, G_BASE = 0, 1, 2, 3
+
+# per-frame state columns
+S_PASS = 0  # passes started (their top-level parities absorbed)
+S_DONE = 1  # 0 running, 1 finished, 2 aborted (pending overflow / round cap)
+S_FLIPS = 2  # bits flipped by Bob
+S_LEAK = 3  # parities received from Alice
+S_ATOT = 4  # Alice's whole-frame parity (known after pass 0)
+S_BTOT = 5  # Bob's current whole-frame parity
+S_NPEND = 6  # entries in the pending list
+S_STREAK = 7  # consecutive clean passes (BICONF stop rule)
+S_FLIPS0 = 8  # S_FLIPS when the current pass started
+S_NSEL = 9  # range queries selected this round (the first S_NSEL pending entries)
+S_ACTION = 10  # 0 nothing to ask, 1 range queries, 2 top-level parities of pass S_PASS
+S_TOPCOUNT = 11  # blocks asked when S_ACTION == 2
+S_ROUNDS = 12  # rounds in which the frame asked something
+S_INFERRED = 13  # parities Bob inferred instead of asking (counted, never sent)
+NST = 16
+
+# config entries
+C_PASSES, C_CLEAN_STOP, C_CLEAN_FROM, C_SLACK, C_MAXROUNDS = 0, 1, 2, 3, 4
+NCFG = 8
+
+# smallest nodes for which Bob checks whether a child is made only of
+# positions he already knows to be correct (then its parity is not asked)
+SMALL_NODE = 16
+
+_ONE = np.uint64(1)
+
+
+# ----------------------------------------------------------------------------
+# shared randomness: permutations from the agreed seed
+
+
+@kernel()
+def _splitmix64(state):
+    """One SplitMix64 step (Steele, Lea, Flood, OOPSLA 2014, doi:10.1145/2660193.2660195).
+
+    Returns (new_state, output). Public randomness only: permutations are
+    disclosed on the channel anyway (their seed is).
+    """
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return state, z
+
+
+@kernel()
+def fill_permutation(seed, q, out):
+    """Fisher-Yates shuffle (Knuth TAOCP vol. 2, Alg. 3.4.2P) of ``out`` = 0..n-1.
+
+    Parameters
+    ----------
+    seed : uint64
+        Agreed seed of the batch.
+    q : int64
+        Pass index; pass 0 gets the identity.
+    out : int32[n]
+        Filled in place.
+    """
+    n = out.shape[0]
+    for i in range(n):
+        out[i] = i
+    if q == 0:
+        return
+    state = seed ^ (np.uint64(q) * np.uint64(0xD1B54A32D192ED03))
+    for i in range(n - 1, 0, -1):
+        state, r = _splitmix64(state)
+        j = np.int64(r % np.uint64(i + 1))  # bias < 2^-32 for n < 2^32; public data
+        t = out[i]
+        out[i] = out[j]
+        out[j] = t
+
+
+@kernel()
+def fill_inverse(perm, out):
+    """out[perm[j]] = j."""
+    for j in range(perm.shape[0]):
+        out[perm[j]] = j
+
+
+# ----------------------------------------------------------------------------
+# Alice: parities of ranges of her own bits (she never sees Bob's)
+
+
+@kernel()
+def alice_range_parities(abits, perm, qf, qq, qs, qe, out):
+    """Parity of Alice's bits ``abits[qf[i], perm[qq[i], j]]`` for j in [qs[i], qe[i]).
+
+    Parameters
+    ----------
+    abits : uint8[N, n]
+    perm : int32[P, n]
+    qf, qq, qs, qe : int64[m]
+        Frame index, pass, start, end of each query.
+    out : uint8[m]
+    """
+    for i in range(qf.shape[0]):
+        f = qf[i]
+        q = qq[i]
+        p = np.uint8(0)
+        if q == 0:
+            for j in range(qs[i], qe[i]):
+                p ^= abits[f, j]
+        else:
+            for j in range(qs[i], qe[i]):
+                p ^= abits[f, perm[q, j]]
+        out[i] = p
+
+
+@kernel()
+def alice_block_parities(abits, perm, tf, tq, tk, tcount, toff, out):
+    """Top-level parities: blocks 0..tcount[i]-1 of size tk[i] in pass tq[i] of frame tf[i].
+
+    Results of request i go to ``out[toff[i] : toff[i] + tcount[i]]``.
+    """
+    n = abits.shape[1]
+    for i in range(tf.shape[0]):
+        f = tf[i]
+        q = tq[i]
+        k = tk[i]
+        o = toff[i]
+        for b in range(tcount[i]):
+            s = b * k
+            e = min(s + k, n)
+            p = np.uint8(0)
+            if q == 0:
+                for j in range(s, e):
+                    p ^= abits[f, j]
+            else:
+                for j in range(s, e):
+                    p ^= abits[f, perm[q, j]]
+            out[o + b] = p
+
+
+# ----------------------------------------------------------------------------
+# Bob: bitset helpers and tree walking
+
+
+@kernel()
+def _get(tree, f, r, i):
+    return (tree[f, r, i >> 6] >> np.uint64(i & 63)) & _ONE
+
+
+@kernel()
+def _set(tree, f, r, i, v):
+    w = i >> 6
+    m = _ONE << np.uint64(i & 63)
+    if v:
+        tree[f, r, w] |= m
+    else:
+        tree[f, r, w] &= ~m
+
+
+@kernel()
+def _toggle(tree, f, r, i):
+    tree[f, r, i >> 6] ^= _ONE << np.uint64(i & 63)
+
+
+@kernel()
+def _kpos_get(kpos, f, x):
+    return (kpos[f, x >> 6] >> np.uint64(x & 63)) & _ONE
+
+
+@kernel()
+def _kpos_set(kpos, f, x):
+    kpos[f, x >> 6] |= _ONE << np.uint64(x & 63)
+
+
+@kernel()
+def node_locate(v, geo, n):
+    """Global node id -> (pass, start, end, heap index) in the permuted order."""
+    P = geo.shape[1] - 1
+    q = 0
+    while q + 1 < P and geo[G_BASE, q + 1] <= v:
+        q += 1
+    local = v - geo[G_BASE, q]
+    k = geo[G_K, q]
+    stride = geo[G_STRIDE, q]
+    b = local // stride
+    h = local - b * stride
+    s = b * k
+    e = min(s + k, n)
+    depth = 0
+    t = h
+    while t > 1:
+        t >>= 1
+        depth += 1
+    for i in range(depth - 1, -1, -1):
+        m = s + (e - s + 1) // 2
+        if (h >> i) & 1:
+            s = m
+        else:
+            e = m
+    return q, s, e, h
+
+
+@kernel()
+def _range_parity(bits, perm, f, q, s, e):
+    p = np.uint8(0)
+    if q == 0:
+        for j in range(s, e):
+            p ^= bits[f, j]
+    else:
+        for j in range(s, e):
+            p ^= bits[f, perm[q, j]]
+    return p
+
+
+@kernel()
+def _push(pend, st, f, v):
+    c = st[f, S_NPEND]
+    if c >= pend.shape[1]:
+        st[f, S_DONE] = 2
+        return
+    pend[f, c] = v
+    st[f, S_NPEND] = c + 1
+
+
+@kernel()
+def _mark_known(tree, kpos, pi, f, v, q, s, e, d):
+    """Make node v (pass q, range [s, e)) known with error parity d."""
+    _set(tree, f, 0, v, True)
+    _set(tree, f, 1, v, d != 0)
+    if e - s == 1 and d == 0:
+        _kpos_set(kpos, f, pi[0, q, s])
+
+
+@kernel()
+def _flip(bits, tree, kpos, pend, st, pi, geo, f, x):
+    """Flip Bob's bit x and toggle every known node containing it, in every started pass.
+
+    The deepest known node on each pass's root-to-leaf path is a frontier
+    node; if it becomes odd it is pushed on the pending list.
+    """
+    n = bits.shape[1]
+    bits[f, x] ^= np.uint8(1)
+    _kpos_set(kpos, f, x)  # flipped because a known leaf was odd: now correct
+    st[f, S_FLIPS] += 1
+    st[f, S_BTOT] ^= 1
+    for q in range(st[f, S_PASS]):
+        j = pi[1, q, x]
+        k = geo[G_K, q]
+        b = j // k
+        s = b * k
+        e = min(s + k, n)
+        base = geo[G_BASE, q] + b * geo[G_STRIDE, q]
+        h = 1
+        last = -1
+        while True:
+            node = base + h
+            if _get(tree, f, 0, node) == 0:
+                break
+            _toggle(tree, f, 1, node)
+            last = node
+            if e - s == 1:
+                break
+            m = s + (e - s + 1) // 2
+            if j < m:
+                e = m
+                h = 2 * h
+            else:
+                s = m
+                h = 2 * h + 1
+        if last >= 0 and _get(tree, f, 1, last) != 0:
+            _push(pend, st, f, last)
+
+
+@kernel()
+def _all_known(kpos, pi, f, q, s, e):
+    for j in range(s, e):
+        if _kpos_get(kpos, f, pi[0, q, j]) == 0:
+            return False
+    return True
+
+
+@kernel()
+def _level(size):
+    """ceil(log2(size)) for size >= 1."""
+    lv = 0
+    t = 1
+    while t < size:
+        t <<= 1
+        lv += 1
+    return lv
+
+
+# ----------------------------------------------------------------------------
+# Bob: one planning step per round
+
+
+@kernel()
+def _start_pass_locally(bits, tree, kpos, pend, st, pi, geo, f):
+    """Start pass S_PASS whose only block's parity is implied by the frame parity."""
+    n = bits.shape[1]
+    q = st[f, S_PASS]
+    d = st[f, S_ATOT] ^ st[f, S_BTOT]
+    v = geo[G_BASE, q] + 1
+    _mark_known(tree, kpos, pi, f, v, q, 0, n, d)
+    st[f, S_PASS] = q + 1
+    st[f, S_INFERRED] += 1
+    if d:
+        _push(pend, st, f, v)
+
+
+@kernel()
+def _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f):
+    n = bits.shape[1]
+    st[f, S_ACTION] = 0
+    st[f, S_NSEL] = 0
+    st[f, S_TOPCOUNT] = 0
+    for _guard in range(64 * n + 1_000_000):
+        if st[f, S_DONE] != 0:
+            return
+        # 1. compact the pending list to valid frontier odd nodes, deduplicated
+        npend = st[f, S_NPEND]
+        keys = np.sort(pend[f, :npend])
+        w = 0
+        prev = -1
+        for i in range(npend):
+            v = keys[i]
+            if v == prev:
+                continue
+            prev = v
+            if _get(tree, f, 0, v) == 0 or _get(tree, f, 1, v) == 0:
+                continue
+            q, s, e, h = node_locate(v, geo, n)
+            if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
+                continue  # has known children: not a frontier node any more
+            pend[f, w] = v
+            w += 1
+        st[f, S_NPEND] = w
+        if w == 0:
+            # 2. nothing pending: next pass, or done
+            q = st[f, S_PASS]
+            if cfg[C_CLEAN_STOP] > 0 and q > 0 and q - 1 >= cfg[C_CLEAN_FROM]:
+                if st[f, S_FLIPS] == st[f, S_FLIPS0]:
+                    st[f, S_STREAK] += 1
+                else:
+                    st[f, S_STREAK] = 0
+                if st[f, S_STREAK] >= cfg[C_CLEAN_STOP]:
+                    st[f, S_DONE] = 1
+                    return
+            if q >= cfg[C_PASSES]:
+                st[f, S_DONE] = 1
+                return
+            st[f, S_FLIPS0] = st[f, S_FLIPS]
+            nb = geo[G_NB, q]
+            count = nb if q == 0 else nb - 1
+            if count == 0:
+                _start_pass_locally(bits, tree, kpos, pend, st, pi, geo, f)
+                continue
+            st[f, S_ACTION] = 2
+            st[f, S_TOPCOUNT] = count
+            return
+        # 3. leaves flip at once; small nodes whose child is all known-correct are
+        #    resolved without asking; both can create new pending nodes
+        changed = False
+        minlv = 1 << 40
+        for i in range(w):
+            v = pend[f, i]
+            if _get(tree, f, 1, v) == 0:
+                continue  # an earlier flip in this loop made it even
+            q, s, e, h = node_locate(v, geo, n)
+            if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
+                continue
+            if e - s == 1:
+                _flip(bits, tree, kpos, pend, st, pi, geo, f, pi[0, q, s])
+                changed = True
+                continue
+            m = s + (e - s + 1) // 2
+            if e - s <= SMALL_NODE:
+                dv = _get(tree, f, 1, v)
+                lk = _all_known(kpos, pi, f, q, s, m)
+                rk = _all_known(kpos, pi, f, q, m, e)
+                if lk or rk:
+                    dl = np.uint64(0) if lk else dv
+                    vl = v - h + 2 * h
+                    _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
+                    _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
+                    st[f, S_INFERRED] += 1
+                    if dl:
+                        _push(pend, st, f, vl)
+                    else:
+                        _push(pend, st, f, vl + 1)
+                    changed = True
+                    continue
+            lv = _level(e - s)
+            if lv < minlv:
+                minlv = lv
+        if changed:
+            continue
+        # 4. smallest pending nodes first: select those within `slack` levels
+        lim = minlv + cfg[C_SLACK]
+        tmp = pend[f, :w].copy()
+        a = 0
+        for i in range(w):
+            q, s, e, h = node_locate(tmp[i], geo, n)
+            if _level(e - s) <= lim:
+                pend[f, a] = tmp[i]
+                a += 1
+        c = a
+        for i in range(w):
+            q, s, e, h = node_locate(tmp[i], geo, n)
+            if _level(e - s) > lim:
+                pend[f, c] = tmp[i]
+                c += 1
+        st[f, S_NSEL] = a
+        st[f, S_ACTION] = 1
+        return
+    st[f, S_DONE] = 2  # no progress: inconsistent state, give the frame up
+
+
+@kernel()
+def bob_plan(bits, tree, kpos, pend, st, pi, geo, cfg):
+    """Advance every running frame to the point where it must ask Alice something.
+
+    Applies pending flips (leaves), drops stale or duplicate pending nodes,
+    and chooses this round's requests: the smallest pending nodes (within
+    ``cfg[C_SLACK]`` tree levels of the smallest) or the top-level parities
+    of the next pass. Sets ``st[f, S_ACTION]``.
+    """
+    for f in range(bits.shape[0]):
+        if st[f, S_DONE] == 0:
+            if st[f, S_ROUNDS] > cfg[C_MAXROUNDS]:
+                st[f, S_DONE] = 2
+                continue
+            _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f)
+        else:
+            st[f, S_ACTION] = 0
+
+
+@kernel()
+def bob_emit(pend, st, geo, n, roff, rq, rs, re):
+    """Write the range queries (pass, start, end of the left child) of every frame."""
+    for f in range(st.shape[0]):
+        if st[f, S_ACTION] != 1:
+            continue
+        o = roff[f]
+        for i in range(st[f, S_NSEL]):
+            q, s, e, h = node_locate(pend[f, i], geo, n)
+            rq[o + i] = q
+            rs[o + i] = s
+            re[o + i] = s + (e - s + 1) // 2
+
+
+@kernel()
+def bob_absorb(bits, tree, kpos, pend, st, pi, geo, par, offs):
+    """Take in Alice's parities for this round's requests.
+
+    ``par`` holds every parity of the round (uint8 0/1); frame f's range
+    answers are ``par[offs[0, f] : offs[0, f + 1]]`` and its top-level
+    answers ``par[offs[1, f] : offs[1, f + 1]]``.
+    """
+    n = bits.shape[1]
+    for f in range(bits.shape[0]):
+        act = st[f, S_ACTION]
+        if act == 0:
+            continue
+        st[f, S_ROUNDS] += 1
+        if act == 1:
+            o = offs[0, f]
+            nsel = st[f, S_NSEL]
+            for i in range(nsel):
+                v = pend[f, i]
+                q, s, e, h = node_locate(v, geo, n)
+                m = s + (e - s + 1) // 2
+                dl = np.uint64(par[o + i] ^ _range_parity(bits, pi[0], f, q, s, m))
+                dv = _get(tree, f, 1, v)
+                vl = v - h + 2 * h
+                _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
+                _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
+                if dl:
+                    _push(pend, st, f, vl)
+                if dl ^ dv:
+                    _push(pend, st, f, vl + 1)
+            st[f, S_LEAK] += nsel
+            st[f, S_INFERRED] += nsel  # the sibling of every asked child
+        else:
+            o = offs[1, f]
+            q = st[f, S_PASS]
+            count = st[f, S_TOPCOUNT]
+            k = geo[G_K, q]
+            nb = geo[G_NB, q]
+            if q == 0:
+                bt = np.uint8(0)
+                for j in range(n):
+                    bt ^= bits[f, j]
+                at = np.uint8(0)
+                for b in range(count):
+                    at ^= par[o + b]
+                st[f, S_BTOT] = bt
+                st[f, S_ATOT] = at
+            acc = np.uint64(0)
+            for b in range(nb):
+                s = b * k
+                e = min(s + k, n)
+                if b < count:
+                    d = np.uint64(par[o + b] ^ _range_parity(bits, pi[0], f, q, s, e))
+                    acc ^= d
+                else:
+                    d = np.uint64(st[f, S_ATOT] ^ st[f, S_BTOT]) ^ acc
+                    st[f, S_INFERRED] += 1
+                v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
+                _mark_known(tree, kpos, pi, f, v, q, s, e, d)
+                if d:
+                    _push(pend, st, f, v)
+            st[f, S_PASS] = q + 1
+            st[f, S_LEAK] += count
+
+
+def _warmup() -> None:
+    """Compile every kernel on a tiny batch (called by ``qkdpost warmup``)."""
+    from .protocol import reconcile_cascade
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2, size=(2, 200), dtype=np.uint8)
+    b = a ^ (rng.random((2, 200)) < 0.05).astype(np.uint8)
+    reconcile_cascade(a, b, qber=0.05, seed=1, preset="option7")

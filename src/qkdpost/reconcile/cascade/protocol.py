@@ -1,0 +1,482 @@
+"""Cascade as a two-party protocol: Alice answers parity requests, Bob drives.
+
+Messages (all on one :class:`~qkdpost.channel.Channel`, Bob -> Alice)
+--------------------------------------------------------------------
+``cascade.start``
+    ``{sid, seed, n, frames (int64[N] frame ids), passes}`` -> ``{n_frames}``.
+    Bob proposes the seed of the shared public permutations (from
+    :mod:`secrets` unless the caller fixes it).
+``cascade.parities``
+    One round trip of the whole batch. Range requests ``rf, rq, rs, re``
+    (frame index, pass, start, end in the pass's permuted order) and
+    top-level requests ``tf, tq, tk, tc`` (frame index, pass, block size,
+    number of leading blocks) -> ``{r, t}``: the parities, bit-packed.
+    Every parity Alice sends is one disclosed bit; Bob never asks for a
+    parity he can infer (the sibling of an asked half, the last block of a
+    pass from the frame parity, halves made only of bits already known).
+``cascade.end``
+    ``{sid}`` -> ``{}``. Alice drops the batch.
+
+Scheduling (what makes it efficient)
+------------------------------------
+Bob keeps, per frame, every node whose parity Alice disclosed or that he
+inferred, with its error parity kept current through every correction
+(sub-block reuse, Martinez-Mateo et al., QIC 15, 2015, Sec. 4). Each round
+he first applies what he can without asking, then asks only for the
+smallest pending blocks (``slack`` levels of tolerance), so that corrections
+in small blocks cancel the searches of larger blocks they made even before
+those are paid for. Frames progress independently; one round trip carries
+every frame's requests.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...bits import as_bits
+from ...channel import Channel, Handler, LoopbackChannel, Responder
+from ...errors import ConfigError, InputError, ProtocolError
+from ..result import ReconcileResult
+from . import _kernels as K
+from .presets import block_sizes, get_preset
+
+__all__ = ["CascadeConfig", "CascadeAlice", "CascadeBob", "reconcile_cascade"]
+
+MAX_PASSES = 64
+_PERM_CACHE_SIZE = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class CascadeConfig:
+    """Bob's Cascade settings (field names are the CLI flags and config keys).
+
+    Attributes
+    ----------
+    preset : str
+        One of :data:`~qkdpost.reconcile.cascade.PRESETS`.
+    slack : int
+        Scheduling tolerance in tree levels: each round asks for pending
+        blocks at most ``slack`` levels above the smallest pending one. 0 is
+        strict smallest-first (fewest parities, most round trips); large
+        values search every pending block in parallel.
+    max_rounds : int
+        Safety cap on rounds per frame; a frame that hits it is reported as
+        not reconciled.
+    """
+
+    preset: str = "option7"
+    slack: int = 0
+    max_rounds: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        get_preset(self.preset)
+        if not (isinstance(self.slack, (int, np.integer)) and 0 <= self.slack <= 64):
+            raise ConfigError(f"slack={self.slack!r}: must be an integer in 0..64 (0 = smallest first)")
+        if not (isinstance(self.max_rounds, (int, np.integer)) and self.max_rounds >= 1):
+            raise ConfigError(f"max_rounds={self.max_rounds!r}: must be a positive integer")
+
+
+class _Perms:
+    """Public permutations of one (seed, n), built pass by pass on first use.
+
+    ``pi[0, q]`` is the order of pass q, ``pi[1, q]`` its inverse (only built
+    when ``inverse=True`` is asked, i.e. on Bob's side). Rows are allocated
+    with ``np.empty`` so untouched passes cost no memory.
+    """
+
+    def __init__(self, seed: int, n: int):
+        self.seed = np.uint64(seed)
+        self.n = n
+        self.pi = np.empty((2, MAX_PASSES, n), dtype=np.int32)
+        self.done = np.zeros((2, MAX_PASSES), dtype=bool)
+
+    def ensure(self, q: int, inverse: bool) -> None:
+        if not self.done[0, q]:
+            K.fill_permutation(self.seed, np.int64(q), self.pi[0, q])
+            self.done[0, q] = True
+        if inverse and not self.done[1, q]:
+            K.fill_inverse(self.pi[0, q], self.pi[1, q])
+            self.done[1, q] = True
+
+
+class _PermCache:
+    """Small LRU of :class:`_Perms`, one per party object (never shared between parties)."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple[int, int], _Perms] = OrderedDict()
+
+    def get(self, seed: int, n: int) -> _Perms:
+        key = (int(seed), int(n))
+        item = self._items.get(key)
+        if item is None:
+            item = _Perms(seed, n)
+            self._items[key] = item
+            while len(self._items) > _PERM_CACHE_SIZE:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return item
+
+
+def _geometry(ks: list[int], n: int) -> np.ndarray:
+    P = len(ks)
+    geo = np.zeros((4, P + 1), dtype=np.int64)
+    base = 0
+    for q, k in enumerate(ks):
+        nb = -(-n // k)
+        stride = 2 * (1 << max(0, (k - 1).bit_length()))
+        geo[K.G_K, q] = k
+        geo[K.G_NB, q] = nb
+        geo[K.G_STRIDE, q] = stride
+        geo[K.G_BASE, q] = base
+        base += nb * stride
+    geo[K.G_BASE, P] = base
+    geo[K.G_K, P] = 1
+    geo[K.G_STRIDE, P] = 1
+    return geo
+
+
+class CascadeAlice:
+    """Alice's side of Cascade: answers parity requests about her own frames.
+
+    Parameters
+    ----------
+    frames : mapping of int -> ndarray of uint8, shape (n,)
+        Her sifted bits per frame id. They are read, never modified, and
+        never sent; only parities Bob asks for leave this object.
+
+    Attributes
+    ----------
+    leaked : dict of int -> int
+        Parities disclosed per frame id (her side of the leakage count).
+    """
+
+    def __init__(self, frames: Mapping[int, np.ndarray]):
+        self._frames = {int(k): as_bits(v, f"frames[{k}]") for k, v in frames.items()}
+        self._sessions: dict[int, dict[str, Any]] = {}
+        self._perms = _PermCache()
+        self.leaked: dict[int, int] = {}
+
+    def add_frames(self, frames: Mapping[int, np.ndarray]) -> None:
+        """Make more frames available (e.g. the pipeline's next blocks)."""
+        for k, v in frames.items():
+            self._frames[int(k)] = as_bits(v, f"frames[{k}]")
+
+    def drop_frames(self, frame_ids: Any) -> None:
+        """Forget frames once reconciled."""
+        for k in np.atleast_1d(frame_ids):
+            self._frames.pop(int(k), None)
+
+    def handlers(self) -> dict[str, Handler]:
+        """``{kind: fn}`` to register on a :class:`~qkdpost.channel.Responder`."""
+        return {
+            "cascade.start": self._on_start,
+            "cascade.parities": self._on_parities,
+            "cascade.end": self._on_end,
+        }
+
+    def _on_start(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            sid, seed, n, passes = int(body["sid"]), int(body["seed"]), int(body["n"]), int(body["passes"])
+            ids = np.asarray(body["frames"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"cascade.start: missing or bad field ({exc})") from None
+        if not (1 <= passes <= MAX_PASSES) or n < 1 or not (0 <= seed < 2**64):
+            raise ProtocolError(f"cascade.start: passes={passes}, n={n} or seed out of range")
+        abits = np.empty((ids.shape[0], n), dtype=np.uint8)
+        for i, fid in enumerate(ids):
+            bits = self._frames.get(int(fid))
+            if bits is None:
+                raise ProtocolError(f"cascade.start: Alice has no frame {int(fid)}")
+            if bits.shape[0] != n:
+                raise ProtocolError(
+                    f"cascade.start: frame {int(fid)} has {bits.shape[0]} bits on Alice's side, Bob has {n}"
+                )
+            abits[i] = bits
+            self.leaked.setdefault(int(fid), 0)
+        self._sessions[sid] = {
+            "abits": abits,
+            "ids": ids,
+            "passes": passes,
+            "perms": self._perms.get(seed, n),
+        }
+        return {"n_frames": int(ids.shape[0])}
+
+    def _on_parities(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            sess = self._sessions[int(body["sid"])]
+            rf, rq, rs, re_ = (np.asarray(body[x], dtype=np.int64) for x in ("rf", "rq", "rs", "re"))
+            tf, tq, tk, tc = (np.asarray(body[x], dtype=np.int64) for x in ("tf", "tq", "tk", "tc"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"cascade.parities: unknown session or bad field ({exc})") from None
+        abits, perms, P = sess["abits"], sess["perms"], sess["passes"]
+        N, n = abits.shape
+        nr, nt = rf.shape[0], tf.shape[0]
+        if not (rq.shape[0] == rs.shape[0] == re_.shape[0] == nr and tq.shape[0] == tk.shape[0] == tc.shape[0] == nt):
+            raise ProtocolError("cascade.parities: request arrays of unequal length")
+        if nr and (
+            rf.min() < 0 or rf.max() >= N or rq.min() < 0 or rq.max() >= P or rs.min() < 0
+            or re_.max() > n or np.any(re_ <= rs)
+        ):
+            raise ProtocolError("cascade.parities: a range request is out of bounds")
+        if nt and (
+            tf.min() < 0 or tf.max() >= N or tq.min() < 0 or tq.max() >= P or tk.min() < 1
+            or tc.min() < 0 or np.any(tc > -(-n // tk))
+        ):
+            raise ProtocolError("cascade.parities: a block request is out of bounds")
+        for q in np.unique(np.concatenate([rq, tq])):
+            perms.ensure(int(q), inverse=False)
+        rpar = np.empty(nr, dtype=np.uint8)
+        K.alice_range_parities(abits, perms.pi[0], rf, rq, rs, re_, rpar)
+        toff = np.zeros(nt + 1, dtype=np.int64)
+        np.cumsum(tc, out=toff[1:])
+        tpar = np.empty(int(toff[-1]), dtype=np.uint8)
+        K.alice_block_parities(abits, perms.pi[0], tf, tq, tk, tc, toff, tpar)
+        # her own leakage count, per frame id
+        per = np.bincount(rf, minlength=N) + np.bincount(tf, weights=tc, minlength=N).astype(np.int64)
+        for i in np.flatnonzero(per):
+            fid = int(sess["ids"][i])
+            self.leaked[fid] = self.leaked.get(fid, 0) + int(per[i])
+        return {
+            "r": np.packbits(rpar, bitorder="little"),
+            "t": np.packbits(tpar, bitorder="little"),
+        }
+
+    def _on_end(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._sessions.pop(int(body.get("sid", -1)), None)
+        return {}
+
+
+class CascadeBob:
+    """Bob's side of Cascade: drives the protocol over any :class:`Channel`.
+
+    Parameters
+    ----------
+    config : CascadeConfig, optional
+    seed : int, optional
+        Seed of the shared public permutations for every run of this
+        object. None draws a fresh one from :mod:`secrets` per run, unless
+        ``run(..., seed=...)`` gives one. A fixed seed lets permutations be
+        computed once and reused (they are public; only the error pattern
+        must be fresh, and it is).
+    """
+
+    def __init__(self, config: CascadeConfig | None = None, *, seed: int | None = None):
+        self.config = config if config is not None else CascadeConfig()
+        self.seed = seed
+        self._perms = _PermCache()
+
+    def run(
+        self,
+        channel: Channel,
+        frame_ids: Any,
+        bob_bits_2d: np.ndarray,
+        qber: float,
+        *,
+        seed: int | None = None,
+    ) -> ReconcileResult:
+        """Reconcile a batch of frames with Alice's side behind ``channel``.
+
+        Parameters
+        ----------
+        channel : Channel
+            Alice's :class:`CascadeAlice` must answer on the other end.
+        frame_ids : array_like of int, shape (N,)
+            Ids under which Alice holds the same frames.
+        bob_bits_2d : ndarray of uint8, shape (N, n)
+            Bob's bits; not modified (the corrected copy is returned).
+        qber : float
+            Estimated QBER in (0, 0.5) from parameter estimation; sets block sizes.
+        seed : int, optional
+            Overrides the object's seed for this run.
+
+        Returns
+        -------
+        ReconcileResult
+            ``leaked_bits`` counts the parities Alice sent for each frame.
+        """
+        bob = as_bits(bob_bits_2d, "bob_bits", ndim=(2,))
+        ids = np.asarray(frame_ids, dtype=np.int64).reshape(-1)
+        N, n = bob.shape
+        if ids.shape[0] != N:
+            raise InputError(f"frame_ids: {ids.shape[0]} ids for {N} frames; give one id per row of bob_bits")
+        _check_qber(qber)
+        if n < 1 or n >= 2**31:
+            raise InputError(f"frame length n={n}: must be in 1..2^31-1")
+        cfg = self.config
+        preset = get_preset(cfg.preset)
+        ks = block_sizes(preset, qber, n)
+        P = len(ks)
+        if seed is None:
+            seed = self.seed if self.seed is not None else secrets.randbits(64)
+        if not (0 <= int(seed) < 2**64):
+            raise InputError(f"seed={seed!r}: must be in 0..2^64-1")
+        perms = self._perms.get(int(seed), n)
+        geo = _geometry(ks, n)
+        M = int(geo[K.G_BASE, P])
+        rt0, by0 = channel.stats.snapshot()
+        sid = secrets.randbits(62)
+        channel.request(
+            "cascade.start", {"sid": sid, "seed": int(seed), "n": n, "frames": ids, "passes": P}
+        )
+        bits = bob.copy()
+        tree = np.zeros((N, 2, (M + 63) // 64), dtype=np.uint64)
+        kpos = np.zeros((N, (n + 63) // 64), dtype=np.uint64)
+        pend = np.empty((N, n // 2 + 4096), dtype=np.int64)
+        st = np.zeros((N, K.NST), dtype=np.int64)
+        kcfg = np.zeros(K.NCFG, dtype=np.int64)
+        kcfg[K.C_PASSES] = P
+        kcfg[K.C_CLEAN_STOP] = preset.clean_stop
+        kcfg[K.C_CLEAN_FROM] = preset.clean_from
+        kcfg[K.C_SLACK] = cfg.slack
+        kcfg[K.C_MAXROUNDS] = cfg.max_rounds
+        offs = np.zeros((2, N + 1), dtype=np.int64)
+        frame_idx = np.arange(N, dtype=np.int64)
+        try:
+            while True:
+                q = int(st[:, K.S_PASS].max()) if N else 0
+                while q < P:
+                    perms.ensure(q, inverse=True)
+                    if q >= 1 and geo[K.G_NB, q] == 1:
+                        q += 1
+                    else:
+                        break
+                K.bob_plan(bits, tree, kpos, pend, st, perms.pi, geo, kcfg)
+                act = st[:, K.S_ACTION]
+                if not act.any():
+                    break
+                nsel = np.where(act == 1, st[:, K.S_NSEL], 0)
+                ntop = np.where(act == 2, st[:, K.S_TOPCOUNT], 0)
+                np.cumsum(nsel, out=offs[0, 1:])
+                np.cumsum(ntop, out=offs[1, 1:])
+                nr = int(offs[0, -1])
+                rq = np.empty(nr, dtype=np.int64)
+                rs = np.empty(nr, dtype=np.int64)
+                re_ = np.empty(nr, dtype=np.int64)
+                K.bob_emit(pend, st, geo, np.int64(n), offs[0], rq, rs, re_)
+                tsel = act == 2
+                tq = st[tsel, K.S_PASS]
+                body = {
+                    "sid": sid,
+                    "rf": np.repeat(frame_idx, nsel).astype(np.int32),
+                    "rq": rq.astype(np.uint8),
+                    "rs": rs.astype(np.int32),
+                    "re": re_.astype(np.int32),
+                    "tf": frame_idx[tsel].astype(np.int32),
+                    "tq": tq.astype(np.uint8),
+                    "tk": geo[K.G_K, tq].astype(np.int32),
+                    "tc": ntop[tsel].astype(np.int32),
+                }
+                reply = channel.request("cascade.parities", body)
+                nt = int(offs[1, -1])
+                try:
+                    rpar = np.unpackbits(np.asarray(reply["r"], dtype=np.uint8), count=nr, bitorder="little")
+                    tpar = np.unpackbits(np.asarray(reply["t"], dtype=np.uint8), count=nt, bitorder="little")
+                except (KeyError, ValueError, TypeError) as exc:
+                    raise ProtocolError(f"cascade.parities reply: bad or short parity field ({exc})") from None
+                par = np.concatenate([rpar, tpar])
+                offs2 = offs.copy()
+                offs2[1] += nr
+                K.bob_absorb(bits, tree, kpos, pend, st, perms.pi, geo, par, offs2)
+        finally:
+            try:
+                channel.request("cascade.end", {"sid": sid})
+            except Exception:  # noqa: BLE001 - best effort; the original error matters more
+                pass
+        rt1, by1 = channel.stats.snapshot()
+        return ReconcileResult(
+            bits=bits,
+            leaked_bits=st[:, K.S_LEAK].copy(),
+            success=st[:, K.S_DONE] == 1,
+            errors_corrected=st[:, K.S_FLIPS].copy(),
+            round_trips=rt1 - rt0,
+            bytes_sent=by1 - by0,
+            method="cascade",
+            preset=preset.name,
+            extra={
+                "seed": int(seed),
+                "block_sizes": ks,
+                "config": asdict(cfg),
+                "passes_run": st[:, K.S_PASS].copy(),
+                "rounds_per_frame": st[:, K.S_ROUNDS].copy(),
+                "inferred_parities": st[:, K.S_INFERRED].copy(),
+                "source": preset.source,
+            },
+        )
+
+
+def _check_qber(qber: Any) -> None:
+    try:
+        ok = 0.0 < float(qber) < 0.5
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"qber={qber!r}: must be an estimate in (0, 0.5); pass the sifting stage's estimate")
+
+
+def reconcile_cascade(
+    alice_bits: np.ndarray,
+    bob_bits: np.ndarray,
+    *,
+    qber: float,
+    seed: int | None = None,
+    rtt_s: float = 0.0,
+    preset: str = "option7",
+    slack: int = 0,
+    max_rounds: int = 1_000_000,
+) -> ReconcileResult:
+    """Run both Cascade parties over an in-memory loopback channel.
+
+    Parameters
+    ----------
+    alice_bits, bob_bits : array_like of uint8 0/1, shape (n,) or (N, n)
+        One frame or N frames. Alice's array is handed to :class:`CascadeAlice`
+        only, Bob's to :class:`CascadeBob` only.
+    qber : float
+        Estimated QBER in (0, 0.5) (sets the block sizes).
+    seed : int, optional
+        Seed of the public permutations; None draws one from :mod:`secrets`.
+    rtt_s : float
+        Simulated round-trip time of the loopback channel, seconds.
+    preset, slack, max_rounds
+        See :class:`CascadeConfig` and :data:`PRESETS`.
+
+    Returns
+    -------
+    ReconcileResult
+        ``bits`` has the shape of ``bob_bits``.
+    """
+    a = as_bits(alice_bits, "alice_bits", ndim=(1, 2))
+    b = as_bits(bob_bits, "bob_bits", ndim=(1, 2))
+    if a.shape != b.shape:
+        raise InputError(
+            f"alice_bits shape {a.shape} != bob_bits shape {b.shape}; both parties need frames of equal length"
+        )
+    _check_qber(qber)
+    one = a.ndim == 1
+    a2 = a.reshape(1, -1) if one else a
+    b2 = b.reshape(1, -1) if one else b
+    if a2.shape[1] == 0:
+        raise InputError("alice_bits/bob_bits: frames are empty; give at least one bit per frame")
+    config = CascadeConfig(preset=preset, slack=slack, max_rounds=max_rounds)
+    alice = CascadeAlice({i: a2[i] for i in range(a2.shape[0])})
+    channel = LoopbackChannel(Responder(alice.handlers()), rtt_s=rtt_s)
+    res = CascadeBob(config, seed=seed).run(channel, np.arange(a2.shape[0]), b2, qber)
+    if one:
+        res = ReconcileResult(
+            bits=res.bits.reshape(-1),
+            leaked_bits=res.leaked_bits,
+            success=res.success,
+            errors_corrected=res.errors_corrected,
+            round_trips=res.round_trips,
+            bytes_sent=res.bytes_sent,
+            method=res.method,
+            preset=res.preset,
+            extra=res.extra,
+        )
+    return res
