@@ -121,6 +121,18 @@ class BobEngine:
         self.report.info["unused_sifted_bits"] = self.cutter.pending_bits
         return out
 
+    def abort_queue(self, reason: str) -> int:
+        """Drop the blocks cut but not yet processed (e.g. the input broke); returns how many."""
+        from ..report import BlockRecord
+
+        for b in self._queue:
+            self.report.add_block(BlockRecord(block_id=b.block_id, index=b.index, n_sifted=int(b.bits.size),
+                                              status="dropped", reason=reason,
+                                              qber_estimate=b.qber_estimate, stream_time_s=b.stream_time_s))
+        n = len(self._queue)
+        self._queue = []
+        return n
+
     def _run(self, batch: list[SiftedBlock]) -> list[KeyBlock]:
         assert self.blocks is not None, "start() first"
         results = self.blocks.process(batch)

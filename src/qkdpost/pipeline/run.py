@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from ..channel import Channel, LoopbackChannel
 from ..config import Config
-from ..errors import ChannelError, PeerDisconnected, ProtocolError
+from ..errors import ChannelError, FileFormatError, PeerDisconnected, ProtocolError
 from ..io.model import Chunk, StreamInfo
 from ..keystore import KeyBlock, KeyStore
 from ..report import Report
@@ -99,27 +99,46 @@ def _bob_session(cfg: Config, path: str | os.PathLike[str], channel: Channel, st
 
     bar = _progress(None, "bob", progress)
     try:
-        for c in chunks:
-            t0 = time.perf_counter()
-            rt0 = channel.stats.snapshot()
-            seg = front.push(c.t, c.ch)
-            rt1 = channel.stats.snapshot()
-            report.add_time("sift", time.perf_counter() - t0, rt1[0] - rt0[0], rt1[1] - rt0[1])
-            take(engine.push(seg))
-            bar.update(len(c.t))
-        t0 = time.perf_counter()
-        rt0 = channel.stats.snapshot()
-        seg = front.finish()
-        rt1 = channel.stats.snapshot()
-        report.add_time("sift", time.perf_counter() - t0, rt1[0] - rt0[0], rt1[1] - rt0[1])
-        take(engine.push(seg))
-        take(engine.finish())
+        try:
+            _bob_loop(cfg, chunks, front, engine, channel, report, take, bar)
+        except FileFormatError as exc:
+            # Bob's input is corrupt from here on: every full block before the
+            # damage was processed; the sifted bits after it never form a block.
+            dropped = engine.abort_queue("corrupt_input")
+            report.info["input_error"] = {"file": str(path), "error": str(exc), "blocks_dropped": dropped,
+                                          "sifted_bits_dropped": engine.cutter.pending_bits}
+            raise
     finally:
         bar.close()
         report.counts["detections_bob"] = front.events
         report.info["front"] = front.summary()
         report.info["stream_duration_s"] = front._t_end_s()
     return n_keys
+
+
+def _bob_loop(cfg: Config, chunks: Iterator[Chunk], front: BobFront, engine: BobEngine, channel: Channel,
+              report: Report, take: Callable[[list[KeyBlock]], None], bar: Any) -> None:
+    it = iter(chunks)
+    while True:
+        t0 = time.perf_counter()
+        c = next(it, None)
+        report.add_time("read", time.perf_counter() - t0)
+        if c is None:
+            break
+        t0 = time.perf_counter()
+        rt0 = channel.stats.snapshot()
+        seg = front.push(c.t, c.ch)
+        rt1 = channel.stats.snapshot()
+        report.add_time("sift", time.perf_counter() - t0, rt1[0] - rt0[0], rt1[1] - rt0[1])
+        take(engine.push(seg))
+        bar.update(len(c.t))
+    t0 = time.perf_counter()
+    rt0 = channel.stats.snapshot()
+    seg = front.finish()
+    rt1 = channel.stats.snapshot()
+    report.add_time("sift", time.perf_counter() - t0, rt1[0] - rt0[0], rt1[1] - rt0[1])
+    take(engine.push(seg))
+    take(engine.finish())
 
 
 def run_local(alice: str | os.PathLike[str], bob: str | os.PathLike[str], out_dir: str | os.PathLike[str],

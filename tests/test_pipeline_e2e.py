@@ -1,0 +1,126 @@
+"""End to end with qkdpost's own stages on simulated BBM92 links (loopback, one process)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from qkdpost.config import Config
+from qkdpost.errors import ConfigError, FileFormatError
+from qkdpost.keystore import KeyStore
+from qkdpost.pipeline.kit import QkdpostKit
+from qkdpost.pipeline.run import run_local
+from qkdpost.simulate import BBM92Config, DecoyConfig, write_link
+
+DUR = 2.0
+
+
+def _cfg(**kw):
+    base = dict(block_bits=1 << 15, seed=9, acquisition_s=0.5)
+    base.update(kw)
+    return Config().replace(**base)
+
+
+@pytest.fixture(scope="module")
+def benign(tmp_path_factory):
+    d = tmp_path_factory.mktemp("benign")
+    write_link(BBM92Config(duration_s=DUR), d, seed=31)
+    return d
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("noisy")
+    write_link(BBM92Config(duration_s=DUR, misalignment_z=0.15, misalignment_x=0.15), d, seed=32)
+    return d
+
+
+def _same_stores(out):
+    sa, sb = KeyStore(out / "alice"), KeyStore(out / "bob")
+    assert sa.ids() == sb.ids()
+    for bid in sb.ids():
+        assert (out / "alice/keys" / bid / "key.bin").read_bytes() == (out / "bob/keys" / bid / "key.bin").read_bytes()
+        assert sa.meta(bid)["final_length"] == sb.meta(bid)["final_length"]
+    return sa, sb
+
+
+def test_benign_link_cascade_gives_identical_positive_keys(benign, tmp_path):
+    rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, _cfg(), plot=False)
+    sa, sb = _same_stores(tmp_path)
+    t = rep.totals()
+    assert t["blocks_ok"] >= 2 and t["final_bits"] > 0 and t["blocks_ok"] == len(sb.ids())
+    for bid in sb.ids():
+        m = sb.meta(bid)
+        assert 0 < m["final_length"] == m["secure_length"] < m["n_sifted"]
+        assert m["bound"] == "tomamichel2012" and m["leakage"]["ec"] > 0 and m["leakage"]["verify"] >= 64
+        assert m["config"]["pipeline"]["block_bits"] == 1 << 15 and m["versions"]["qkdpost"]
+        assert m["finitekey"]["leak_ec"] == m["leakage"]["ec"]  # the bound used the actual leakage
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["totals"]["final_bits"] == t["final_bits"] and data["config"]["reconcile"]["ec_method"] == "cascade"
+    for b in data["blocks"]:
+        assert b["status"] == "ok" or b["reason"]
+    assert 1.0 < t["mean_efficiency"] < 1.3
+
+
+def test_noisy_link_15_percent_yields_no_key_and_says_why(noisy, tmp_path):
+    rep = run_local(noisy / "alice.arrow", noisy / "bob.arrow", tmp_path, _cfg(), plot=False)
+    t = rep.totals()
+    assert t["final_bits"] == 0 and t["blocks_ok"] == 0 and t["blocks"] >= 1
+    assert set(t["drop_reasons"]) == {"qber_abort"}
+    assert KeyStore(tmp_path / "alice").ids() == KeyStore(tmp_path / "bob").ids() == []
+    # without the abort threshold, the bound itself gives zero
+    rep = run_local(noisy / "alice.arrow", noisy / "bob.arrow", tmp_path / "b", _cfg(qber_abort=0.4), plot=False)
+    t = rep.totals()
+    assert t["final_bits"] == 0 and set(t["drop_reasons"]) <= {"no_secure_length", "verify_failed", "ec_failed"}
+    assert "no_secure_length" in t["drop_reasons"]
+
+
+class _MiscorrectOnce(QkdpostKit):
+    """Flips one of Bob's corrected bits in the second block: verification must catch it."""
+
+    def reconcile_bob(self, channel, method, ids, bits, qber, cfg, *, seed):
+        res = super().reconcile_bob(channel, method, ids, bits, qber, cfg, seed=seed)
+        if ids[0].endswith("-0000001"):
+            res.bits[0, 17] ^= 1
+        return res
+
+
+def test_verification_failure_drops_block_on_both_sides(benign, tmp_path):
+    rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, _cfg(), plot=False,
+                    kit=_MiscorrectOnce())
+    sa, sb = _same_stores(tmp_path)
+    reasons = {b.index: b.reason for b in rep.blocks}
+    assert reasons[1] == "verify_failed" and all(r == "" for i, r in reasons.items() if i != 1)
+    bid = rep.blocks[1].block_id
+    assert sb.state(bid) == sa.state(bid) == "dropped" and sb.drop_reason(bid) == "verify_failed"
+    alice_rep = json.loads((tmp_path / "alice/report.json").read_text())
+    assert {b["block_id"]: b["reason"] for b in alice_rep["blocks"]}[bid] == "verify_failed"
+
+
+def test_corrupt_input_stops_with_clear_error_and_keeps_earlier_keys(benign, tmp_path):
+    bad = tmp_path / "bob_bad.arrow"
+    raw = bytearray((benign / "bob.arrow").read_bytes())
+    pos = int(len(raw) * 0.8)
+    raw[pos:pos + 64] = bytes(64)
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(FileFormatError):
+        run_local(benign / "alice.arrow", bad, tmp_path / "out", _cfg(), plot=False)
+    data = json.loads((tmp_path / "out/report.json").read_text())
+    assert "input_error" in data and str(bad) in data["input_error"]["file"]
+    _same_stores(tmp_path / "out")
+
+
+def test_decoy_slot_logs_are_refused_clearly(tmp_path):
+    write_link(DecoyConfig(duration_s=0.05), tmp_path, seed=1)
+    with pytest.raises(ConfigError, match="prepare-and-measure"):
+        run_local(tmp_path / "alice.arrow", tmp_path / "bob.arrow", tmp_path / "out", _cfg(), plot=False)
+
+
+def test_rerun_and_report_plot(benign, tmp_path):
+    cfg = _cfg(block_bits=1 << 16)
+    run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, cfg)
+    n = len(KeyStore(tmp_path / "bob").ids())
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, cfg, plot=False)
+    assert rep.totals()["final_bits"] == 0 and len(KeyStore(tmp_path / "bob").ids()) == n
+    assert set(rep.totals()["drop_reasons"]) == {"already_stored"}
