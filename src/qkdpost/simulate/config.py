@@ -108,8 +108,8 @@ def _common(cfg: Any) -> None:
     _check(_finite(cfg.duration_s) and cfg.duration_s > 0, "duration_s", cfg.duration_s, "must be > 0 seconds")
     _check(_finite(cfg.tick_s) and 1e-15 <= cfg.tick_s <= 1e-6, "tick_s", cfg.tick_s,
            "the TDC bin must lie in [1e-15, 1e-6] s", "e.g. 1e-12 (1 ps) or 125e-12 (qcrypto)")
-    _check(cfg.duration_s / cfg.tick_s < 2**62, "duration_s", cfg.duration_s,
-           f"duration/tick_s must fit int64 ticks at tick_s={cfg.tick_s}")
+    _check(1 <= cfg.duration_s / cfg.tick_s < 2**62, "duration_s", cfg.duration_s,
+           f"must span at least one tick and fit int64 ticks at tick_s={cfg.tick_s}")
     _check(_finite(cfg.loss_db) and 0 <= cfg.loss_db <= 100, "loss_db", cfg.loss_db,
            "channel loss must lie in [0, 100] dB")
     for name in ("misalignment_z", "misalignment_x"):
