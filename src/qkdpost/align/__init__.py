@@ -470,10 +470,11 @@ def find_alignment(
     while r > r_fine:
         r = max(r_fine, r // 128)
         t_w = int(min(r / (2 * u_f), (ov_hi - ov_lo) / 3))
-        # Folding into fewer bins than the window holds adds background and
-        # caps the significance near eta * sqrt(nbins); 2^17 bins (pfind's
-        # size) give eta * 360, so windows longer than that buy nothing.
-        t_w = max(min(t_w, (_FINE_BINS - 64) * r), 64 * r)
+        # The window is as long as the frequency uncertainty allows (smear
+        # below half a bin). Folding it into fewer bins than it spans adds
+        # background: the significance tends to eta * sqrt(nbins) once every
+        # bin holds many events; 2^17 bins (pfind's size) give eta * 360.
+        t_w = max(t_w, 64 * r)
         pad = int(u_t + u_f * t_w) + 2 * r
         nb = min(_next_pow2(max(4 * pad / r + 8, (t_w + 2 * pad) / r)), _FINE_BINS)
         lags = []
@@ -654,14 +655,15 @@ class DriftTracker:
 
     After each sifting (sub-)window, :meth:`update` takes the Alice times and
     residuals (``mapped t_b - t_a``, Alice ticks) of that window's
-    coincidences and fits them by least squares with ``c0 + c1 x + c2 x^2``
-    (a line when there are few pairs), ``x = t - t_m``. The model is then
-    replaced by the fitted curve's tangent at the centre of the *next*
-    window, ``t_m + span`` -- a prediction that keeps a drifting clock
-    (frequency ramp) locked, where a first-order servo on the offset alone
-    (costream's) would lag. ``gain_offset`` and ``gain_freq`` scale the
-    offset and slope corrections; 1 is dead-beat. A history of
-    ``(t_m, offset_s, freq_ppm)`` is kept for the report (drift).
+    coincidences and fits them with a line ``c0 + c1 (t - t_m)`` (least
+    squares, clipped at 5 sd). The tangent there gives the clock rate at
+    ``t_m``; the rates of the last ``history_len`` windows give the drift
+    (rate change per tick, least squares). The model is then replaced by the
+    prediction for the centre of the *next* window, ``t_m + span``: offset
+    and rate extrapolated with the drift. Offset-only servos (costream's) lag
+    a frequency ramp; this one follows it. ``gain_offset`` and ``gain_freq``
+    scale the offset and slope corrections (1 = dead-beat). A history of
+    ``(t_m, offset_s, freq_ppm)`` is kept for the report.
 
     Attributes
     ----------
@@ -670,13 +672,17 @@ class DriftTracker:
         Servo gains in (0, 1].
     min_pairs : int
         Windows with fewer coincidences leave the model unchanged.
+    history_len : int
+        Windows used to estimate the drift.
     """
 
     model: ClockModel
     gain_offset: float = 1.0
     gain_freq: float = 1.0
     min_pairs: int = 32
+    history_len: int = 10
     history: list[tuple[int, float, float]] = field(default_factory=list)
+    _rates: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("gain_offset", "gain_freq"):
@@ -684,21 +690,37 @@ class DriftTracker:
             if not (0 < g <= 1):
                 raise ConfigError(f"{name}={g!r}: servo gain must be in (0, 1]")
 
+    @property
+    def drift_per_tick(self) -> float:
+        """Estimated change of the rate (Alice ticks per Bob tick) per Alice tick."""
+        if len(self._rates) < 3:
+            return 0.0
+        t = np.array([p[0] for p in self._rates], np.float64)
+        y = np.array([p[1] for p in self._rates], np.float64)
+        t -= t.mean()
+        stt = float(np.sum(t * t))
+        return float(np.sum(t * (y - y.mean())) / stt) if stt > 0 else 0.0
+
     def update(self, t_a: np.ndarray, residual: np.ndarray) -> ClockModel:
         """Fold one window of coincidence residuals into the model and return it."""
         n = int(t_a.size)
         if n < self.min_pairs:
             return self.model
         t_m = int(t_a[n // 2])
-        span = int(t_a[-1]) - int(t_a[0])
-        deg = 2 if n >= 4 * self.min_pairs else 1
-        got = _polyfit_clipped(np.asarray(t_a, np.int64), residual.astype(np.float64), t_m, deg, 5.0)
+        got = _polyfit_clipped(np.asarray(t_a, np.int64), residual.astype(np.float64), t_m, 1, 5.0)
         if got is None:
             return self.model
-        c0, c1, c2, _, _ = got
-        d = float(span)  # predict to the centre of the next window
-        c0p = c0 + c1 * d + c2 * d * d
-        c1p = c1 + 2.0 * c2 * d
-        self.model = self.model.corrected(self.gain_offset * c0p, self.gain_freq * c1p, t_m + int(d))
+        c0, c1 = got[0], got[1]
+        m1 = self.model.corrected(self.gain_offset * c0, self.gain_freq * c1, t_m)
+        self._rates.append((t_m, m1.rate))
+        del self._rates[: -self.history_len]
+        k = self.drift_per_tick
+        d = float(int(t_a[-1]) - int(t_a[0]))  # predict to the centre of the next window
+        if d > 0:
+            r = m1.rate
+            db = d / r - 0.5 * k * (d / r) ** 2 / r
+            m1 = ClockModel.anchored(t_m + int(d), m1.to_bob(t_m) + db, r + k * d,
+                                     m1.tick_a_s, m1.tick_b_s)
+        self.model = m1
         self.history.append((t_m, self.model.offset_s(t_m), self.model.freq_ppm))
         return self.model

@@ -89,8 +89,19 @@ def qber_estimate(errors: int, n: int, *, eps: float = 1e-10, method: str = "clo
         return QberEstimate(errors, n, q, max(0.0, q - d), min(1.0, q + d), eps, method)
     from scipy.stats import beta
 
-    upper = 1.0 if errors == n else float(beta.ppf(1.0 - eps, errors + 1, n - errors))
-    lower = 0.0 if errors == 0 else float(beta.ppf(eps, errors, n - errors + 1))
+    # closed forms at the ends: (1 - p)^n = eps and p^n = eps
+    if errors == n:
+        upper = 1.0
+    elif errors == 0:
+        upper = -math.expm1(math.log(eps) / n)
+    else:
+        upper = float(beta.ppf(1.0 - eps, errors + 1, n - errors))
+    if errors == 0:
+        lower = 0.0
+    elif errors == n:
+        lower = math.exp(math.log(eps) / n)
+    else:
+        lower = float(beta.ppf(eps, errors, n - errors + 1))
     return QberEstimate(errors, n, q, lower, upper, eps, method)
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import int64, uint8, void
+from numba import int64, types, uint8, void
 
 from .._jit import kernel, register
 
 register(__name__)
 
+ro_u8 = types.Array(types.uint8, 1, "A", readonly=True)
 
-@kernel(void(uint8[:], uint8[:], uint8[:], int64[:], int64[:]))
+
+@kernel(void(ro_u8, ro_u8, ro_u8, int64[:], int64[:]))
 def count_errors(bits_a, bits_b, cls, out_err, out_tot):
     """``out_tot[c] += 1`` and ``out_err[c] += bits_a != bits_b`` per position of class ``c``.
 

@@ -206,9 +206,23 @@ RandomBits = Callable[[int], np.ndarray]
 
 
 def seeded_bits(seed: int) -> RandomBits:
-    """A seeded random-bit source for simulations and tests (never production)."""
+    """A seeded random-bit source for simulations and tests (never production).
+
+    One fixed bit stream, however it is split into calls, so results do not
+    depend on how the input was cut into chunks.
+    """
     rng = np.random.default_rng(seed)
-    return lambda n: rng.integers(0, 2, n, dtype=np.uint8)
+    pool = np.empty(0, np.uint8)
+
+    def draw(n: int) -> np.ndarray:
+        nonlocal pool
+        while pool.size < n:
+            words = rng.integers(0, 1 << 63, 1024, dtype=np.int64).astype("<u8")
+            pool = np.concatenate([pool, np.unpackbits(words.view(np.uint8))])
+        out, pool = pool[:n], pool[n:]
+        return out
+
+    return draw
 
 
 class _Conditioner:
@@ -543,9 +557,13 @@ class AliceSift:
     def _answer_times(self, lo: int, hi: int) -> dict[str, Any]:
         if hi < lo:
             raise ProtocolError(f"sift.step: window [{lo}, {hi}) is empty or reversed")
-        hi_eff = min(hi, self._avail())
+        avail = self._avail()
+        if avail < hi:
+            # not all of [lo, hi) is here yet: Bob asks again later (windows
+            # are a fixed grid, so results do not depend on chunking)
+            return {"ready": False, "avail": avail}
         i0 = int(np.searchsorted(self._buf.t, lo))
-        i1 = int(np.searchsorted(self._buf.t, hi_eff)) if hi_eff > lo else i0
+        i1 = int(np.searchsorted(self._buf.t, hi))
         win = self._buf.slice(i0, i1)
         # detections before the window end are never requested again
         self._buf = self._buf.slice(i1, len(self._buf))
@@ -553,7 +571,7 @@ class AliceSift:
         self._next_wid += 1
         self._windows[wid] = win
         done = self._finished and len(self._buf) == 0
-        return {"wid_new": wid, "hi_eff": max(hi_eff, lo), "done": done, **_encode_times(win.t)}
+        return {"ready": True, "wid_new": wid, "hi_eff": hi, "done": done, **_encode_times(win.t)}
 
     def _answer_bases(self, body: dict[str, Any]) -> dict[str, Any]:
         wid = int(body["wid"])
@@ -766,6 +784,8 @@ class BobSift:
         # Alice's acquisition window is also the first sifting window
         lo = np.iinfo(np.int64).min // 2
         reply = channel.request("sift.step", {"wid": None, "lo": lo, "hi": acq_hi})
+        if not reply.get("ready", False):
+            raise ProtocolError("sift.step: Alice's acquisition window is not ready although she said it was")
         t_a = _decode_times(reply)
         if self._model is None:
             self.alignment = find_alignment(t_a, self._buf.t, tick_a_s=tick_a, tick_b_s=tick_b, config=cfg.align)
@@ -797,24 +817,19 @@ class BobSift:
         hi = lo + max(1, int(self.config.window_s / tick_a))
         bob_avail = self._bob_avail()
         if bob_avail != _INT64_MAX:
-            # Bob's data must cover the window plus the coincidence half-width
-            b_hi = int(self._model.to_alice(np.array([bob_avail], np.int64))[0]) - self.window_ticks - 1
-            hi = min(hi, b_hi)
-            if hi <= lo:
+            # Bob's data must cover the whole window plus the coincidence half-width
+            model = self.tracker.model if self.tracker else self._model
+            b_hi = int(model.to_alice(np.array([bob_avail], np.int64))[0]) - self.window_ticks - 1
+            if b_hi < hi:
                 return False
         reply = self._send_bases(channel, lo, hi)
-        if reply is None:
+        if not reply.get("ready", False):
             return False
         t_a = _decode_times(reply)
-        if int(reply["hi_eff"]) <= lo and not reply["done"]:
-            # Alice has no new data yet: the window came back empty
-            self._open_wid = int(reply["wid_new"])
-            self._open = (np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8))
-            return False
         self._sift_window(channel, reply, t_a, first=False)
         return True
 
-    def _send_bases(self, channel: Channel, lo: int | None, hi: int | None) -> dict[str, Any] | None:
+    def _send_bases(self, channel: Channel, lo: int | None, hi: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {"wid": None, "lo": lo, "hi": hi}
         if self._open_wid is not None:
             ia, basis_b, bits_b = self._open  # type: ignore[misc]
@@ -862,10 +877,14 @@ class BobSift:
         sub = max(1, int(self.config.window_s / tick_a))
         ia_parts: list[np.ndarray] = []
         ib_parts: list[np.ndarray] = []
-        i0 = 0
         bt = self._buf.t
-        while i0 < t_a.size:
-            i1 = int(np.searchsorted(t_a, int(t_a[i0]) + sub))
+        # sub-window grid anchored at the window start (fixed, data independent)
+        start = self._lo if (self._lo is not None and not first) else (int(t_a[0]) if t_a.size else hi_eff)
+        edges = np.searchsorted(t_a, np.arange(start + sub, hi_eff + sub, sub, dtype=np.int64))
+        i0 = 0
+        for i1 in edges.tolist():
+            if i1 <= i0:
+                continue
             ta_sub = t_a[i0:i1]
             model = self.tracker.model
             j0 = int(np.searchsorted(bt, math.floor(model.to_bob(int(ta_sub[0]) - w)) - 2))
@@ -882,6 +901,7 @@ class BobSift:
                 ia_parts.append(ia + i0)
                 ib_parts.append(ib + j0)
             i0 = i1
+        assert i0 == t_a.size
         ia = np.concatenate(ia_parts) if ia_parts else np.empty(0, np.int64)
         ib = np.concatenate(ib_parts) if ib_parts else np.empty(0, np.int64)
         self._open_wid = int(reply["wid_new"])
