@@ -84,7 +84,7 @@ def test_count_errors_without_classes_and_bad_inputs():
     err, tot = count_errors(np.array([0, 1, 1]), np.array([1, 1, 0]))
     assert err.tolist() == [2] and tot.tolist() == [3]
     with pytest.raises(InputError, match="equal length"):
-        count_errors(np.zeros(3), np.zeros(4))
+        count_errors(np.zeros(3, np.uint8), np.zeros(4, np.uint8))
     with pytest.raises(InputError, match="0 or 1"):
         count_errors(np.array([2]), np.array([0]))
     with pytest.raises(InputError, match="n_classes"):
