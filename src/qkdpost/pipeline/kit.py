@@ -15,6 +15,7 @@ in the run (``"<run>-0000042"`` → 42).
 from __future__ import annotations
 
 import math
+import secrets
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -84,6 +85,9 @@ class QkdpostKit(StageKit):
             from ..reconcile.cascade import CascadeBob, CascadeConfig
 
             bob = CascadeBob(CascadeConfig(preset=cfg.reconcile.cascade_preset))
+            if seed is None:
+                # public permutation seed from the OS CSPRNG; 63 bits so it fits the codec's int64
+                seed = secrets.randbits(63)
             return bob.run(channel, fids, bits, qber, seed=seed)
         if method == "ldpc":
             return self._ldpc_bob(channel, fids, bits, qber, seed)
