@@ -170,7 +170,7 @@ def bbm92_pairs(prm, cum, cells, rng: SplitMix64):
     q = mu / (1 + mu)
     t = 0.0
     while True:
-        t += -math.log(1.0 - rng.u01()) / rate
+        t -= math.log(1.0 - rng.u01()) * (1.0 / rate)
         if t >= duration:
             break
         u = rng.u01()
@@ -182,7 +182,7 @@ def bbm92_pairs(prm, cum, cells, rng: SplitMix64):
         stats[1] += n
         stats[2] += n >= 2
         for _ in range(n):
-            tj = t + rng.u01() * tau
+            tj = t  # the pairs of one coherence window share its time
             u = rng.u01()
             j = 0
             while j < len(cum) - 1 and u >= cum[j]:

@@ -98,7 +98,8 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
     prm : float64[6]
         ``[duration, window_rate, mu_det, tau_c, thermal, pid0]``: slice length (s);
         rate of coherence windows holding >= 1 *detectable* pair (1/s); mean
-        number of detectable pairs per window; coherence time (s); 1.0 for
+        number of detectable pairs per window; coherence time (s, recorded
+        only: the pairs of one window share its start time); 1.0 for
         Bose-Einstein (single-mode thermal) pair statistics, 0.0 for Poisson;
         pair id of the first pair of this slice (labels are pair ids).
     cum, cells : float64[m], int64[m]
@@ -132,21 +133,23 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
     duration = prm[0]
     rate = prm[1]
     mu = prm[2]
-    tau = prm[3]
     thermal = prm[4] > 0.5
     pid0 = int(prm[5])
     m_cells = cum.shape[0]
     cap = out_t.shape[1]
     n_out[0] = 0
     n_out[1] = 0
+    na = 0
+    nb = 0
     pairs = 0
     if rate <= 0.0:
         return 0, 0
     q = mu / (1.0 + mu)
     logq = math.log(q) if q > 0.0 else -1.0
+    inv_rate = 1.0 / rate
     t = 0.0
     while True:
-        t += -math.log(1.0 - u01(rs)) / rate
+        t -= math.log(1.0 - u01(rs)) * inv_rate
         if t >= duration:
             break
         u = u01(rs)
@@ -160,7 +163,6 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
         if n >= 2:
             stats[2] += 1
         for _ in range(n):
-            tj = t + u01(rs) * tau
             u = u01(rs)
             j = 0
             while j < m_cells - 1 and u >= cum[j]:
@@ -171,19 +173,19 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
             pid = pid0 + pairs
             pairs += 1
             if a >= 0:
-                i = n_out[0]
-                if i >= cap:
+                if na >= cap:
                     return -1, pairs
-                out_t[0, i] = tj
-                out_k[0, i] = (pid << 3) | a
-                n_out[0] = i + 1
+                out_t[0, na] = t
+                out_k[0, na] = (pid << 3) | a
+                na += 1
             if b >= 0:
-                i = n_out[1]
-                if i >= cap:
+                if nb >= cap:
                     return -1, pairs
-                out_t[1, i] = tj
-                out_k[1, i] = (pid << 3) | b
-                n_out[1] = i + 1
+                out_t[1, nb] = t
+                out_k[1, nb] = (pid << 3) | b
+                nb += 1
+    n_out[0] = na
+    n_out[1] = nb
     return 0, pairs
 
 

@@ -720,8 +720,11 @@ class LinkSimulation:
         if not self._done:
             raise InputError("truth(): iterate the simulation to the end first (for sl in sim: ...)")
         cfg = self.cfg
+        import numba
+
         head = {
             "simulator": f"qkdpost {__version__}",
+            "versions": {"qkdpost": __version__, "numpy": np.__version__, "numba": numba.__version__},
             "seed": self.seed,
             "config": cfg.to_dict(),
             "duration_s": cfg.duration_s,
