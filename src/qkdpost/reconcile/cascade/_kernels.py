@@ -62,6 +62,10 @@ NCFG = 8
 # smallest nodes for which Bob checks whether a child is made only of
 # positions he already knows to be correct (then its parity is not asked)
 SMALL_NODE = 16
+# ranges longer than this use prefix-parity snapshots instead of a gather
+BIG_RANGE = 4096
+# flips accumulated since a snapshot before Bob rebuilds it
+REBUILD = 64
 
 _ONE = np.uint64(1)
 
@@ -106,7 +110,9 @@ def fill_permutation(seed, q, out):
     state = seed ^ (np.uint64(q) * np.uint64(0xD1B54A32D192ED03))
     for i in range(n - 1, 0, -1):
         state, r = _splitmix64(state)
-        j = np.int64(r % np.uint64(i + 1))  # bias < 2^-32 for n < 2^32; public data
+        # Lemire's multiply-shift (ACM TOMACS 29, 2019, doi:10.1145/3230636) on 32 bits;
+        # bias < n / 2^32, irrelevant for public permutations
+        j = np.int64(((r >> np.uint64(32)) * np.uint64(i + 1)) >> np.uint64(32))
         t = out[i]
         out[i] = out[j]
         out[j] = t
@@ -124,53 +130,138 @@ def fill_inverse(perm, out):
 
 
 @kernel()
-def alice_range_parities(abits, perm, qf, qq, qs, qe, out):
+def _word_parity(x):
+    x ^= x >> np.uint64(32)
+    x ^= x >> np.uint64(16)
+    x ^= x >> np.uint64(8)
+    x ^= x >> np.uint64(4)
+    x ^= x >> np.uint64(2)
+    x ^= x >> np.uint64(1)
+    return np.uint8(x & _ONE)
+
+
+@kernel()
+def _build_prefix(packed, perm, pref, f, q):
+    """pref[f, q] bit j = parity of bits[f, perm[q, 0..j-1]] for j = 0..n (one gather pass).
+
+    ``packed`` holds the bits as uint64 words (bit i in word i // 64).
+    """
+    n = perm.shape[1]
+    acc = np.uint64(0)
+    word = np.uint64(0)
+    for j in range(n):
+        if acc:
+            word |= _ONE << np.uint64(j & 63)
+        if (j & 63) == 63:
+            pref[f, q, j >> 6] = word
+            word = np.uint64(0)
+        y = perm[q, j]
+        acc ^= (packed[f, y >> 6] >> np.uint64(y & 63)) & _ONE
+    if acc:
+        word |= _ONE << np.uint64(n & 63)
+    pref[f, q, n >> 6] = word
+
+
+@kernel()
+def _prefix_bit(pref, f, q, j):
+    return np.uint8((pref[f, q, j >> 6] >> np.uint64(j & 63)) & _ONE)
+
+
+@kernel()
+def _par_range(eng, pi, f, q, s, e, nflips):
+    """Parity of ``bits[f, perm[q, s:e]]`` (a party's current bits, permuted order of pass q).
+
+    Short ranges are gathered. Long ranges use a prefix-parity snapshot of
+    the pass (built once, O(n)) corrected by the flips made since the
+    snapshot (Bob's flip log; Alice never flips); the snapshot is rebuilt
+    when more than ``REBUILD`` flips have accumulated.
+    """
+    bits, packed, pref, snap, flog = eng
+    if e - s <= BIG_RANGE:
+        if q == 0:
+            p = np.uint8(0)
+            for j in range(s, e):
+                p ^= bits[f, j]
+            return p
+        x = np.uint64(0)
+        for j in range(s, e):
+            y = pi[0, q, j]
+            x ^= packed[f, y >> 6] >> np.uint64(y & 63)
+        return np.uint8(x & _ONE)
+    sn = snap[f, q]
+    if sn < 0 or nflips - sn > REBUILD:
+        _build_prefix(packed, pi[0], pref, f, q)
+        snap[f, q] = nflips
+        sn = nflips
+    p = _prefix_bit(pref, f, q, e) ^ _prefix_bit(pref, f, q, s)
+    for i in range(sn, nflips):
+        j = pi[1, q, flog[f, i]]
+        if s <= j and j < e:
+            p ^= np.uint8(1)
+    return p
+
+
+@kernel()
+def _par_block0(eng, masks, f, q):
+    """Parity of block 0 of pass q through its packed membership mask (O(n/64))."""
+    packed = eng[1]
+    x = np.uint64(0)
+    for w in range(packed.shape[1]):
+        x ^= packed[f, w] & masks[q, w]
+    return _word_parity(x)
+
+
+@kernel()
+def alice_range_parities(eng, pi, qf, qq, qs, qe, out):
     """Parity of Alice's bits ``abits[qf[i], perm[qq[i], j]]`` for j in [qs[i], qe[i]).
 
     Parameters
     ----------
-    abits : uint8[N, n]
-    perm : int32[P, n]
+    eng : tuple (bits uint8[N, n], packed uint64[N, W], pref uint64[N, P, W1],
+          snap int64[N, P], flog int32[N, 1])
+        Alice's bits and her lazily built per-pass prefix parities.
+    pi : int32[2, P, n]
+        Permutations (row 0); inverses are not needed on her side.
     qf, qq, qs, qe : int64[m]
         Frame index, pass, start, end of each query.
     out : uint8[m]
     """
     for i in range(qf.shape[0]):
-        f = qf[i]
-        q = qq[i]
-        p = np.uint8(0)
-        if q == 0:
-            for j in range(qs[i], qe[i]):
-                p ^= abits[f, j]
-        else:
-            for j in range(qs[i], qe[i]):
-                p ^= abits[f, perm[q, j]]
-        out[i] = p
+        out[i] = _par_range(eng, pi, qf[i], qq[i], qs[i], qe[i], 0)
 
 
 @kernel()
-def alice_block_parities(abits, perm, tf, tq, tk, tcount, toff, out):
-    """Top-level parities: blocks 0..tcount[i]-1 of size tk[i] in pass tq[i] of frame tf[i].
+def alice_block_parities(eng, pi, masks, maskk, treq, toff, out):
+    """Top-level parities: blocks 0..c-1 of size k in pass q of frame f.
 
-    Results of request i go to ``out[toff[i] : toff[i] + tcount[i]]``.
+    ``treq`` is int64[m, 4] rows (f, q, k, c); results of request i go to
+    ``out[toff[i] : toff[i] + c]``. A single block 0 of a pass whose mask is
+    built for that k (``maskk[q] == k``) is computed from packed words.
     """
-    n = abits.shape[1]
-    for i in range(tf.shape[0]):
-        f = tf[i]
-        q = tq[i]
-        k = tk[i]
+    bits = eng[0]
+    n = bits.shape[1]
+    for i in range(treq.shape[0]):
+        f = treq[i, 0]
+        q = treq[i, 1]
+        k = treq[i, 2]
+        c = treq[i, 3]
         o = toff[i]
-        for b in range(tcount[i]):
+        if c == 1 and maskk[q] == k:
+            out[o] = _par_block0(eng, masks, f, q)
+            continue
+        for b in range(c):
             s = b * k
-            e = min(s + k, n)
-            p = np.uint8(0)
-            if q == 0:
-                for j in range(s, e):
-                    p ^= abits[f, j]
-            else:
-                for j in range(s, e):
-                    p ^= abits[f, perm[q, j]]
-            out[o + b] = p
+            out[o + b] = _par_range(eng, pi, f, q, s, min(s + k, n), 0)
+
+
+@kernel()
+def fill_block0_mask(perm, k, out):
+    """out = packed membership bitset of perm[0:k] (block 0 of the pass)."""
+    for w in range(out.shape[0]):
+        out[w] = np.uint64(0)
+    for j in range(k):
+        x = perm[j]
+        out[x >> 6] |= _ONE << np.uint64(x & 63)
 
 
 # ----------------------------------------------------------------------------
@@ -236,19 +327,10 @@ def node_locate(v, geo, n):
 
 
 @kernel()
-def _range_parity(bits, perm, f, q, s, e):
-    p = np.uint8(0)
-    if q == 0:
-        for j in range(s, e):
-            p ^= bits[f, j]
-    else:
-        for j in range(s, e):
-            p ^= bits[f, perm[q, j]]
-    return p
-
-
-@kernel()
-def _push(pend, st, f, v):
+def _push(pend, st, f, v, tree):
+    if _get(tree, f, 2, v) != 0:
+        return  # already queued
+    _set(tree, f, 2, v, True)
     c = st[f, S_NPEND]
     if c >= pend.shape[1]:
         st[f, S_DONE] = 2
@@ -267,14 +349,22 @@ def _mark_known(tree, kpos, pi, f, v, q, s, e, d):
 
 
 @kernel()
-def _flip(bits, tree, kpos, pend, st, pi, geo, f, x):
+def _flip(eng, tree, kpos, pend, st, pi, geo, f, x):
     """Flip Bob's bit x and toggle every known node containing it, in every started pass.
 
     The deepest known node on each pass's root-to-leaf path is a frontier
     node; if it becomes odd it is pushed on the pending list.
     """
+    bits = eng[0]
+    packed = eng[1]
+    flog = eng[4]
     n = bits.shape[1]
+    if st[f, S_FLIPS] >= flog.shape[1]:
+        st[f, S_DONE] = 2
+        return
     bits[f, x] ^= np.uint8(1)
+    packed[f, x >> 6] ^= _ONE << np.uint64(x & 63)
+    flog[f, st[f, S_FLIPS]] = x
     _kpos_set(kpos, f, x)  # flipped because a known leaf was odd: now correct
     st[f, S_FLIPS] += 1
     st[f, S_BTOT] ^= 1
@@ -303,7 +393,7 @@ def _flip(bits, tree, kpos, pend, st, pi, geo, f, x):
                 s = m
                 h = 2 * h + 1
         if last >= 0 and _get(tree, f, 1, last) != 0:
-            _push(pend, st, f, last)
+            _push(pend, st, f, last, tree)
 
 
 @kernel()
@@ -330,9 +420,9 @@ def _level(size):
 
 
 @kernel()
-def _start_pass_locally(bits, tree, kpos, pend, st, pi, geo, f):
+def _start_pass_locally(eng, tree, kpos, pend, st, pi, geo, f):
     """Start pass S_PASS whose only block's parity is implied by the frame parity."""
-    n = bits.shape[1]
+    n = eng[0].shape[1]
     q = st[f, S_PASS]
     d = st[f, S_ATOT] ^ st[f, S_BTOT]
     v = geo[G_BASE, q] + 1
@@ -340,12 +430,12 @@ def _start_pass_locally(bits, tree, kpos, pend, st, pi, geo, f):
     st[f, S_PASS] = q + 1
     st[f, S_INFERRED] += 1
     if d:
-        _push(pend, st, f, v)
+        _push(pend, st, f, v, tree)
 
 
 @kernel()
-def _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f):
-    n = bits.shape[1]
+def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
+    n = eng[0].shape[1]
     st[f, S_ACTION] = 0
     st[f, S_NSEL] = 0
     st[f, S_TOPCOUNT] = 0
@@ -354,18 +444,15 @@ def _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f):
             return
         # 1. compact the pending list to valid frontier odd nodes, deduplicated
         npend = st[f, S_NPEND]
-        keys = np.sort(pend[f, :npend])
         w = 0
-        prev = -1
         for i in range(npend):
-            v = keys[i]
-            if v == prev:
-                continue
-            prev = v
+            v = pend[f, i]
             if _get(tree, f, 0, v) == 0 or _get(tree, f, 1, v) == 0:
+                _set(tree, f, 2, v, False)
                 continue
             q, s, e, h = node_locate(v, geo, n)
             if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
+                _set(tree, f, 2, v, False)
                 continue  # has known children: not a frontier node any more
             pend[f, w] = v
             w += 1
@@ -388,7 +475,7 @@ def _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f):
             nb = geo[G_NB, q]
             count = nb if q == 0 else nb - 1
             if count == 0:
-                _start_pass_locally(bits, tree, kpos, pend, st, pi, geo, f)
+                _start_pass_locally(eng, tree, kpos, pend, st, pi, geo, f)
                 continue
             st[f, S_ACTION] = 2
             st[f, S_TOPCOUNT] = count
@@ -405,7 +492,7 @@ def _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f):
             if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
                 continue
             if e - s == 1:
-                _flip(bits, tree, kpos, pend, st, pi, geo, f, pi[0, q, s])
+                _flip(eng, tree, kpos, pend, st, pi, geo, f, pi[0, q, s])
                 changed = True
                 continue
             m = s + (e - s + 1) // 2
@@ -420,9 +507,9 @@ def _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f):
                     _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
                     st[f, S_INFERRED] += 1
                     if dl:
-                        _push(pend, st, f, vl)
+                        _push(pend, st, f, vl, tree)
                     else:
-                        _push(pend, st, f, vl + 1)
+                        _push(pend, st, f, vl + 1, tree)
                     changed = True
                     continue
             lv = _level(e - s)
@@ -452,7 +539,7 @@ def _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f):
 
 
 @kernel()
-def bob_plan(bits, tree, kpos, pend, st, pi, geo, cfg):
+def bob_plan(eng, tree, kpos, pend, st, pi, geo, cfg):
     """Advance every running frame to the point where it must ask Alice something.
 
     Applies pending flips (leaves), drops stale or duplicate pending nodes,
@@ -460,12 +547,12 @@ def bob_plan(bits, tree, kpos, pend, st, pi, geo, cfg):
     ``cfg[C_SLACK]`` tree levels of the smallest) or the top-level parities
     of the next pass. Sets ``st[f, S_ACTION]``.
     """
-    for f in range(bits.shape[0]):
+    for f in range(st.shape[0]):
         if st[f, S_DONE] == 0:
             if st[f, S_ROUNDS] > cfg[C_MAXROUNDS]:
                 st[f, S_DONE] = 2
                 continue
-            _plan_frame(bits, tree, kpos, pend, st, pi, geo, cfg, f)
+            _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f)
         else:
             st[f, S_ACTION] = 0
 
@@ -485,13 +572,16 @@ def bob_emit(pend, st, geo, n, roff, rq, rs, re):
 
 
 @kernel()
-def bob_absorb(bits, tree, kpos, pend, st, pi, geo, par, offs):
+def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
     """Take in Alice's parities for this round's requests.
 
     ``par`` holds every parity of the round (uint8 0/1); frame f's range
     answers are ``par[offs[0, f] : offs[0, f + 1]]`` and its top-level
-    answers ``par[offs[1, f] : offs[1, f + 1]]``.
+    answers ``par[offs[1, f] : offs[1, f + 1]]``. ``eng`` is Bob's tuple
+    (bits, packed, pref, snap, flog); ``masks``/``maskk`` as in
+    :func:`alice_block_parities`.
     """
+    bits = eng[0]
     n = bits.shape[1]
     for f in range(bits.shape[0]):
         act = st[f, S_ACTION]
@@ -505,15 +595,15 @@ def bob_absorb(bits, tree, kpos, pend, st, pi, geo, par, offs):
                 v = pend[f, i]
                 q, s, e, h = node_locate(v, geo, n)
                 m = s + (e - s + 1) // 2
-                dl = np.uint64(par[o + i] ^ _range_parity(bits, pi[0], f, q, s, m))
+                dl = np.uint64(par[o + i] ^ _par_range(eng, pi, f, q, s, m, st[f, S_FLIPS]))
                 dv = _get(tree, f, 1, v)
                 vl = v - h + 2 * h
                 _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
                 _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
                 if dl:
-                    _push(pend, st, f, vl)
+                    _push(pend, st, f, vl, tree)
                 if dl ^ dv:
-                    _push(pend, st, f, vl + 1)
+                    _push(pend, st, f, vl + 1, tree)
             st[f, S_LEAK] += nsel
             st[f, S_INFERRED] += nsel  # the sibling of every asked child
         else:
@@ -523,9 +613,10 @@ def bob_absorb(bits, tree, kpos, pend, st, pi, geo, par, offs):
             k = geo[G_K, q]
             nb = geo[G_NB, q]
             if q == 0:
-                bt = np.uint8(0)
-                for j in range(n):
-                    bt ^= bits[f, j]
+                bt = _word_parity(np.uint64(0))
+                packed = eng[1]
+                for w in range(packed.shape[1]):
+                    bt ^= _word_parity(packed[f, w])
                 at = np.uint8(0)
                 for b in range(count):
                     at ^= par[o + b]
@@ -536,7 +627,11 @@ def bob_absorb(bits, tree, kpos, pend, st, pi, geo, par, offs):
                 s = b * k
                 e = min(s + k, n)
                 if b < count:
-                    d = np.uint64(par[o + b] ^ _range_parity(bits, pi[0], f, q, s, e))
+                    if count == 1 and maskk[q] == k:
+                        bp = _par_block0(eng, masks, f, q)
+                    else:
+                        bp = _par_range(eng, pi, f, q, s, e, st[f, S_FLIPS])
+                    d = np.uint64(par[o + b] ^ bp)
                     acc ^= d
                 else:
                     d = np.uint64(st[f, S_ATOT] ^ st[f, S_BTOT]) ^ acc
@@ -544,7 +639,7 @@ def bob_absorb(bits, tree, kpos, pend, st, pi, geo, par, offs):
                 v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
                 _mark_known(tree, kpos, pi, f, v, q, s, e, d)
                 if d:
-                    _push(pend, st, f, v)
+                    _push(pend, st, f, v, tree)
             st[f, S_PASS] = q + 1
             st[f, S_LEAK] += count
 

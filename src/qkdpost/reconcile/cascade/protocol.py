@@ -7,10 +7,11 @@ Messages (all on one :class:`~qkdpost.channel.Channel`, Bob -> Alice)
     Bob proposes the seed of the shared public permutations (from
     :mod:`secrets` unless the caller fixes it).
 ``cascade.parities``
-    One round trip of the whole batch. Range requests ``rf, rq, rs, re``
-    (frame index, pass, start, end in the pass's permuted order) and
-    top-level requests ``tf, tq, tk, tc`` (frame index, pass, block size,
-    number of leading blocks) -> ``{r, t}``: the parities, bit-packed.
+    One round trip of the whole batch: ``{sid, r: int32[m, 4], t: int32[m', 4]}``
+    with range requests ``r`` (frame index, pass, start, end in the pass's
+    permuted order) and top-level requests ``t`` (frame index, pass, block
+    size, number of leading blocks) -> ``{r, t}``: the parities, bit-packed
+    (LSB first).
     Every parity Alice sends is one disclosed bit; Bob never asks for a
     parity he can infer (the sibling of an asked half, the last block of a
     pass from the frame parity, halves made only of bits already known).
@@ -94,6 +95,15 @@ class _Perms:
         self.n = n
         self.pi = np.empty((2, MAX_PASSES, n), dtype=np.int32)
         self.done = np.zeros((2, MAX_PASSES), dtype=bool)
+        self.masks = np.empty((MAX_PASSES, (n + 63) // 64), dtype=np.uint64)
+        self.maskk = np.zeros(MAX_PASSES, dtype=np.int64)
+
+    def ensure_mask(self, q: int, k: int) -> None:
+        """Packed membership mask of block 0 of pass q (for passes of two blocks)."""
+        if self.maskk[q] != k:
+            self.ensure(q, inverse=False)
+            K.fill_block0_mask(self.pi[0, q], np.int64(k), self.masks[q])
+            self.maskk[q] = k
 
     def ensure(self, q: int, inverse: bool) -> None:
         if not self.done[0, q]:
@@ -105,7 +115,7 @@ class _Perms:
 
 
 class _PermCache:
-    """Small LRU of :class:`_Perms`, one per party object (never shared between parties)."""
+    """Small LRU of :class:`_Perms`; one per party class (never shared between the parties)."""
 
     def __init__(self) -> None:
         self._items: OrderedDict[tuple[int, int], _Perms] = OrderedDict()
@@ -121,6 +131,13 @@ class _PermCache:
         else:
             self._items.move_to_end(key)
         return item
+
+
+# Process-wide caches, one per party: permutations are public and depend only on
+# (seed, n), so runs with the same agreed seed reuse them. Alice's and Bob's
+# caches are separate, so each party pays for its own, as it would in its own process.
+_ALICE_PERMS = _PermCache()
+_BOB_PERMS = _PermCache()
 
 
 def _geometry(ks: list[int], n: int) -> np.ndarray:
@@ -159,7 +176,7 @@ class CascadeAlice:
     def __init__(self, frames: Mapping[int, np.ndarray]):
         self._frames = {int(k): as_bits(v, f"frames[{k}]") for k, v in frames.items()}
         self._sessions: dict[int, dict[str, Any]] = {}
-        self._perms = _PermCache()
+        self._perms = _ALICE_PERMS
         self.leaked: dict[int, int] = {}
 
     def add_frames(self, frames: Mapping[int, np.ndarray]) -> None:
@@ -189,6 +206,7 @@ class CascadeAlice:
         if not (1 <= passes <= MAX_PASSES) or n < 1 or not (0 <= seed < 2**64):
             raise ProtocolError(f"cascade.start: passes={passes}, n={n} or seed out of range")
         abits = np.empty((ids.shape[0], n), dtype=np.uint8)
+        N = ids.shape[0]
         for i, fid in enumerate(ids):
             bits = self._frames.get(int(fid))
             if bits is None:
@@ -199,46 +217,49 @@ class CascadeAlice:
                 )
             abits[i] = bits
             self.leaked.setdefault(int(fid), 0)
-        self._sessions[sid] = {
-            "abits": abits,
-            "ids": ids,
-            "passes": passes,
-            "perms": self._perms.get(seed, n),
-        }
+        eng = (
+            abits,
+            _pack(abits),
+            np.empty((N, passes, (n + 1 + 63) // 64), dtype=np.uint64),
+            np.full((N, passes), -1, dtype=np.int64),
+            np.zeros((N, 1), dtype=np.int32),
+        )
+        self._sessions[sid] = {"eng": eng, "ids": ids, "passes": passes, "perms": self._perms.get(seed, n)}
         return {"n_frames": int(ids.shape[0])}
 
     def _on_parities(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             sess = self._sessions[int(body["sid"])]
-            rf, rq, rs, re_ = (np.asarray(body[x], dtype=np.int64) for x in ("rf", "rq", "rs", "re"))
-            tf, tq, tk, tc = (np.asarray(body[x], dtype=np.int64) for x in ("tf", "tq", "tk", "tc"))
+            r = np.asarray(body["r"], dtype=np.int64).reshape(-1, 4)
+            t = np.asarray(body["t"], dtype=np.int64).reshape(-1, 4)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"cascade.parities: unknown session or bad field ({exc})") from None
-        abits, perms, P = sess["abits"], sess["perms"], sess["passes"]
-        N, n = abits.shape
-        nr, nt = rf.shape[0], tf.shape[0]
-        if not (rq.shape[0] == rs.shape[0] == re_.shape[0] == nr and tq.shape[0] == tk.shape[0] == tc.shape[0] == nt):
-            raise ProtocolError("cascade.parities: request arrays of unequal length")
+        eng, perms, P = sess["eng"], sess["perms"], sess["passes"]
+        N, n = eng[0].shape
+        rf, rq, rs, re_ = (np.ascontiguousarray(r[:, i]) for i in range(4))
+        nr, nt = r.shape[0], t.shape[0]
         if nr and (
             rf.min() < 0 or rf.max() >= N or rq.min() < 0 or rq.max() >= P or rs.min() < 0
             or re_.max() > n or np.any(re_ <= rs)
         ):
             raise ProtocolError("cascade.parities: a range request is out of bounds")
         if nt and (
-            tf.min() < 0 or tf.max() >= N or tq.min() < 0 or tq.max() >= P or tk.min() < 1
-            or tc.min() < 0 or np.any(tc > -(-n // tk))
+            t[:, 0].min() < 0 or t[:, 0].max() >= N or t[:, 1].min() < 0 or t[:, 1].max() >= P
+            or t[:, 2].min() < 1 or t[:, 3].min() < 0 or np.any(t[:, 3] > -(-n // t[:, 2]))
         ):
             raise ProtocolError("cascade.parities: a block request is out of bounds")
-        for q in np.unique(np.concatenate([rq, tq])):
+        for q in np.unique(np.concatenate([rq, t[:, 1]])):
             perms.ensure(int(q), inverse=False)
+        for q, k in {(int(q), int(k)) for q, k, c in t[:, 1:4] if c == 1 and k > K.BIG_RANGE}:
+            perms.ensure_mask(q, k)
         rpar = np.empty(nr, dtype=np.uint8)
-        K.alice_range_parities(abits, perms.pi[0], rf, rq, rs, re_, rpar)
+        K.alice_range_parities(eng, perms.pi, rf, rq, rs, re_, rpar)
         toff = np.zeros(nt + 1, dtype=np.int64)
-        np.cumsum(tc, out=toff[1:])
+        np.cumsum(t[:, 3], out=toff[1:])
         tpar = np.empty(int(toff[-1]), dtype=np.uint8)
-        K.alice_block_parities(abits, perms.pi[0], tf, tq, tk, tc, toff, tpar)
+        K.alice_block_parities(eng, perms.pi, perms.masks, perms.maskk, np.ascontiguousarray(t), toff, tpar)
         # her own leakage count, per frame id
-        per = np.bincount(rf, minlength=N) + np.bincount(tf, weights=tc, minlength=N).astype(np.int64)
+        per = np.bincount(rf, minlength=N) + np.bincount(t[:, 0], weights=t[:, 3], minlength=N).astype(np.int64)
         for i in np.flatnonzero(per):
             fid = int(sess["ids"][i])
             self.leaked[fid] = self.leaked.get(fid, 0) + int(per[i])
@@ -269,7 +290,7 @@ class CascadeBob:
     def __init__(self, config: CascadeConfig | None = None, *, seed: int | None = None):
         self.config = config if config is not None else CascadeConfig()
         self.seed = seed
-        self._perms = _PermCache()
+        self._perms = _BOB_PERMS
 
     def run(
         self,
@@ -325,7 +346,14 @@ class CascadeBob:
             "cascade.start", {"sid": sid, "seed": int(seed), "n": n, "frames": ids, "passes": P}
         )
         bits = bob.copy()
-        tree = np.zeros((N, 2, (M + 63) // 64), dtype=np.uint64)
+        eng = (
+            bits,
+            _pack(bits),
+            np.empty((N, P, (n + 1 + 63) // 64), dtype=np.uint64),
+            np.full((N, P), -1, dtype=np.int64),
+            np.empty((N, n + 1), dtype=np.int32),
+        )
+        tree = np.zeros((N, 3, (M + 63) // 64), dtype=np.uint64)
         kpos = np.zeros((N, (n + 63) // 64), dtype=np.uint64)
         pend = np.empty((N, n // 2 + 4096), dtype=np.int64)
         st = np.zeros((N, K.NST), dtype=np.int64)
@@ -342,11 +370,13 @@ class CascadeBob:
                 q = int(st[:, K.S_PASS].max()) if N else 0
                 while q < P:
                     perms.ensure(q, inverse=True)
+                    if geo[K.G_NB, q] == 2 and geo[K.G_K, q] > K.BIG_RANGE:
+                        perms.ensure_mask(q, int(geo[K.G_K, q]))
                     if q >= 1 and geo[K.G_NB, q] == 1:
                         q += 1
                     else:
                         break
-                K.bob_plan(bits, tree, kpos, pend, st, perms.pi, geo, kcfg)
+                K.bob_plan(eng, tree, kpos, pend, st, perms.pi, geo, kcfg)
                 act = st[:, K.S_ACTION]
                 if not act.any():
                     break
@@ -363,14 +393,8 @@ class CascadeBob:
                 tq = st[tsel, K.S_PASS]
                 body = {
                     "sid": sid,
-                    "rf": np.repeat(frame_idx, nsel).astype(np.int32),
-                    "rq": rq.astype(np.uint8),
-                    "rs": rs.astype(np.int32),
-                    "re": re_.astype(np.int32),
-                    "tf": frame_idx[tsel].astype(np.int32),
-                    "tq": tq.astype(np.uint8),
-                    "tk": geo[K.G_K, tq].astype(np.int32),
-                    "tc": ntop[tsel].astype(np.int32),
+                    "r": np.stack([np.repeat(frame_idx, nsel), rq, rs, re_], axis=1).astype(np.int32),
+                    "t": np.stack([frame_idx[tsel], tq, geo[K.G_K, tq], ntop[tsel]], axis=1).astype(np.int32),
                 }
                 reply = channel.request("cascade.parities", body)
                 nt = int(offs[1, -1])
@@ -382,7 +406,7 @@ class CascadeBob:
                 par = np.concatenate([rpar, tpar])
                 offs2 = offs.copy()
                 offs2[1] += nr
-                K.bob_absorb(bits, tree, kpos, pend, st, perms.pi, geo, par, offs2)
+                K.bob_absorb(eng, tree, kpos, pend, st, perms.pi, geo, par, offs2, perms.masks, perms.maskk)
         finally:
             try:
                 channel.request("cascade.end", {"sid": sid})
@@ -408,6 +432,15 @@ class CascadeBob:
                 "source": preset.source,
             },
         )
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    """(N, n) uint8 bits -> (N, ceil(n/64)) uint64 words, bit i of the frame at word i//64, bit i%64."""
+    N, n = bits.shape
+    w = (n + 63) // 64
+    padded = np.zeros((N, w * 64), dtype=np.uint8)
+    padded[:, :n] = bits
+    return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
 def _check_qber(qber: Any) -> None:
