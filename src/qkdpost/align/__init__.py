@@ -623,24 +623,48 @@ def fit_clock(
     return model.corrected(c0, c1, t0), sigma, n, 2.0 * c2
 
 
+def _lsq(x: np.ndarray, y: np.ndarray, deg: int) -> np.ndarray:
+    """Least-squares polynomial coefficients (low order first) by the normal equations.
+
+    ``x`` is pre-scaled to [-1, 1] by the caller, so the 3x3 system is well
+    conditioned; this avoids an SVD per window (``np.polyfit``).
+    """
+    n = x.size
+    if deg == 1:
+        xm, ym = float(x.mean()), float(y.mean())
+        dx = x - xm
+        sxx = float(np.sum(dx * dx))
+        c1 = float(np.sum(dx * (y - ym)) / sxx) if sxx > 0 else 0.0
+        return np.array([ym - c1 * xm, c1])
+    x2 = x * x
+    s = [float(n), float(x.sum()), float(x2.sum()), float((x2 * x).sum()), float((x2 * x2).sum())]
+    a = np.array([[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]])
+    b = np.array([float(y.sum()), float((x * y).sum()), float((x2 * y).sum())])
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.concatenate([_lsq(x, y, 1), [0.0]])
+
+
 def _polyfit_clipped(
     ta: np.ndarray, res: np.ndarray, t0: int, deg: int, clip: float
 ) -> tuple[float, float, float, float, int] | None:
     """Least-squares ``res ~ c0 + c1 x + c2 x^2`` (``x = ta - t0``), refit once after clipping at ``clip`` sd."""
     x_all = (ta - t0).astype(np.float64)
     scale = float(np.max(np.abs(x_all))) or 1.0  # conditioning of the normal equations
+    xs_all = x_all / scale
     keep = np.ones(ta.size, bool)
     coef = np.zeros(deg + 1)
     for _ in range(2):
         if keep.sum() < 8:
             return None
-        coef = np.polynomial.polynomial.polyfit(x_all[keep] / scale, res[keep], deg)
-        fit = np.polynomial.polynomial.polyval(x_all / scale, coef)
+        coef = _lsq(xs_all[keep], res[keep], deg)
+        fit = np.polynomial.polynomial.polyval(xs_all, coef)
         sd = float(np.std(res[keep] - fit[keep]))
         keep = np.abs(res - fit) <= max(clip * sd, 1.0)
     if keep.sum() < 8:
         return None
-    fit = np.polynomial.polynomial.polyval(x_all[keep] / scale, coef)
+    fit = np.polynomial.polynomial.polyval(xs_all[keep], coef)
     sigma = float(np.std(res[keep] - fit))
     c2 = float(coef[2]) / scale**2 if deg == 2 else 0.0
     return float(coef[0]), float(coef[1]) / scale, c2, sigma, int(keep.sum())
