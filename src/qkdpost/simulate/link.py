@@ -203,7 +203,6 @@ class _Detectors:
         self.ctr = np.zeros((n_det, 8), np.int64)
         self.carry_t = np.zeros(0)
         self.carry_k = np.zeros(0, np.int64)
-        self.guard = 10.0 * float(self.sigma.max())
 
     def process(
         self,
@@ -857,7 +856,8 @@ def write_link(
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=round(cfg.duration_s, 9), unit="s", desc=f"simulate {sim.cfg.to_dict()['topology']}")
+            bar = tqdm(total=cfg.duration_s, desc=f"simulate {sim.cfg.to_dict()['topology']}",
+                       bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} s simulated [{elapsed}<{remaining}]")
             sim.progress = bar.update
         for sl in sim:
             wa.write(sl.alice.t, sl.alice.ch)
