@@ -90,7 +90,7 @@ def test_kernel_portable_and_pclmul_agree_with_bigint_oracle(M, Nc):
     S = rng.integers(0, 2**64, M + Nc, dtype=np.uint64, endpoint=False)
     X = rng.integers(0, 2**64, Nc, dtype=np.uint64, endpoint=False)
     want = oracle.words_product_oracle(S, X, M)
-    modes = [K.SW] + ([K.HW] if K.has_pclmul() else [])
+    modes = [K.SW] + ([K.HW] if K.has_pclmul() else []) + ([K.HW2] if K.has_vpclmul() else [])
     for mode in modes:
         B = np.zeros(2 * (M + Nc) + K.workspace_words(M, Nc), np.uint64)
         B[: M + Nc] = S
@@ -222,3 +222,18 @@ def test_seed_length():
     assert amplify.seed_length(10, 4, "modified") == 9
     with pytest.raises(InputError):
         amplify.seed_length(10, 4, "shake256")
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_product_is_identical(threads):
+    rng = np.random.default_rng(40 + threads)
+    for n, m in ((10_007, 5003), (9000, 9000), (130, 64), (5000, 17)):
+        x = _bits(rng, n)
+        s = _bits(rng, n + m - 1)
+        np.testing.assert_array_equal(amplify.toeplitz_hash(x, s, m, threads=threads), amplify.toeplitz_hash(x, s, m))
+        s2 = _bits(rng, n - 1)
+        np.testing.assert_array_equal(
+            amplify.modified_toeplitz_hash(x, s2, m, threads=threads), oracle.modified_toeplitz_hash(x, s2, m)
+        ) if n <= 5000 else None
+    with pytest.raises(InputError, match="threads"):
+        amplify.toeplitz_hash(np.ones(8, np.uint8), np.ones(11, np.uint8), 4, threads=0)

@@ -90,24 +90,58 @@ def _mode() -> Any:
     return _k.default_mode()
 
 
-def _toeplitz_words(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int) -> np.ndarray:
-    """Packed core: y words (tail bits zero) for an m x n Toeplitz of seed ``sw``."""
+def _toeplitz_words(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, threads: int = 1) -> np.ndarray:
+    """Packed core: y words (tail bits zero) for an m x n Toeplitz of seed ``sw``.
+
+    With ``threads > 1`` the columns are cut into ``threads`` blocks, each an
+    independent Toeplitz product (its own seed window and scratch) run on its
+    own thread (the kernels release the GIL); the partial outputs are XORed.
+    """
     Nc = (n + 63) >> 6
     M = (m + 63) >> 6
     d = 64 * Nc - n + 1
-    s_len = M + Nc
-    x_off = s_len
-    y_off = x_off + Nc
-    w_off = y_off + M
-    B = np.empty(w_off + _k.workspace_words(M, Nc), dtype=np.uint64)
-    _k.shift_up(sw, nseed, d, B[:s_len])
-    _k.shift_down(xw, 0, n, B[x_off:y_off])
-    status = _k.toeplitz_words(B, 0, x_off, y_off, M, Nc, w_off, _mode())
-    if status != 0:  # pragma: no cover - the workspace bound is proven in docs/amplify.md
-        raise RuntimeError(f"toeplitz kernel status {status} (n={n}, m={m}); please report")
-    y = B[y_off:w_off].copy()
+    mode = _mode()
+    seed = np.empty(M + Nc, dtype=np.uint64)
+    _k.shift_up(sw, nseed, d, seed)
+    x = np.empty(Nc, dtype=np.uint64)
+    _k.shift_down(xw, 0, n, x)
+    threads = max(1, min(int(threads), Nc))
+    blocks = []
+    width = -(-Nc // threads)
+    for xc in range(0, Nc, width):
+        A = min(width, Nc - xc)
+        blocks.append((xc, A))
+
+    def run(block: tuple[int, int]) -> np.ndarray:
+        xc, A = block
+        # contribution of columns [xc, xc + A): Toeplitz(S[Nc - xc - A:], X[xc:], M, A)
+        off = Nc - xc - A
+        B = np.empty(2 * (M + A) + _k.workspace_words(M, A), dtype=np.uint64)
+        B[: M + A] = seed[off : off + M + A]
+        B[M + A : M + 2 * A] = x[xc : xc + A]
+        st = _k.toeplitz_words(B, 0, M + A, M + 2 * A, M, A, 2 * (M + A), mode)
+        if st != 0:  # pragma: no cover - the workspace bound is proven in docs/amplify.md
+            raise RuntimeError(f"toeplitz kernel status {st} (n={n}, m={m}); please report")
+        return B[M + 2 * A : 2 * (M + A)]
+
+    if len(blocks) == 1:
+        y = run(blocks[0]).copy()
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
+            parts = list(pool.map(run, blocks))
+        y = parts[0].copy()
+        for part in parts[1:]:
+            np.bitwise_xor(y, part, out=y)
     _k.mask_tail(y, m)
     return y
+
+
+def _check_threads(threads: Any) -> int:
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+        raise InputError(f"threads={threads!r}: must be an int >= 1")
+    return int(threads)
 
 
 def _as_words(words: Any, nbits: int, name: str) -> np.ndarray:
@@ -120,7 +154,7 @@ def _as_words(words: Any, nbits: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int) -> np.ndarray:
+def toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int, *, threads: int = 1) -> np.ndarray:
     """Toeplitz hash on packed words (expert layer).
 
     Parameters
@@ -134,6 +168,8 @@ def toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m:
         The packed ``(n + m - 1)``-bit seed; higher bits are ignored.
     m : int
         Output length, ``1 <= m <= n``.
+    threads : int
+        Threads to spread the product over (column blocks; default 1).
 
     Returns
     -------
@@ -143,10 +179,10 @@ def toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m:
     n, m = _check_nm(n, m, "toeplitz")
     xw = _as_words(x_words, n, "x_words")
     sw = _as_words(seed_words, n + m - 1, "seed_words")
-    return _toeplitz_words(xw, n, sw, n + m - 1, m)
+    return _toeplitz_words(xw, n, sw, n + m - 1, m, _check_threads(threads))
 
 
-def modified_toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int) -> np.ndarray:
+def modified_toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int, *, threads: int = 1) -> np.ndarray:
     """Modified Toeplitz hash ``[I_m | T'] x`` on packed words (expert layer).
 
     ``seed_words`` holds the packed ``(n - 1)``-bit seed; see
@@ -163,7 +199,7 @@ def modified_toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.nd
     r = n - m
     tail = np.empty((r + 63) >> 6, dtype=np.uint64)
     _k.shift_down(xw, m, r, tail)
-    y = _toeplitz_words(tail, r, sw, n - 1, m)
+    y = _toeplitz_words(tail, r, sw, n - 1, m, _check_threads(threads))
     np.bitwise_xor(y, head, out=y)
     return y
 
@@ -179,7 +215,7 @@ def _check_seed(seed: Any, need: int, n: int, m: int, method: str) -> np.ndarray
     return s
 
 
-def toeplitz_hash(bits: Any, seed: Any, m: int) -> np.ndarray:
+def toeplitz_hash(bits: Any, seed: Any, m: int, *, threads: int = 1) -> np.ndarray:
     """Hash ``n`` bits to ``m`` bits with the Toeplitz matrix of ``seed``.
 
     ``y[i] = XOR_j seed[i - j + n - 1] & bits[j]``, i.e. ``y = T x`` with
@@ -193,6 +229,8 @@ def toeplitz_hash(bits: Any, seed: Any, m: int) -> np.ndarray:
         Uniformly random seed, fresh per block (:func:`draw_seed`).
     m : int
         Output length, ``1 <= m <= n`` (the secure length).
+    threads : int
+        Threads for the product (column blocks, GIL released); default 1.
 
     Returns
     -------
@@ -207,11 +245,11 @@ def toeplitz_hash(bits: Any, seed: Any, m: int) -> np.ndarray:
     x = as_bits(bits, "bits")
     n, m = _check_nm(x.size, m, "toeplitz")
     s = _check_seed(seed, n + m - 1, n, m, "toeplitz")
-    y = _toeplitz_words(pack_bits(x), n, pack_bits(s), s.size, m)
+    y = _toeplitz_words(pack_bits(x), n, pack_bits(s), s.size, m, _check_threads(threads))
     return unpack_bits(y, m)
 
 
-def modified_toeplitz_hash(bits: Any, seed: Any, m: int) -> np.ndarray:
+def modified_toeplitz_hash(bits: Any, seed: Any, m: int, *, threads: int = 1) -> np.ndarray:
     """Hash ``n`` bits to ``m`` bits with ``[I_m | T']`` (Hayashi–Tsurumaru 2016).
 
     ``y[i] = bits[i] XOR (XOR_j seed[i - j + n - m - 1] & bits[m + j])`` for
@@ -234,7 +272,7 @@ def modified_toeplitz_hash(bits: Any, seed: Any, m: int) -> np.ndarray:
     n, m = _check_nm(x.size, m, "modified")
     s = _check_seed(seed, n - 1, n, m, "modified")
     sw = pack_bits(s) if s.size else np.zeros(1, dtype=np.uint64)
-    y = modified_toeplitz_hash_packed(pack_bits(x), n, sw, m)
+    y = modified_toeplitz_hash_packed(pack_bits(x), n, sw, m, threads=threads)
     return unpack_bits(y, m)
 
 

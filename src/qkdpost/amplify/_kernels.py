@@ -56,6 +56,8 @@ register(__name__)
 
 __all__ = [
     "HW",
+    "HW2",
+    "has_vpclmul",
     "SW",
     "has_pclmul",
     "default_mode",
@@ -71,13 +73,33 @@ __all__ = [
 #: Square sizes (in 64-bit words) at or below which the schoolbook leaf runs.
 LEAF_WORDS = 32
 
-#: Mode markers: the dtype of the marker selects the carry-less product.
+#: Mode markers: the dtype of the marker selects the carry-less product:
+#: uint16 -> 256-bit VPCLMULQDQ leaves, uint8 -> 128-bit PCLMULQDQ, int8 -> portable.
+HW2 = np.uint16(2)
 HW = np.uint8(1)
 SW = np.int8(0)
 
 ST_OK = 0
 ST_WORKSPACE = -1
 ST_STACK = -2
+
+
+def _cpu_features() -> set[str]:
+    """CPU features Numba compiles for (honours NUMBA_CPU_NAME / NUMBA_CPU_FEATURES)."""
+    import numba
+
+    feats = numba.config.CPU_FEATURES
+    name = numba.config.CPU_NAME
+    if feats is not None:
+        return {f[1:] for f in feats.split(",") if f.startswith("+")}
+    if name not in (None, "host"):
+        return set()  # a named generic target: assume nothing
+    try:
+        import llvmlite.binding as llb
+
+        return {k for k, v in llb.get_host_cpu_features().items() if v}
+    except Exception:  # pragma: no cover - exotic llvmlite builds
+        return set()
 
 
 def has_pclmul() -> bool:
@@ -89,24 +111,21 @@ def has_pclmul() -> bool:
     """
     if jit_disabled() or os.environ.get("QKDPOST_NO_PCLMUL", "0") not in ("", "0"):
         return False
-    import numba
+    return "pclmul" in _cpu_features()
 
-    feats = numba.config.CPU_FEATURES
-    name = numba.config.CPU_NAME
-    if feats is not None:
-        return "+pclmul" in feats.split(",")
-    if name not in (None, "host"):
-        return False
-    try:
-        import llvmlite.binding as llb
 
-        return bool(llb.get_host_cpu_features().get("pclmul", False))
-    except Exception:  # pragma: no cover - exotic llvmlite builds
+def has_vpclmul() -> bool:
+    """True when 256-bit VPCLMULQDQ (with AVX) is available as well."""
+    if not has_pclmul() or os.environ.get("QKDPOST_NO_VPCLMUL", "0") not in ("", "0"):
         return False
+    f = _cpu_features()
+    return "vpclmulqdq" in f and "avx" in f
 
 
 def default_mode():
-    """The fastest exact mode marker for this machine (``HW`` or ``SW``)."""
+    """The fastest exact mode marker for this machine (``HW2``, ``HW`` or ``SW``)."""
+    if has_vpclmul():
+        return HW2
     return HW if has_pclmul() else SW
 
 
@@ -151,7 +170,7 @@ def clmul_sw(a, b):
     if b & one:
         lo = a
     for i in range(1, 64):
-        mask = np.uint64(0) - ((b >> np.uint64(i)) & one)
+        mask = np.uint64(0xFFFFFFFFFFFFFFFF) * ((b >> np.uint64(i)) & one)
         lo ^= (a << np.uint64(i)) & mask
         hi ^= (a >> np.uint64(64 - i)) & mask
     return lo, hi
@@ -167,7 +186,7 @@ def clmul(a, b, mode):
 
 @overload(clmul)
 def _clmul_overload(a, b, mode):
-    if isinstance(mode, types.Integer) and mode.bitwidth == 8 and not mode.signed:
+    if isinstance(mode, types.Integer) and mode.bitwidth in (8, 16) and not mode.signed:
 
         def impl_hw(a, b, mode):
             return _pclmul(a, b)
@@ -234,6 +253,97 @@ def _pclmul_dot(typingctx, B, a0, b0, n):
     return sig, codegen
 
 
+@intrinsic
+def _vpclmul_dot(typingctx, B, a0, b0, n):
+    """Like :func:`_pclmul_dot` but four products per step with 256-bit VPCLMULQDQ.
+
+    Per step j (multiple of 4): X = B[b0+j .. b0+j+3], S = B[a0-j-3 .. a0-j]
+    reversed to (S[a0-j], S[a0-j-1], S[a0-j-2], S[a0-j-3]); VPCLMULQDQ with
+    immediate 0x00 forms S[a0-j] X[j] (lane 0) and S[a0-j-2] X[j+2] (lane 1),
+    with 0x11 S[a0-j-1] X[j+1] and S[a0-j-3] X[j+3]. The remainder n % 4
+    uses the 128-bit instruction. Both 128-bit lanes are XORed at the end.
+    """
+    from llvmlite import ir
+
+    sig = types.UniTuple(types.uint64, 2)(B, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        data = ary.data
+        a0v, b0v, nv = args[1], args[2], args[3]
+        i8 = ir.IntType(8)
+        i32 = ir.IntType(32)
+        i64 = ir.IntType(64)
+        v2 = ir.VectorType(i64, 2)
+        v4 = ir.VectorType(i64, 4)
+        p4 = v4.as_pointer()
+        fn4 = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v4, [v4, v4, i8]), "llvm.x86.pclmulqdq.256"
+        )
+        fn2 = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v2, [v2, v2, i8]), "llvm.x86.pclmulqdq"
+        )
+        n4 = builder.and_(nv, ir.Constant(i64, -4))
+        pre = builder.block
+        head = builder.append_basic_block("vdot.head")
+        body = builder.append_basic_block("vdot.body")
+        tail_head = builder.append_basic_block("vdot.thead")
+        tail_body = builder.append_basic_block("vdot.tbody")
+        done = builder.append_basic_block("vdot.done")
+        builder.branch(head)
+        # 4-wide loop
+        builder.position_at_end(head)
+        j = builder.phi(i64)
+        acc = builder.phi(v4)
+        j.add_incoming(ir.Constant(i64, 0), pre)
+        acc.add_incoming(ir.Constant(v4, None), pre)
+        builder.cbranch(builder.icmp_signed("<", j, n4), body, tail_head)
+        builder.position_at_end(body)
+        px = builder.bitcast(builder.gep(data, [builder.add(b0v, j)]), p4)
+        ps = builder.bitcast(builder.gep(data, [builder.sub(builder.sub(a0v, j), ir.Constant(i64, 3))]), p4)
+        xv = builder.load(px, align=8)
+        sv = builder.load(ps, align=8)
+        srev = builder.shuffle_vector(sv, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [3, 2, 1, 0]))
+        p0 = builder.call(fn4, [srev, xv, ir.Constant(i8, 0x00)])
+        p1 = builder.call(fn4, [srev, xv, ir.Constant(i8, 0x11)])
+        acc2 = builder.xor(acc, builder.xor(p0, p1))
+        j2 = builder.add(j, ir.Constant(i64, 4))
+        j.add_incoming(j2, body)
+        acc.add_incoming(acc2, body)
+        builder.branch(head)
+        # fold the two lanes, then the 128-bit remainder loop
+        builder.position_at_end(tail_head)
+        lo_l = builder.shuffle_vector(acc, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(i32, 2), [0, 1]))
+        hi_l = builder.shuffle_vector(acc, ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(i32, 2), [2, 3]))
+        acc_2 = builder.xor(lo_l, hi_l)
+        tpre = builder.block
+        tj_block = builder.append_basic_block("vdot.tloop")
+        builder.branch(tj_block)
+        builder.position_at_end(tj_block)
+        tj = builder.phi(i64)
+        tacc = builder.phi(v2)
+        tj.add_incoming(j, tpre)
+        tacc.add_incoming(acc_2, tpre)
+        builder.cbranch(builder.icmp_signed("<", tj, nv), tail_body, done)
+        builder.position_at_end(tail_body)
+        zero32 = ir.Constant(i32, 0)
+        undef2 = ir.Constant(v2, ir.Undefined)
+        va = builder.insert_element(undef2, builder.load(builder.gep(data, [builder.sub(a0v, tj)])), zero32)
+        vb = builder.insert_element(undef2, builder.load(builder.gep(data, [builder.add(b0v, tj)])), zero32)
+        r = builder.call(fn2, [va, vb, ir.Constant(i8, 0)])
+        tacc2 = builder.xor(tacc, r)
+        tj.add_incoming(builder.add(tj, ir.Constant(i64, 1)), tail_body)
+        tacc.add_incoming(tacc2, tail_body)
+        builder.branch(tj_block)
+        builder.position_at_end(done)
+        lo = builder.extract_element(tacc, zero32)
+        hi = builder.extract_element(tacc, ir.Constant(i32, 1))
+        return context.make_tuple(builder, signature.return_type, [lo, hi])
+
+    return sig, codegen
+
+
 @kernel(None)
 def clmul_dot_sw(B, a0, b0, n):
     """Portable XOR over j < n of clmul(B[a0 - j], B[b0 + j]) as (lo, hi)."""
@@ -253,7 +363,13 @@ def clmul_dot(B, a0, b0, n, mode):
 
 @overload(clmul_dot)
 def _clmul_dot_overload(B, a0, b0, n, mode):
-    if isinstance(mode, types.Integer) and mode.bitwidth == 8 and not mode.signed:
+    if isinstance(mode, types.Integer) and mode.bitwidth == 16 and not mode.signed:
+
+        def impl_v256(B, a0, b0, n, mode):
+            return _vpclmul_dot(B, a0, b0, n)
+
+        return impl_v256
+    if isinstance(mode, types.Integer) and mode.bitwidth in (8, 16) and not mode.signed:
 
         def impl_hw(B, a0, b0, n, mode):
             return _pclmul_dot(B, a0, b0, n)
