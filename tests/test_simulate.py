@@ -478,3 +478,20 @@ def test_tick_quantisation_coarse_tdc():
     d = np.array([int(t) - ia[int(l)] for l, t in zip(link.bob.labels, link.bob.t) if l >= 0 and int(l) in ia])
     # no jitter and identical clocks: both photons of a pair fall in the same bin
     assert d.size > 100 and np.all(d == 0)
+
+
+def test_true_pairs_give_error_positions():
+    from qkdpost.simulate import true_pairs
+
+    link = generate(BBM92Config(duration_s=0.02, misalignment_z=0.05, misalignment_x=0.05), seed=12)
+    ia, ib = true_pairs(link.alice.labels, link.bob.labels, topology="bbm92")
+    assert ia.size == ib.size > 0
+    assert np.all(link.alice.labels[ia] == link.bob.labels[ib])
+    m = np.zeros((4, 4), np.int64)
+    np.add.at(m, (link.alice.ch[ia], link.bob.ch[ib]), 1)
+    assert m.tolist() == link.truth["coincidences"]["matrix"]
+    d = generate(DecoyConfig(duration_s=0.002, loss_db=3), seed=3)
+    ia, ib = true_pairs(d.alice.labels, d.bob.labels, topology="decoy")
+    assert np.all(d.alice.t[ia] == d.bob.labels[ib]) and ib.size == np.count_nonzero(d.bob.labels >= 0)
+    with pytest.raises(InputError, match="topology"):
+        true_pairs(ia, ib, topology="x")

@@ -14,7 +14,7 @@ See ``docs/simulate.md``.
 from __future__ import annotations
 
 from .config import DETECTOR_ROLES, BBM92Config, DecoyConfig, DetectorConfig
-from .link import Link, LinkSimulation, Party, SliceOut, generate, joint_table, simulate, write_link
+from .link import Link, LinkSimulation, Party, SliceOut, generate, joint_table, simulate, true_pairs, write_link
 
 __all__ = [
     "BBM92Config",
@@ -28,5 +28,6 @@ __all__ = [
     "generate",
     "joint_table",
     "simulate",
+    "true_pairs",
     "write_link",
 ]

@@ -36,7 +36,17 @@ from ..io.model import Chunk, StreamInfo
 from . import _kernels as K
 from .config import DETECTOR_ROLES, BBM92Config, DecoyConfig, DetectorConfig
 
-__all__ = ["SliceOut", "Party", "Link", "LinkSimulation", "simulate", "generate", "write_link", "joint_table"]
+__all__ = [
+    "SliceOut",
+    "Party",
+    "Link",
+    "LinkSimulation",
+    "simulate",
+    "generate",
+    "write_link",
+    "joint_table",
+    "true_pairs",
+]
 
 Config = BBM92Config | DecoyConfig
 
@@ -764,6 +774,39 @@ def generate(cfg: Config, seed: int | None = None) -> Link:
     cat = [np.concatenate(p) for p in parts]
     return Link(Party(sim.alice_info, cat[0], cat[1], cat[2]), Party(sim.bob_info, cat[3], cat[4], cat[5]),
                 sim.truth())
+
+
+def true_pairs(alice_labels: np.ndarray, bob_labels: np.ndarray, *, topology: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the events that truly belong together (ground truth for tests).
+
+    Parameters
+    ----------
+    alice_labels, bob_labels : int64 arrays
+        Per-event labels of a whole run (:class:`Party` ``labels`` or the
+        ``*_labels.npy`` files written with ``labels=True``).
+    topology : {"bbm92", "decoy"}
+
+    Returns
+    -------
+    (ia, ib) : int64 arrays of equal length, sorted by ``ib``
+        BBM92: Alice's and Bob's registered photons of the same pair. Decoy:
+        Bob's photon clicks ``ib`` and the index ``ia`` of the slot that
+        emitted the photon in Alice's log. Comparing the bits of ``ia`` and
+        ``ib`` (in matching bases) gives the true error positions.
+    """
+    la = np.asarray(alice_labels, dtype=np.int64)
+    lb = np.asarray(bob_labels, dtype=np.int64)
+    if topology not in ("bbm92", "decoy"):
+        raise InputError(f"topology={topology!r}: must be 'bbm92' or 'decoy'")
+    ib = np.nonzero(lb >= 0)[0]
+    if topology == "decoy":
+        pos = np.searchsorted(la, lb[ib])
+        ok = (pos < la.size) & (la[np.minimum(pos, max(la.size - 1, 0))] == lb[ib]) if la.size else pos < 0
+        return pos[ok].astype(np.int64), ib[ok].astype(np.int64)
+    ia_all = np.nonzero(la >= 0)[0]
+    common, xa, xb = np.intersect1d(la[ia_all], lb[ib], assume_unique=True, return_indices=True)
+    order = np.argsort(ib[xb], kind="stable")
+    return ia_all[xa][order].astype(np.int64), ib[xb][order].astype(np.int64)
 
 
 class _NpyWriter:
