@@ -495,3 +495,48 @@ def test_true_pairs_give_error_positions():
     assert np.all(d.alice.t[ia] == d.bob.labels[ib]) and ib.size == np.count_nonzero(d.bob.labels >= 0)
     with pytest.raises(InputError, match="topology"):
         true_pairs(ia, ib, topology="x")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    topology=st.sampled_from(["bbm92", "decoy"]),
+    eff=st.lists(st.floats(0.05, 1.0), min_size=4, max_size=4),
+    dark=st.sampled_from([0.0, 1e3, 3e4]),
+    dead=st.sampled_from([0.0, 20e-9, 1e-6]),
+    ap=st.sampled_from([0.0, 0.05, 0.3]),
+    jitter=st.sampled_from([0.0, 50e-12, 2e-9]),
+    loss=st.floats(0.0, 30.0),
+    pz=st.floats(0.0, 1.0),
+    tick=st.sampled_from([1e-12, 125e-12]),
+    seed=st.integers(0, 2**40),
+)
+def test_random_configs_give_consistent_streams(topology, eff, dark, dead, ap, jitter, loss, pz, tick, seed):
+    det = DetectorConfig(efficiency=tuple(eff), dark_rate_hz=dark, dead_time_s=dead, afterpulse_prob=ap,
+                         jitter_s=jitter, afterpulse_tau_s=50e-9)
+    if topology == "bbm92":
+        cfg = BBM92Config(duration_s=0.003, pair_rate_hz=3e6, loss_db=loss, p_z_alice=pz, tick_s=tick,
+                          alice_detectors=det, bob_detectors=det, slice_s=0.0005, bob_offset_s=-0.2)
+    else:
+        cfg = DecoyConfig(duration_s=0.0004, rep_rate_hz=1e8 if tick == 1e-12 else 8e7, loss_db=loss, p_z_bob=pz,
+                          tick_s=tick, bob_detectors=det, slice_s=1e-4, sync_every=100)
+    link = generate(cfg, seed=seed)
+    tr = link.truth
+    parties = [("bob", link.bob)] + ([("alice", link.alice)] if topology == "bbm92" else [])
+    for name, p in parties:
+        assert np.all(np.diff(p.t) >= 0)
+        dets = tr[name]["detectors"]
+        key = p.labels[p.ch != 4] if topology == "decoy" else p.labels
+        assert sum(v["registered"] for v in dets.values()) == key.size
+        assert sum(v["dark"] for v in dets.values()) == np.count_nonzero(key == -1)
+        assert sum(v["afterpulse"] for v in dets.values()) == np.count_nonzero(key == -2)
+        assert sum(v["photon"] for v in dets.values()) == np.count_nonzero(key >= 0)
+        for role, v in dets.items():
+            sel = p.ch == v["channel"]
+            assert np.count_nonzero(sel) == v["registered"]
+            if dead > 0 and np.count_nonzero(sel) > 1:
+                assert np.diff(p.t[sel]).min() >= math.floor(dead / tick * (1 - 1e-4)) - 1
+    if topology == "decoy":
+        assert np.count_nonzero(link.bob.ch == 4) == tr["sync"]["ticks"] == -(-tr["slots"] // 100)
+        total = sum(tr["counts"][c][b]["detected"] for c in tr["counts"] for b in "ZX")
+        assert total <= np.count_nonzero(link.bob.ch != 4)
+        assert sum(tr["counts"][c][b]["emitted"] for c in tr["counts"] for b in "ZX") == tr["slots"]
