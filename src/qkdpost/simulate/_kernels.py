@@ -142,6 +142,8 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
     na = 0
     nb = 0
     pairs = 0
+    windows = 0
+    multi = 0
     if rate <= 0.0:
         return 0, 0
     q = mu / (1.0 + mu)
@@ -158,10 +160,9 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
             n = 1 if (u < 1.0 - q or q <= 0.0) else 1 + int(math.floor(math.log(1.0 - u) / logq))
         else:
             n = _poisson_ge(mu, 1, u)
-        stats[0] += 1
-        stats[1] += n
+        windows += 1
         if n >= 2:
-            stats[2] += 1
+            multi += 1
         for _ in range(n):
             u = u01(rs)
             j = 0
@@ -186,6 +187,9 @@ def bbm92_pairs(prm, cum, cells, out_t, out_k, n_out, stats, rs):
                 nb += 1
     n_out[0] = na
     n_out[1] = nb
+    stats[0] += windows
+    stats[1] += pairs
+    stats[2] += multi
     return 0, pairs
 
 

@@ -418,8 +418,9 @@ class _BBM92:
             pid_lo = self.pid
             self.pid += pairs
             na, nb = int(n_out[0]), int(n_out[1])
-            ta, ka = self.alice_det.process(out_t[0, :na].copy(), out_k[0, :na].copy(), length, cutoff, r.gen_a, r.det_a)
-            tb, kb = self.bob_det.process(out_t[1, :nb].copy(), out_k[1, :nb].copy(), length, cutoff, r.gen_b, r.det_b)
+            # rows of the fresh per-slice buffers: contiguous views, modified in place
+            ta, ka = self.alice_det.process(out_t[0, :na], out_k[0, :na], length, cutoff, r.gen_a, r.det_a)
+            tb, kb = self.bob_det.process(out_t[1, :nb], out_k[1, :nb], length, cutoff, r.gen_b, r.det_b)
             self._tally_pairs(pid_lo, self.pid, ka, kb, last)
             a = Fraction(t0) * tick
             alice = Chunk(self.alice_clock.convert(ta, a), self.alice_det.lut[ka & 7])
