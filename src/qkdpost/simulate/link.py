@@ -636,7 +636,8 @@ class _Decoy:
                     "double_clicks": int(T[:, 3].sum()),
                     "multi_basis": int(T[:, 4].sum()),
                     "by_photon_number": {
-                        b: {"detected": int(T[i].sum()), "sifted": int(T[i, 1] + T[i, 2]), "errors": int(T[i, 2])}
+                        b: {"detected": int(T[i].sum()), "sifted": int(T[i, 1] + T[i, 2]), "errors": int(T[i, 2]),
+                            "double_clicks": int(T[i, 3])}
                         for i, b in enumerate(buckets)
                     },
                 }
