@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from qkdpost.simulate import BBM92Config, DecoyConfig, DetectorConfig, generate, joint_table
+from qkdpost.simulate import BBM92Config, DecoyConfig, DetectorConfig, generate, joint_table, simulate
 from qkdpost.simulate import _kernels as K
 from qkdpost.simulate.link import _decoy_table
 
@@ -305,3 +305,35 @@ def test_decoy_dark_counts_and_dead_time():
     zero = sum(link.truth["counts"][c][b]["by_photon_number"]["0"]["detected"] for c in cfg.intensity_names
                for b in "ZX")
     assert zero > 0  # dark counts land in slots where Alice emitted no photon
+
+
+def test_decoy_truth_inside_lim2014_bounds():
+    """Cross-check with the finite-key stage: Lim et al. (PRA 89, 022307, 2014)
+    bounds evaluated on the simulated counts enclose the simulator's true
+    vacuum and single-photon counts (s0, s1 lower bounds; v1 upper bound)."""
+    fk = pytest.importorskip("qkdpost.finitekey")
+    cfg = DecoyConfig(duration_s=0.2, rep_rate_hz=1e8, loss_db=3.0, p_z_alice=0.7, p_z_bob=0.7,
+                      bob_detectors=DetectorConfig(efficiency=0.6, dark_rate_hz=2e4, dead_time_s=0.0))
+    sim = simulate(cfg, seed=31)
+    for _ in sim:  # stream: only the truth is kept
+        pass
+    tr = sim.truth()
+    names = cfg.intensity_names
+
+    def kept(c, b, photons=None):
+        e = tr["counts"][c][b] if photons is None else tr["counts"][c][b]["by_photon_number"][photons]
+        return e["sifted"] + e["double_clicks"]
+
+    n_key = [kept(c, "Z") for c in names]
+    n_test = [kept(c, "X") for c in names]
+    m_test = [tr["counts"][c]["X"]["errors"] + tr["counts"][c]["X"]["double_clicks"] / 2 for c in names]
+    res = fk.lim2014(n_key, n_test, m_test, mu=cfg.intensities, p_mu=cfg.intensity_probs, leak_ec=0.0)
+    s0_true = sum(kept(c, "Z", "0") for c in names)
+    s1_true = sum(kept(c, "Z", "1") for c in names)
+    s1x_true = sum(kept(c, "X", "1") for c in names)
+    v1_true = sum(tr["counts"][c]["X"]["by_photon_number"]["1"]["errors"] for c in names)
+    assert s1_true > 1000 and s0_true > 0
+    assert 0 < res.bounds["s1"] <= s1_true
+    assert res.bounds["s0"] <= s0_true
+    assert res.bounds["s1_test"] <= s1x_true
+    assert res.bounds["v1_test"] >= v1_true
