@@ -62,6 +62,9 @@ NCFG = 8
 # smallest nodes for which Bob checks whether a child is made only of
 # positions he already knows to be correct (then its parity is not asked)
 SMALL_NODE = 16
+# nodes up to this size are checked for a single position not known to be correct
+PEEL_MAX = 8
+PEEL_STACK = 1024
 # ranges longer than this use prefix-parity snapshots instead of a gather
 BIG_RANGE = 4096
 # flips accumulated since a snapshot before Bob rebuilds it
@@ -290,12 +293,12 @@ def _toggle(tree, f, r, i):
 
 @kernel()
 def _kpos_get(kpos, f, x):
-    return (kpos[f, x >> 6] >> np.uint64(x & 63)) & _ONE
+    return (kpos[f, 0, x >> 6] >> np.uint64(x & 63)) & _ONE
 
 
 @kernel()
 def _kpos_set(kpos, f, x):
-    kpos[f, x >> 6] |= _ONE << np.uint64(x & 63)
+    kpos[f, 0, x >> 6] |= _ONE << np.uint64(x & 63)
 
 
 @kernel()
@@ -341,11 +344,95 @@ def _push(pend, st, f, v, tree):
 
 @kernel()
 def _mark_known(tree, kpos, pi, f, v, q, s, e, d):
-    """Make node v (pass q, range [s, e)) known with error parity d."""
+    """Make node v (pass q, range [s, e)) known with error parity d.
+
+    The caller then calls :func:`_after_known` (kept separate so that both
+    children of a split are marked before either is used for inference).
+    """
     _set(tree, f, 0, v, True)
     _set(tree, f, 1, v, d != 0)
-    if e - s == 1 and d == 0:
-        _kpos_set(kpos, f, pi[0, q, s])
+
+
+@kernel()
+def _single_unknown(kpos, pi, f, q, s, e):
+    """The only position of [s, e) (pass q) not known to be correct; -1 none, -2 several."""
+    z = -1
+    for j in range(s, e):
+        y = pi[0, q, j]
+        if _kpos_get(kpos, f, y) == 0:
+            if z >= 0:
+                return -2
+            z = y
+    return z
+
+
+@kernel()
+def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
+    """Bob learns that position x0 is correct once flipped (``flip0``) or as is.
+
+    Then peels: in every started pass, if the deepest known node containing
+    the position is small (<= PEEL_MAX) and has exactly one position left
+    that is not known to be correct, that position's error is the node's
+    error parity, so it is learned too, without asking (the erasure
+    "peeling" of LDPC decoding applied to Cascade's disclosed parities).
+    """
+    n = eng[0].shape[1]
+    sx = np.empty(PEEL_STACK, dtype=np.int64)
+    sf = np.empty(PEEL_STACK, dtype=np.bool_)
+    sx[0] = x0
+    sf[0] = flip0
+    top = 1
+    while top > 0:
+        top -= 1
+        x = sx[top]
+        if _kpos_get(kpos, f, x) != 0:
+            continue
+        if sf[top]:
+            _flip(eng, tree, kpos, pend, st, pi, geo, f, x)
+        _kpos_set(kpos, f, x)
+        for q in range(st[f, S_PASS]):
+            j = pi[1, q, x]
+            k = geo[G_K, q]
+            b = j // k
+            s = b * k
+            e = min(s + k, n)
+            base = geo[G_BASE, q] + b * geo[G_STRIDE, q]
+            h = 1
+            ds = -1
+            de = -1
+            dv = -1
+            while _get(tree, f, 0, base + h) != 0:
+                ds = s
+                de = e
+                dv = base + h
+                if e - s == 1:
+                    break
+                m = s + (e - s + 1) // 2
+                if j < m:
+                    e = m
+                    h = 2 * h
+                else:
+                    s = m
+                    h = 2 * h + 1
+            if dv >= 0 and 1 < de - ds <= PEEL_MAX and top < PEEL_STACK:
+                z = _single_unknown(kpos, pi, f, q, ds, de)
+                if z >= 0:
+                    sx[top] = z
+                    sf[top] = _get(tree, f, 1, dv) != 0
+                    top += 1
+                    st[f, S_INFERRED] += 1
+
+
+@kernel()
+def _after_known(eng, tree, kpos, pend, st, pi, geo, f, v, q, s, e):
+    """Use a node that just became known: a leaf teaches its position, a small node may peel."""
+    if e - s == 1:
+        _learn(eng, tree, kpos, pend, st, pi, geo, f, pi[0, q, s], _get(tree, f, 1, v) != 0)
+    elif e - s <= PEEL_MAX:
+        z = _single_unknown(kpos, pi, f, q, s, e)
+        if z >= 0:
+            st[f, S_INFERRED] += 1
+            _learn(eng, tree, kpos, pend, st, pi, geo, f, z, _get(tree, f, 1, v) != 0)
 
 
 @kernel()
@@ -353,7 +440,8 @@ def _flip(eng, tree, kpos, pend, st, pi, geo, f, x):
     """Flip Bob's bit x and toggle every known node containing it, in every started pass.
 
     The deepest known node on each pass's root-to-leaf path is a frontier
-    node; if it becomes odd it is pushed on the pending list.
+    node; if it becomes odd it is pushed on the pending list. Only
+    :func:`_learn` calls this.
     """
     bits = eng[0]
     packed = eng[1]
@@ -365,7 +453,6 @@ def _flip(eng, tree, kpos, pend, st, pi, geo, f, x):
     bits[f, x] ^= np.uint8(1)
     packed[f, x >> 6] ^= _ONE << np.uint64(x & 63)
     flog[f, st[f, S_FLIPS]] = x
-    _kpos_set(kpos, f, x)  # flipped because a known leaf was odd: now correct
     st[f, S_FLIPS] += 1
     st[f, S_BTOT] ^= 1
     for q in range(st[f, S_PASS]):
@@ -431,6 +518,7 @@ def _start_pass_locally(eng, tree, kpos, pend, st, pi, geo, f):
     st[f, S_INFERRED] += 1
     if d:
         _push(pend, st, f, v, tree)
+    _after_known(eng, tree, kpos, pend, st, pi, geo, f, v, q, 0, n)
 
 
 @kernel()
@@ -492,7 +580,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
             if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
                 continue
             if e - s == 1:
-                _flip(eng, tree, kpos, pend, st, pi, geo, f, pi[0, q, s])
+                _learn(eng, tree, kpos, pend, st, pi, geo, f, pi[0, q, s], True)
                 changed = True
                 continue
             m = s + (e - s + 1) // 2
@@ -510,6 +598,8 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
                         _push(pend, st, f, vl, tree)
                     else:
                         _push(pend, st, f, vl + 1, tree)
+                    _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl, q, s, m)
+                    _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl + 1, q, m, e)
                     changed = True
                     continue
             lv = _level(e - s)
@@ -518,20 +608,41 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
         if changed:
             continue
         # 4. smallest pending nodes first: select those within `slack` levels
+        #    small nodes sharing a position with one already selected wait a round:
+        #    resolving one may make the other's parity known or even
         lim = minlv + cfg[C_SLACK]
         tmp = pend[f, :w].copy()
+        sel = np.zeros(w, dtype=np.bool_)
         a = 0
         for i in range(w):
             q, s, e, h = node_locate(tmp[i], geo, n)
-            if _level(e - s) <= lim:
-                pend[f, a] = tmp[i]
-                a += 1
+            if _level(e - s) > lim:
+                continue
+            if e - s <= SMALL_NODE:
+                clash = False
+                for j in range(s, e):
+                    y = pi[0, q, j]
+                    if (kpos[f, 1, y >> 6] >> np.uint64(y & 63)) & _ONE:
+                        clash = True
+                if clash:
+                    continue
+                for j in range(s, e):
+                    y = pi[0, q, j]
+                    kpos[f, 1, y >> 6] |= _ONE << np.uint64(y & 63)
+            sel[i] = True
+            pend[f, a] = tmp[i]
+            a += 1
         c = a
         for i in range(w):
-            q, s, e, h = node_locate(tmp[i], geo, n)
-            if _level(e - s) > lim:
+            if not sel[i]:
                 pend[f, c] = tmp[i]
                 c += 1
+        for i in range(a):
+            q, s, e, h = node_locate(pend[f, i], geo, n)
+            if e - s <= SMALL_NODE:
+                for j in range(s, e):
+                    y = pi[0, q, j]
+                    kpos[f, 1, y >> 6] = np.uint64(0)
         st[f, S_NSEL] = a
         st[f, S_ACTION] = 1
         return
@@ -604,6 +715,8 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
                     _push(pend, st, f, vl, tree)
                 if dl ^ dv:
                     _push(pend, st, f, vl + 1, tree)
+                _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl, q, s, m)
+                _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl + 1, q, m, e)
             st[f, S_LEAK] += nsel
             st[f, S_INFERRED] += nsel  # the sibling of every asked child
         else:
@@ -642,6 +755,11 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
                     _push(pend, st, f, v, tree)
             st[f, S_PASS] = q + 1
             st[f, S_LEAK] += count
+            if k <= PEEL_MAX:
+                for b in range(nb):
+                    s = b * k
+                    v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
+                    _after_known(eng, tree, kpos, pend, st, pi, geo, f, v, q, s, min(s + k, n))
 
 
 def _warmup() -> None:

@@ -3,7 +3,8 @@
 Messages (all on one :class:`~qkdpost.channel.Channel`, Bob -> Alice)
 --------------------------------------------------------------------
 ``cascade.start``
-    ``{sid, seed, n, frames (int64[N] frame ids), passes}`` -> ``{n_frames}``.
+    ``{sid, seed (8 bytes, little endian), n, frames (int64[N] frame ids), passes}``
+    -> ``{n_frames}``.
     Bob proposes the seed of the shared public permutations (from
     :mod:`secrets` unless the caller fixes it).
 ``cascade.parities``
@@ -199,7 +200,8 @@ class CascadeAlice:
 
     def _on_start(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            sid, seed, n, passes = int(body["sid"]), int(body["seed"]), int(body["n"]), int(body["passes"])
+            sid, n, passes = int(body["sid"]), int(body["n"]), int(body["passes"])
+            seed = int.from_bytes(bytes(body["seed"]), "little")
             ids = np.asarray(body["frames"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"cascade.start: missing or bad field ({exc})") from None
@@ -343,7 +345,8 @@ class CascadeBob:
         rt0, by0 = channel.stats.snapshot()
         sid = secrets.randbits(62)
         channel.request(
-            "cascade.start", {"sid": sid, "seed": int(seed), "n": n, "frames": ids, "passes": P}
+            "cascade.start",
+            {"sid": sid, "seed": int(seed).to_bytes(8, "little"), "n": n, "frames": ids, "passes": P},
         )
         bits = bob.copy()
         eng = (
@@ -354,7 +357,7 @@ class CascadeBob:
             np.empty((N, n + 1), dtype=np.int32),
         )
         tree = np.zeros((N, 3, (M + 63) // 64), dtype=np.uint64)
-        kpos = np.zeros((N, (n + 63) // 64), dtype=np.uint64)
+        kpos = np.zeros((N, 2, (n + 63) // 64), dtype=np.uint64)
         pend = np.empty((N, n // 2 + 4096), dtype=np.int64)
         st = np.zeros((N, K.NST), dtype=np.int64)
         kcfg = np.zeros(K.NCFG, dtype=np.int64)
