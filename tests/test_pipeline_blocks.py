@@ -117,10 +117,11 @@ class _Flaky(LoopbackChannel):
         return super().request(kind, body)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("kind", ["toy.parity", "toy.verify", "toy.seed", "pipe.prepare", "pipe.commit"])
-def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tmp_path, kind):
+def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tmp_path, kind, workers):
     a, b = _link(4 * BLOCK, 0.001)
-    cfg = _cfg()
+    cfg = _cfg(workers=workers)
     sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
     kit = ToyKit()
     seen = {"armed": True}
@@ -141,6 +142,7 @@ def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tm
         for i in range(4):
             alice.push(Segment(a[i * BLOCK:(i + 1) * BLOCK]))
             got += p_bob.push(Segment(b[i * BLOCK:(i + 1) * BLOCK]))
+        got += p_bob.finish()
     alice.abandon("peer_disconnected")
     lost = rb.blocks[-1]
     assert lost.index == 1 and lost.reason in ("peer_disconnected", "")

@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from .. import __version__
-from ..channel import Channel
+from ..channel import Channel, ChannelStats
 from ..config import Config
 from ..errors import ConfigError, ProtocolError, QkdpostError
 from ..keystore import KeyBlock, KeyStore
@@ -53,6 +55,39 @@ def make_run_id(alice_stream: str, bob_stream: str, cfg: Config) -> str:
     return "r" + h[:15]
 
 
+class SharedChannel:
+    """One channel used by two threads, one request at a time.
+
+    :meth:`view` gives each thread its own :class:`Channel` whose ``stats``
+    count only that thread's traffic (the inner channel counts the total).
+    """
+
+    def __init__(self, inner: Channel):
+        self.inner = inner
+        self.lock = threading.Lock()
+
+    def view(self) -> Channel:
+        return _ChannelView(self)
+
+
+class _ChannelView(Channel):
+    def __init__(self, shared: SharedChannel):
+        super().__init__()
+        self._shared = shared
+
+    def request(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        sh = self._shared
+        with sh.lock:
+            st = sh.inner.stats
+            s0, r0 = st.bytes_sent, st.bytes_received
+            reply = sh.inner.request(kind, body)
+            self.stats.record(kind, st.bytes_sent - s0, st.bytes_received - r0)
+        return reply
+
+    def close(self) -> None:
+        self._shared.inner.close()
+
+
 class BobEngine:
     """Bob's side of one session: drives hello, recovery and every block.
 
@@ -81,10 +116,22 @@ class BobEngine:
         self._index = 0
         self._queue: list[SiftedBlock] = []
         self.blocks: BobBlocks | None = None
+        # workers > 1: the back half runs in its own thread (Numba kernels release
+        # the GIL), overlapping the front half; both share the channel, one
+        # request at a time, each with its own traffic counters.
+        self.threaded = cfg.pipeline.workers > 1
+        self._shared = SharedChannel(channel)
+        self.front_channel: Channel = self._shared.view() if self.threaded else channel
+        self._back_channel: Channel = self._shared.view() if self.threaded else channel
+        self._work: queue.Queue[list[SiftedBlock] | None] = queue.Queue(maxsize=2)
+        self._worker: threading.Thread | None = None
+        self._done: list[KeyBlock] = []
+        self._done_lock = threading.Lock()
+        self._error: BaseException | None = None
 
     def start(self) -> str:
         t0 = time.perf_counter()
-        reply = self.channel.request("pipe.hello", {
+        reply = self.front_channel.request("pipe.hello", {
             "protocol": PROTOCOL, "qkdpost": __version__,
             "shared": shared_config(self.cfg), "bob_stream": self.stream_id,
         })
@@ -94,7 +141,7 @@ class BobEngine:
         info = dict(self.run_info, run_id=self.run_id, alice_stream=reply["alice_stream"],
                     bob_stream=self.stream_id)
         self.report.info.update(run_id=self.run_id)
-        self.blocks = BobBlocks(self.cfg, self.channel, self.store, self.report, info, kit=self.kit)
+        self.blocks = BobBlocks(self.cfg, self._back_channel, self.store, self.report, info, kit=self.kit)
         self.blocks.recover()
         self.report.add_time("store", time.perf_counter() - t0)
         return self.run_id
@@ -110,15 +157,64 @@ class BobEngine:
             self._index += 1
         out: list[KeyBlock] = []
         while len(self._queue) >= self.cfg.pipeline.batch_blocks:
-            out += self._run(self._queue[: self.cfg.pipeline.batch_blocks])
+            out += self._dispatch(self._queue[: self.cfg.pipeline.batch_blocks])
             self._queue = self._queue[self.cfg.pipeline.batch_blocks :]
-        return out
+        return out + self._collect()
 
     def finish(self) -> list[KeyBlock]:
         """Process the blocks still queued; sifted bits short of a block are left unused."""
-        out = self._run(self._queue) if self._queue else []
+        out = self._dispatch(self._queue) if self._queue else []
         self._queue = []
         self.report.info["unused_sifted_bits"] = self.cutter.pending_bits
+        self.drain()
+        return out + self._collect()
+
+    def drain(self) -> None:
+        """Wait until the back-half thread has processed everything handed to it."""
+        if self._worker is not None:
+            self._work.put(None)
+            self._worker.join()
+            self._worker = None
+
+    def _dispatch(self, batch: list[SiftedBlock]) -> list[KeyBlock]:
+        if not self.threaded:
+            return self._run(batch)
+        self._raise_pending()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work_loop, name="qkdpost-blocks", daemon=True)
+            self._worker.start()
+        while True:  # bounded queue: back-pressure keeps memory at a few blocks
+            try:
+                self._work.put(batch, timeout=0.2)
+                return []
+            except queue.Full:
+                self._raise_pending()
+
+    def _work_loop(self) -> None:
+        while True:
+            batch = self._work.get()
+            if batch is None:
+                return
+            if self._error is not None:
+                continue  # a failed session: the rest is never started (so never journaled)
+            try:
+                keys = self._run(batch)
+            except BaseException as exc:  # handed to the front thread
+                self._error = exc
+                continue
+            with self._done_lock:
+                self._done.extend(keys)
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            self.drain()
+            raise err
+
+    def _collect(self) -> list[KeyBlock]:
+        self._raise_pending()
+        with self._done_lock:
+            out, self._done = self._done, []
         return out
 
     def abort_queue(self, reason: str) -> int:
@@ -170,11 +266,13 @@ class AliceEngine:
         self.pull = pull
         self.blocks = AliceBlocks(cfg, store, report, self._key_bits, kit=kit)
         self._static = {"pipe.hello": self._hello, **self.blocks.handlers(), **dict(extra_handlers or {})}
+        self._lock = threading.RLock()  # Bob's two threads may call in turn (loopback)
         self.run_id = ""
         self.hello_done = False
 
     def push(self, seg: Segment) -> None:
-        self.buffer.append(seg.bits)
+        with self._lock:
+            self.buffer.append(seg.bits)
 
     def _key_bits(self, start: int, n: int) -> np.ndarray:
         while self.pull is not None and self.buffer.end < start + n:
@@ -200,6 +298,10 @@ class AliceEngine:
         return {"alice_stream": self.stream_id, "run_id": self.run_id, "qkdpost": __version__}
 
     def handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self._handle(kind, body)
+
+    def _handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         fn = self._static.get(kind)
         if fn is None:
             fn = self.blocks.route(kind)

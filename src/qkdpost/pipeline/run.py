@@ -87,7 +87,7 @@ def _bob_session(cfg: Config, path: str | os.PathLike[str], channel: Channel, st
     engine = BobEngine(cfg, channel, store, report, stream_id=stream_id(path, info), kit=kit,
                        run_info={"input_bob": str(path)})
     engine.start()
-    front = BobFront(cfg, info, channel)
+    front = BobFront(cfg, info, engine.front_channel)
     n_keys = 0
 
     def take(keys: list[KeyBlock]) -> None:
@@ -100,11 +100,12 @@ def _bob_session(cfg: Config, path: str | os.PathLike[str], channel: Channel, st
     bar = _progress(None, "bob", progress)
     try:
         try:
-            _bob_loop(cfg, chunks, front, engine, channel, report, take, bar)
+            _bob_loop(cfg, chunks, front, engine, engine.front_channel, report, take, bar)
         except FileFormatError as exc:
             # Bob's input is corrupt from here on: every full block before the
             # damage was processed; the sifted bits after it never form a block.
             dropped = engine.abort_queue("corrupt_input")
+            engine.drain()  # blocks already handed to the back half finish normally
             report.info["input_error"] = {"file": str(path), "error": str(exc), "blocks_dropped": dropped,
                                           "sifted_bits_dropped": engine.cutter.pending_bits}
             raise

@@ -109,7 +109,7 @@ class Session:
             assert channel is not None
             self.channel = channel
             self._bob = BobEngine(self.cfg, channel, self.store, self.report, stream_id=self.stream_id, kit=kit)
-            self._front_b = BobFront(self.cfg, info, channel)
+            self._front_b = BobFront(self.cfg, info, self._bob.front_channel)
             self._started = False
         else:
             self._front_a = AliceFront(self.cfg, info, emit=lambda seg: self._alice.push(seg))
@@ -179,6 +179,13 @@ class Session:
         self.report.counts["detections_bob"] = self._front_b.events
         return self._bob.push(seg)
 
+    def collect(self) -> list[KeyBlock]:
+        """Key blocks finished since the last call, without feeding data."""
+        if self.role == "alice":
+            with self._lock:
+                return self._alice.take_finished()
+        return self._bob._collect() if self._started else []
+
     def close(self, timeout_s: float | None = None) -> list[KeyBlock]:
         """End of this party's stream: finish what can be finished, return the last keys.
 
@@ -186,7 +193,7 @@ class Session:
         Alice's stream to end too, then processes the last full blocks.
         """
         if self._closed:
-            return []
+            return self.collect()
         self._closed = True
         if self.role == "alice":
             with self._lock:
@@ -203,7 +210,7 @@ class Session:
         sift.finish()
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.cfg.transport.timeout_s)
         while not sift.done:
-            if not sift.step(self.channel):
+            if not sift.step(self._bob.front_channel):
                 if time.monotonic() > deadline:
                     raise ProtocolError("Bob's stream ended but Alice's did not within the timeout; "
                                         "call close() on Alice's session too")
