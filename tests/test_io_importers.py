@@ -339,3 +339,50 @@ def test_open_stream_dispatch(tmp_path):
         open_stream(raw, format="qcrypto", keep_markers=True)
     with pytest.raises(FileFormatError, match="no such file"):
         open_stream(tmp_path / "nope")
+
+
+def test_displacement_bound_keeps_sorting_linear(tmp_path):
+    # 1024 events at t=1000 then one at t=999: it belongs 1024 places back (allowed);
+    # with 1025 events before it, it would have to pass 1025 (refused, not a quadratic sort)
+    for before, ok in ((1024, True), (1025, False)):
+        t = [1000] * before + [999]
+        p = tmp_path / f"d{before}.bin"
+        p.write_bytes(O.encode_qutag(t, [1] * before + [2]))
+        if ok:
+            _, got, ch, _ = collect(read_qutag(p, reorder_window_s=1e-9, chunk_events=100))
+            assert got.tolist() == [999] + [1000] * before and ch[0] == 2
+        else:
+            with pytest.raises(FileFormatError, match=f"record {before}: time 999 belongs more than 1024 events back"):
+                collect(read_qutag(p, reorder_window_s=1e-9, chunk_events=100))
+
+
+@FAST
+@given(n=st.integers(1, 200), swap=st.booleans(), keep=st.booleans(), shift=st.sampled_from([10, 15]),
+       kind=st.sampled_from(["clean", "flag", "back", "wrap", "late_first"]), seed=st.integers(0, 2**31))
+def test_qcrypto_fast_path_equals_careful_path(n, swap, keep, shift, kind, seed):
+    from qkdpost.io import _kernels as K
+
+    rng = np.random.default_rng(seed)
+    span = 1 << (64 - shift)
+    t = np.cumsum(rng.integers(0, 100, n)).astype(np.int64) + span // 4
+    if kind == "back" and n > 1:
+        t[n // 2] -= 5
+    if kind == "wrap":
+        t = (t + span - span // 4 - 50) % span
+    raw = (t.astype(np.uint64) << np.uint64(shift)) | rng.integers(0, 16, n).astype(np.uint64)
+    if kind == "flag":
+        raw[rng.integers(0, n)] |= np.uint64(16)
+    if swap:
+        raw = (raw << np.uint64(32)) | (raw >> np.uint64(32))
+    state = K.new_state()
+    state[K.S_LAST] = int(t[0]) + (10 if kind == "late_first" else -3)
+    state[K.S_MAX] = int(t[0]) + (10 if kind == "late_first" else -3)
+    outs = []
+    for fn in (K.decode_qcrypto, K._qcrypto_careful):
+        s = state.copy()
+        t_out = np.full(n + 2, -7, np.int64)
+        ch_out = np.zeros(n + 2, np.uint8)
+        t_out[:2] = [int(state[K.S_MAX]) - 20, int(state[K.S_MAX])]  # events held back before the block
+        k = fn(raw, swap, shift, keep, 1000, s, t_out, ch_out, 2)
+        outs.append((k, s.tolist(), t_out[: max(k, 0)].tolist(), ch_out[: max(k, 0)].tolist()))
+    assert outs[0] == outs[1]

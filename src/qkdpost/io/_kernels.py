@@ -2,17 +2,19 @@
 
 Each decoder takes one block of raw records, a small ``int64`` state array
 that carries what must survive from block to block (overflow sum, rollover
-offset, running maximum of ``t``), a tolerance ``tol`` in ticks and
-caller-owned output buffers ``t_out`` (int64) and ``ch_out`` (uint8) at least
-as long as the block has records. It returns the number of events written,
-or ``-1`` when a record is bad; then ``state[S_ERR]`` holds an ``ERR_*``
-code and ``state[S_ERR_REC]`` the record's index within the block. Kernels
-never raise and never allocate.
+offset, running maximum of ``t``), a tolerance ``tol`` in ticks, and
+caller-owned output buffers ``t_out`` (int64) and ``ch_out`` (uint8) whose
+first ``start`` entries already hold sorted events (those held back from the
+previous block) and which have room for one event per record after them.
+It returns the new number of valid entries, or ``-1`` when a record is bad;
+then ``state[S_ERR]`` holds an ``ERR_*`` code and ``state[S_ERR_REC]`` the
+record's index within the block. Kernels never raise and never allocate.
 
 Out-of-order events (time taggers reorder events slightly across channels)
-are accepted while ``t >= max(t so far) - tol``; :func:`window_sort` then
-restores order with an insertion sort whose work is bounded by the number
-of events inside that window. An event further back is ``ERR_BACKWARDS``.
+are accepted while ``t >= max(t so far) - tol`` and inserted in place
+(:func:`_insert`, a stable insertion step whose work is bounded by the
+number of events inside that window), so the output is always sorted. An
+event further back is ``ERR_BACKWARDS``.
 
 Record layouts (all little endian) are documented with each decoder; the
 sources are the vendors' own format descriptions, summarised in
@@ -22,7 +24,7 @@ sources are the vendors' own format descriptions, summarised in
 from __future__ import annotations
 
 import numpy as np
-from numba import boolean, int64, uint8, uint16, uint32, types
+from numba import boolean, int64, uint8, uint16, uint32, uint64, types
 
 from .._jit import kernel, register
 
@@ -37,7 +39,8 @@ S_ERR_REC = 4  # record index within the block where the error happened
 S_ERR_VAL = 5  # offending value (time or channel)
 S_COUNT_A = 6  # per-format counter: qcrypto flagged events dropped; PTU overflow records
 S_COUNT_B = 7  # per-format counter: PTU markers seen
-STATE_LEN = 8
+S_MOVED = 8  # events that arrived out of order and were moved into place
+STATE_LEN = 9
 
 #: Initial running maximum: far below any real time, but ``T_FLOOR - tol``
 #: cannot overflow int64 for any ``tol`` below 2**61.
@@ -51,6 +54,12 @@ ERR_BACKWARDS = 1  # t < running max - tol
 ERR_RECORD = 2  # record of an impossible kind (e.g. undefined channel code)
 ERR_CHANNEL = 3  # channel number does not fit the uint8 model
 ERR_RANGE = 4  # time outside the representable range (negative, or overflow sum beyond 2**62)
+ERR_DISPLACED = 5  # an out-of-order event belongs more than MAX_DISPLACEMENT events back
+
+#: An out-of-order event may be moved back past at most this many events.
+#: Real taggers displace an event past a handful of others; the bound keeps
+#: the insertion work linear (at most this many moves per event) on any input.
+MAX_DISPLACEMENT = 1024
 
 # PTU T2 flavours (see decode_ptu_t2)
 PTU_PICOHARP = 0
@@ -76,13 +85,42 @@ def new_state() -> np.ndarray:
     return s
 
 
-@kernel(int64(uint32[:], boolean, int64, boolean, int64, int64[:], int64[:], uint8[:]))
-def decode_qcrypto(words, swap, shift, keep_flagged, tol, state, t_out, ch_out):  # pragma: no cover - jit
-    """Decode qcrypto / S-Fifteen raw 64-bit events.
+@kernel(int64(int64[::1], uint8[::1], int64, int64, uint8), inline="always")
+def _insert(t_out, ch_out, k, t, c):  # pragma: no cover - jit
+    """Put event (t, c) into sorted ``t_out[:k]`` (stable: after equal times).
 
-    Each event is two 32-bit words. By default the first word of a pair is
-    the low half (the event is one little-endian uint64); with ``swap`` the
-    first is the high half (the legacy layout). Of the 64-bit value, the
+    Returns 0 if it went to the end, 1 if it was moved back, -1 if it would
+    have to move back more than :data:`MAX_DISPLACEMENT` places (then
+    nothing is changed).
+    """
+    if k == 0 or t_out[k - 1] <= t:
+        t_out[k] = t
+        ch_out[k] = c
+        return 0
+    j = k
+    lim = max(0, k - MAX_DISPLACEMENT)
+    while j > lim and t_out[j - 1] > t:
+        j -= 1
+    if j == lim and j > 0 and t_out[j - 1] > t:
+        return -1
+    for m in range(k, j, -1):
+        t_out[m] = t_out[m - 1]
+        ch_out[m] = ch_out[m - 1]
+    t_out[j] = t
+    ch_out[j] = c
+    return 1
+
+
+_QCRYPTO_SIG = int64(uint64[::1], boolean, int64, boolean, int64, int64[::1], int64[::1], uint8[::1], int64)
+
+
+@kernel(_QCRYPTO_SIG)
+def _qcrypto_careful(raw_in, swap, shift, keep_flagged, tol, state, t_out, ch_out, start):  # pragma: no cover - jit
+    """Decode qcrypto / S-Fifteen raw 64-bit events, record by record.
+
+    Each event is two 32-bit words, read here as one little-endian uint64:
+    by default the first word is the low half; with ``swap`` the first is
+    the high half (the legacy layout), so the halves are exchanged. Of the 64-bit value, the
     time counter is ``raw >> shift`` (``shift = 15``: 49 bits of 1/8 ns;
     ``shift = 10``: 54 bits of 1/256 ns), the detector pattern is
     ``raw & 0xF`` and bit 4 flags rollover/dummy events, which are dropped
@@ -90,9 +128,6 @@ def decode_qcrypto(words, swap, shift, keep_flagged, tol, state, t_out, ch_out):
     over at ``2**(64 - shift)``; a jump back by more than half of that range
     is unwrapped by adding the range.
     """
-    n = words.size // 2
-    hi_pos = 0 if swap else 1
-    lo_pos = 1 - hi_pos
     bits = 64 - shift
     span = np.int64(1) << bits
     half = span >> 1
@@ -100,12 +135,14 @@ def decode_qcrypto(words, swap, shift, keep_flagged, tol, state, t_out, ch_out):
     last = state[S_LAST]
     tmax = state[S_MAX]
     dropped = state[S_COUNT_A]
+    moved = state[S_MOVED]
     sh = np.uint64(shift)
-    k = 0
-    for i in range(n):
-        hi = np.uint64(words[2 * i + hi_pos])
-        lo = np.uint64(words[2 * i + lo_pos])
-        raw = (hi << np.uint64(32)) | lo
+    mask = np.uint64(0x1F if keep_flagged else 0xF)
+    k = start
+    for i in range(raw_in.size):
+        raw = raw_in[i]
+        if swap:
+            raw = (raw << np.uint64(32)) | (raw >> np.uint64(32))
         traw = np.int64(raw >> sh)
         t = traw + off
         if last >= 0:
@@ -124,8 +161,7 @@ def decode_qcrypto(words, swap, shift, keep_flagged, tol, state, t_out, ch_out):
                 last = traw
         else:
             last = traw
-        flagged = (lo >> np.uint64(4)) & np.uint64(1)
-        if flagged and not keep_flagged:
+        if not keep_flagged and (raw >> np.uint64(4)) & np.uint64(1):
             dropped += 1
             continue
         if t < tmax - tol:
@@ -136,18 +172,81 @@ def decode_qcrypto(words, swap, shift, keep_flagged, tol, state, t_out, ch_out):
             return -1
         if t > tmax:
             tmax = t
-        t_out[k] = t
-        ch_out[k] = np.uint8(lo & np.uint64(0x1F if keep_flagged else 0xF))
+        mv = _insert(t_out, ch_out, k, t, np.uint8(raw & mask))
+        if mv < 0:
+            state[S_ERR] = ERR_DISPLACED
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = t
+            return -1
+        moved += mv
         k += 1
     state[S_OFFSET] = off
     state[S_LAST] = last
     state[S_MAX] = tmax
     state[S_COUNT_A] = dropped
+    state[S_MOVED] = moved
     return k
 
 
-@kernel(int64(uint32[:], int64, boolean, int64, int64[:], int64[:], uint8[:]))
-def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out):  # pragma: no cover - jit
+@kernel(_QCRYPTO_SIG)
+def decode_qcrypto(raw_in, swap, shift, keep_flagged, tol, state, t_out, ch_out, start):  # pragma: no cover - jit
+    """Decode qcrypto / S-Fifteen raw 64-bit events (see :func:`_qcrypto_careful`).
+
+    Most blocks are plain: no flagged events, times non-decreasing, no
+    rollover. They are decoded by a branch-free loop the compiler can
+    vectorise, then verified; any other block is decoded again, record by
+    record, by :func:`_qcrypto_careful`. Both give the same result.
+    """
+    n = raw_in.size
+    if n == 0:
+        return start
+    sh = np.uint64(shift)
+    mask = np.uint64(0x1F if keep_flagged else 0xF)
+    flagbit = np.uint64(0 if keep_flagged else 0x10)
+    off = state[S_OFFSET]
+    half = (np.int64(1) << (64 - shift)) >> 1
+    flags = np.uint64(0)
+    drop = np.int64(0)  # largest step back between neighbours (0 if none)
+    if swap:
+        r0 = raw_in[0]
+        prev = np.int64(((r0 << np.uint64(32)) | (r0 >> np.uint64(32))) >> sh)
+        for i in range(n):
+            r = raw_in[i]
+            r = (r << np.uint64(32)) | (r >> np.uint64(32))
+            tr = np.int64(r >> sh)
+            t_out[start + i] = tr + off
+            ch_out[start + i] = np.uint8(r & mask)
+            flags |= r & flagbit
+            drop = max(drop, prev - tr)
+            prev = tr
+    else:
+        prev = np.int64(raw_in[0] >> sh)
+        for i in range(n):
+            r = raw_in[i]
+            tr = np.int64(r >> sh)
+            t_out[start + i] = tr + off
+            ch_out[start + i] = np.uint8(r & mask)
+            flags |= r & flagbit
+            drop = max(drop, prev - tr)
+            prev = tr
+    first = t_out[start] - off
+    last = state[S_LAST]
+    plain = (
+        flags == 0
+        and drop == 0
+        and t_out[start] >= state[S_MAX]
+        and (last < 0 or (first >= last and first - last <= half))
+        and t_out[start + n - 1] - t_out[start] <= half
+    )
+    if plain:
+        state[S_LAST] = t_out[start + n - 1] - off
+        state[S_MAX] = t_out[start + n - 1]
+        return start + n
+    return _qcrypto_careful(raw_in, swap, shift, keep_flagged, tol, state, t_out, ch_out, start)
+
+
+@kernel(int64(uint32[::1], int64, boolean, int64, int64[::1], int64[::1], uint8[::1], int64))
+def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out, start):  # pragma: no cover - jit
     """Decode PicoQuant T2 records (uint32 each).
 
     PicoHarp 300 (``PTU_PICOHARP``): bits 31..28 channel, 27..0 time.
@@ -169,7 +268,8 @@ def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out):  # pra
     tmax = state[S_MAX]
     n_ofl = state[S_COUNT_A]
     n_mark = state[S_COUNT_B]
-    k = 0
+    moved = state[S_MOVED]
+    k = start
     for i in range(rec.size):
         r = np.int64(rec[i])
         if flavour == PTU_PICOHARP:
@@ -238,19 +338,25 @@ def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out):  # pra
             return -1
         if t > tmax:
             tmax = t
-        t_out[k] = t
-        ch_out[k] = np.uint8(c)
+        mv = _insert(t_out, ch_out, k, t, np.uint8(c))
+        if mv < 0:
+            state[S_ERR] = ERR_DISPLACED
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = t
+            return -1
+        moved += mv
         k += 1
     state[S_OFFSET] = ofl
     state[S_MAX] = tmax
     state[S_COUNT_A] = n_ofl
     state[S_COUNT_B] = n_mark
+    state[S_MOVED] = moved
     return k
 
 
 @kernel(int64(types.Array(int64, 1, "A", readonly=True), types.Array(uint16, 1, "A", readonly=True),
-              int64, int64[:], int64[:], uint8[:]))
-def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out):  # pragma: no cover - jit
+              int64, int64[::1], int64[::1], uint8[::1], int64))
+def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out, start):  # pragma: no cover - jit
     """Decode qutools quTAG binary records (int64 time, uint16 channel).
 
     ``t_in`` and ``ch_in`` are strided views of the 10-byte records. A
@@ -258,6 +364,8 @@ def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out):  # pragma: no cover - 
     negative time stamp cannot come from the device (``ERR_RANGE``).
     """
     tmax = state[S_MAX]
+    moved = state[S_MOVED]
+    k = start
     for i in range(t_in.size):
         c = ch_in[i]
         if c > 255:
@@ -279,43 +387,24 @@ def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out):  # pragma: no cover - 
             return -1
         if t > tmax:
             tmax = t
-        t_out[i] = t
-        ch_out[i] = np.uint8(c)
+        mv = _insert(t_out, ch_out, k, t, np.uint8(c))
+        if mv < 0:
+            state[S_ERR] = ERR_DISPLACED
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = t
+            return -1
+        moved += mv
+        k += 1
     state[S_MAX] = tmax
-    return t_in.size
-
-
-@kernel(int64(int64[:], uint8[:], int64, int64))
-def window_sort(t, ch, start, n):  # pragma: no cover - jit
-    """Stable in-place insertion sort of ``t[start:n]`` into sorted ``t[:start]``.
-
-    ``ch`` moves with ``t``. Returns the number of events that moved. The
-    decoders guarantee every event lies within ``tol`` of the running
-    maximum, so the work is O(n + events inside the window).
-    """
-    moved = 0
-    for i in range(max(start, 1), n):
-        ti = t[i]
-        if ti >= t[i - 1]:
-            continue
-        ci = ch[i]
-        j = i
-        while j > 0 and t[j - 1] > ti:
-            t[j] = t[j - 1]
-            ch[j] = ch[j - 1]
-            j -= 1
-        t[j] = ti
-        ch[j] = ci
-        moved += 1
-    return moved
+    state[S_MOVED] = moved
+    return k
 
 
 def _warmup() -> None:
     """Run each kernel once on a tiny input (compiles or loads the cache)."""
     t = np.zeros(4, np.int64)
     c = np.zeros(4, np.uint8)
-    decode_qcrypto(np.zeros(4, np.uint32), False, 15, False, 0, new_state(), t, c)
-    decode_ptu_t2(np.zeros(2, np.uint32), PTU_HYDRAHARP2, True, 0, new_state(), t, c)
+    decode_qcrypto(np.zeros(2, np.uint64), False, 15, False, 0, new_state(), t, c, 0)
+    decode_ptu_t2(np.zeros(2, np.uint32), PTU_HYDRAHARP2, True, 0, new_state(), t, c, 0)
     rec = np.zeros(2, dtype=np.dtype([("t", "<i8"), ("c", "<u2")]))
-    decode_qutag(rec["t"], rec["c"], 0, new_state(), t, c)
-    window_sort(t, c, 0, 4)
+    decode_qutag(rec["t"], rec["c"], 0, new_state(), t, c, 0)

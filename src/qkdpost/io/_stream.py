@@ -1,10 +1,9 @@
 """Streaming driver shared by the importers of fixed-size-record files.
 
 :class:`RecordStream` reads a block of records at a time into one reused
-buffer, hands it to a decoding kernel, sorts the events inside the
-reordering window (:func:`~qkdpost.io._kernels.window_sort`), holds back the
-events that a later record could still precede, and yields the rest as
-:class:`Chunk` objects. Memory is bounded by one block plus the events
+buffer, hands it to a decoding kernel (which puts events that arrive
+slightly out of order into place), holds back the events that a later
+record could still precede, and yields the rest as :class:`Chunk` objects. Memory is bounded by one block plus the events
 inside the window, whatever the file size.
 """
 
@@ -21,7 +20,7 @@ from .model import Chunk
 
 __all__ = ["RecordStream", "tolerance_ticks", "check_record_region"]
 
-Decoder = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], int]
+Decoder = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], int]
 
 
 def tolerance_ticks(reorder_window_s: float, tick_s: float) -> int:
@@ -63,8 +62,9 @@ class RecordStream:
     n_records : int
         Records to read.
     decode : callable
-        ``decode(block_bytes uint8[:], state, t_out, ch_out) -> int`` calling a
-        kernel of :mod:`qkdpost.io._kernels` with the format's options bound.
+        ``decode(block_bytes uint8[:], state, t_out, ch_out, start) -> int``
+        calling a kernel of :mod:`qkdpost.io._kernels` with the format's
+        options bound; ``t_out[:start]`` holds the events held back.
     fmt : str
         Format name for error messages.
     chunk_events : int
@@ -121,6 +121,9 @@ class RecordStream:
             msg = (f"record {index}: time {val} ticks is more than the reordering tolerance ({self.tol} ticks) "
                    f"before the latest time {int(s[K.S_MAX])}; the file is corrupt, or raise reorder_window_s "
                    "if the tagger reorders events that much")
+        elif code == K.ERR_DISPLACED:
+            msg = (f"record {index}: time {val} belongs more than {K.MAX_DISPLACEMENT} events back; time taggers "
+                   "only reorder a few events, so the file is corrupt (or lower reorder_window_s)")
         elif code == K.ERR_RANGE:
             msg = (f"record {index}: time {val} is out of range (negative, or an overflow sum beyond 2**62 ticks); "
                    f"the file is corrupt or not a {self.fmt} file")
@@ -158,11 +161,10 @@ class RecordStream:
                 ch_out = np.empty(m + k, np.uint8)
                 t_out[:m] = tail_t
                 ch_out[:m] = tail_ch
-                n = self._decode(buf[: k * rs], self.state, t_out[m:], ch_out[m:])
-                if n < 0:
+                total = self._decode(buf[: k * rs], self.state, t_out, ch_out, m)
+                if total < 0:
                     self._fail(done)
-                total = m + n
-                self.reordered += K.window_sort(t_out, ch_out, m, total)
+                self.reordered = int(self.state[K.S_MOVED])
                 done += k
                 self.bytes_done = done * rs
                 if done < self.n_records and total:

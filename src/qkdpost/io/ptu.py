@@ -227,8 +227,8 @@ def read_ptu(
     tol = tolerance_ticks(reorder_window_s, res)
     keep = bool(keep_markers)
 
-    def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray) -> Any:
-        return K.decode_ptu_t2(block.view("<u4"), flavour, keep, tol, state, t_out, ch_out)
+    def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray, start: int) -> Any:
+        return K.decode_ptu_t2(block.view("<u4"), flavour, keep, tol, state, t_out, ch_out, start)
 
     stream = RecordStream(path, data_offset, 4, n, decode, f"PTU {kind}", chunk_events, K.new_state(), tol)
     return info, stream

@@ -101,8 +101,8 @@ def read_qcrypto(
     )
     swap, keep = bool(word_swap), bool(keep_flagged)
 
-    def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray) -> Any:
-        return K.decode_qcrypto(block.view("<u4"), swap, shift, keep, tol, state, t_out, ch_out)
+    def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray, start: int) -> Any:
+        return K.decode_qcrypto(block.view("<u8"), swap, shift, keep, tol, state, t_out, ch_out, start)
 
     stream = RecordStream(path, 0, 8, n, decode, "qcrypto raw", chunk_events, K.new_state(), tol)
     return info, stream

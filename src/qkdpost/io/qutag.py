@@ -74,9 +74,9 @@ def read_qutag(
         extra={"format": "qutag", "source": os.path.basename(path), "records": str(n)},
     )
 
-    def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray) -> Any:
+    def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray, start: int) -> Any:
         rec = block.view(RECORD)
-        return K.decode_qutag(rec["t"], rec["ch"], tol, state, t_out, ch_out)
+        return K.decode_qutag(rec["t"], rec["ch"], tol, state, t_out, ch_out, start)
 
     stream = RecordStream(path, HEADER_BYTES, RECORD.itemsize, n, decode, "quTAG binary", chunk_events,
                           K.new_state(), tol)
