@@ -65,14 +65,16 @@ class CascadeConfig:
         Scheduling tolerance in tree levels: each round asks for pending
         blocks at most ``slack`` levels above the smallest pending one. 0 is
         strict smallest-first (fewest parities, most round trips); large
-        values search every pending block in parallel.
+        values search every pending block in parallel. Default 1: at
+        n = 10^6, Q = 2 % it costs +0.0003 in f for half the round trips
+        of strict order (docs/cascade.md).
     max_rounds : int
         Safety cap on rounds per frame; a frame that hits it is reported as
         not reconciled.
     """
 
     preset: str = "option7"
-    slack: int = 0
+    slack: int = 1
     max_rounds: int = 1_000_000
 
     def __post_init__(self) -> None:
@@ -463,7 +465,7 @@ def reconcile_cascade(
     seed: int | None = None,
     rtt_s: float = 0.0,
     preset: str = "option7",
-    slack: int = 0,
+    slack: int = 1,
     max_rounds: int = 1_000_000,
 ) -> ReconcileResult:
     """Run both Cascade parties over an in-memory loopback channel.
