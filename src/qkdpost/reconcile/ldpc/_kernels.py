@@ -1,0 +1,453 @@
+"""Numba kernels for LDPC reconciliation: PEG construction, syndromes, decoding.
+
+Kernels take plain typed arrays, never raise, and report failure as a status
+value. Validation lives in the public modules (:mod:`.codes`,
+:mod:`.protocol`). A parity-check matrix ``H`` (m x n) is held twice:
+
+- by rows (CSR): ``row_ptr`` (m+1, int64), ``col_idx`` (E, int32): the
+  variables of check ``j`` are ``col_idx[row_ptr[j]:row_ptr[j+1]]``;
+- by columns: ``col_ptr`` (n+1, int64), ``row_idx`` (E, int32).
+
+LLR convention: ``L = log P(x=0) / P(x=1)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ..._jit import kernel, register
+
+register(__name__)
+
+# ---------------------------------------------------------------------------
+# Check-node function phi(x) = -ln tanh(x/2) as a float32 lookup table.
+#
+# Sum-product in the "log-tanh" form (Gallager 1963; e.g. Ryan & Lin,
+# Channel Codes, CUP 2009, Eq. 5.27): the check-to-variable message is
+#     R_cv = (-1)^s_c * prod_{u != v} sign(Q_uc) * phi( sum_{u != v} phi(|Q_uc|) )
+# with phi its own inverse. The table holds phi at bin centres of width
+# 1/PHI_SCALE on [0, PHI_XMAX); larger arguments map to the last bin (phi is
+# below 2.3e-7 there). The largest message magnitude is phi(0.5/PHI_SCALE)
+# ~ 7.6, i.e. a check never claims more than 1 - 5e-4 certainty.
+# ---------------------------------------------------------------------------
+PHI_SCALE = 512.0
+PHI_XMAX = 16.0
+PHI_BINS = int(PHI_SCALE * PHI_XMAX)
+
+
+def _make_phi_lut() -> np.ndarray:
+    x = (np.arange(PHI_BINS, dtype=np.float64) + 0.5) / PHI_SCALE
+    return (-np.log(np.tanh(x / 2.0))).astype(np.float32)
+
+
+PHI_LUT = _make_phi_lut()
+
+# LLR used for positions whose value Bob knows (shortened / revealed bits).
+LLR_KNOWN = np.float32(60.0)
+
+# Decoder status per frame.
+DECODED = 0
+NOT_CONVERGED = 1
+
+
+# ---------------------------------------------------------------------------
+# Deterministic PRNG for code construction (xorshift64*, Vigna 2016,
+# doi:10.1145/2845077). Platform independent, so the shipped codes
+# regenerate bit for bit.
+# ---------------------------------------------------------------------------
+@kernel(inline="always")
+def _xs_next(state):
+    x = state[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    state[0] = x
+    return x * np.uint64(0x2545F4914F6CDD1D)
+
+
+@kernel(inline="always")
+def _bucket_move(c, frm, to, order, pos, bstart):
+    """Move check c from bucket frm to bucket to > frm (buckets contiguous in order)."""
+    b = frm
+    while b < to:
+        last = bstart[b + 1] - 1
+        other = order[last]
+        pc = pos[c]
+        order[pc] = other
+        pos[other] = pc
+        order[last] = c
+        pos[c] = last
+        bstart[b + 1] -= 1
+        b += 1
+
+
+# Extra edges a check may take beyond its target degree, to avoid a 4-cycle.
+PEG_SLACK = 2
+
+
+@kernel()
+def peg_build(var_deg, chk_target, max_reach, seed, vc_out):
+    """Progressive edge growth (Hu, Eleftheriou, Arnold, IEEE TIT 51, 386, 2005,
+    doi:10.1109/TIT.2004.839541), with a bounded tree search.
+
+    Variables are processed in index order (callers sort them by increasing
+    degree, as in the paper). Each new edge of variable ``v`` goes to a check
+    of lowest current degree, among those not full (degree < target) and
+    farthest from ``v`` in the current graph: the breadth-first tree from
+    ``v`` is grown layer by layer until it holds ``max_reach`` checks or
+    stops growing; layers 0 and 1 are always complete, so a 4-cycle is only
+    made when every non-full check is within distance 1. Ties are broken by
+    a seeded xorshift64* generator.
+
+    Parameters
+    ----------
+    var_deg : int32 (n,)
+    chk_target : int32 (m,)   target check degrees, ``sum == var_deg.sum()``
+    max_reach : int64         size bound of the search tree, in checks
+    seed : uint64             nonzero
+    vc_out : int32 (E,)       out: checks of variable v at ``var_ptr[v]:var_ptr[v+1]``
+
+    Returns
+    -------
+    int64 : number of edges that closed a 4-cycle (0 means girth >= 6), or
+    -1 if some edge found no admissible check.
+    """
+    n = var_deg.shape[0]
+    m = chk_target.shape[0]
+    var_ptr = np.zeros(n + 1, np.int64)
+    for v in range(n):
+        var_ptr[v + 1] = var_ptr[v] + var_deg[v]
+    chk_ptr = np.zeros(m + 1, np.int64)
+    maxd = 0
+    for c in range(m):
+        chk_ptr[c + 1] = chk_ptr[c] + chk_target[c] + PEG_SLACK
+        if chk_target[c] > maxd:
+            maxd = chk_target[c]
+    cv = np.full(chk_ptr[m], -1, np.int32)
+    cdeg = np.zeros(m, np.int32)
+    full = maxd + 1
+    # buckets 0..maxd by current degree, bucket `full` for saturated checks
+    bstart = np.zeros(full + 2, np.int64)
+    for b in range(1, full + 2):
+        bstart[b] = m
+    order = np.arange(m).astype(np.int32)
+    state = np.empty(1, np.uint64)
+    state[0] = seed
+    for i in range(m - 1, 0, -1):  # Fisher-Yates shuffle of the initial order
+        j = np.int64(_xs_next(state) % np.uint64(i + 1))
+        t = order[i]
+        order[i] = order[j]
+        order[j] = t
+    pos = np.empty(m, np.int32)
+    for i in range(m):
+        pos[order[i]] = i
+    cmark = np.zeros(m, np.int64)
+    cdepth = np.zeros(m, np.int32)
+    vmark = np.zeros(n, np.int64)
+    queue = np.empty(m, np.int32)
+    cv[:] = -1
+    stamp = np.int64(0)
+    four_cycles = np.int64(0)
+    for v in range(n):
+        for k in range(var_deg[v]):
+            stamp += 1
+            vmark[v] = stamp
+            qlen = 0
+            for e in range(var_ptr[v], var_ptr[v] + k):
+                c = vc_out[e]
+                cmark[c] = stamp
+                cdepth[c] = 0
+                queue[qlen] = c
+                qlen += 1
+            depth = 0
+            if k > 0:
+                lay_start = 0
+                lay_end = qlen
+                while qlen < m:
+                    if depth >= 1 and qlen >= max_reach:
+                        break
+                    for qi in range(lay_start, lay_end):
+                        c = queue[qi]
+                        for ee in range(chk_ptr[c], chk_ptr[c] + cdeg[c]):
+                            u = cv[ee]
+                            if vmark[u] == stamp:
+                                continue
+                            vmark[u] = stamp
+                            for e2 in range(var_ptr[u], var_ptr[u + 1]):
+                                c2 = vc_out[e2]
+                                if c2 < 0:
+                                    break
+                                if cmark[c2] != stamp:
+                                    cmark[c2] = stamp
+                                    cdepth[c2] = depth + 1
+                                    queue[qlen] = c2
+                                    qlen += 1
+                        if depth >= 1 and qlen >= max_reach:
+                            break
+                    if qlen == lay_end:
+                        break
+                    lay_start = lay_end
+                    lay_end = qlen
+                    depth += 1
+            # pick: exclude reached checks with depth <= excl, relax excl if
+            # needed; at excl == 1 a saturated check (over its target degree)
+            # is preferred to closing a 4-cycle.
+            chosen = -1
+            excl = max(depth, 1)
+            while chosen < 0 and excl >= 1:
+                top = full if excl > 1 else full + 1
+                for b in range(0, top):
+                    lo = bstart[b]
+                    hi = bstart[b + 1]
+                    size = hi - lo
+                    if size <= 0:
+                        continue
+                    off = np.int64(_xs_next(state) % np.uint64(size))
+                    for t in range(size):
+                        c = order[lo + (off + t) % size]
+                        if cmark[c] == stamp and cdepth[c] <= excl:
+                            continue
+                        if b == full:
+                            if cdeg[c] >= chk_target[c] + PEG_SLACK:
+                                continue
+                            if chosen >= 0 and cdeg[c] >= cdeg[chosen]:
+                                continue
+                        chosen = c
+                        if b < full:
+                            break
+                    if chosen >= 0:
+                        break
+                if chosen < 0:
+                    excl -= 1
+            if chosen < 0:
+                # every other check is adjacent to v already
+                for c in range(m):
+                    if cmark[c] == stamp and cdepth[c] == 0:
+                        continue
+                    if cdeg[c] >= chk_target[c] + PEG_SLACK:
+                        continue
+                    if chosen < 0 or cdeg[c] < cdeg[chosen]:
+                        chosen = c
+            if chosen < 0 or (cmark[chosen] == stamp and cdepth[chosen] == 0):
+                return np.int64(-1)
+            if cmark[chosen] == stamp and cdepth[chosen] == 1:
+                four_cycles += 1
+            vc_out[var_ptr[v] + k] = chosen
+            cv[chk_ptr[chosen] + cdeg[chosen]] = v
+            old = cdeg[chosen]
+            cdeg[chosen] = old + 1
+            if old >= chk_target[chosen]:
+                pass  # already in the saturated bucket
+            elif old + 1 >= chk_target[chosen]:
+                _bucket_move(chosen, old, full, order, pos, bstart)
+            else:
+                _bucket_move(chosen, old, old + 1, order, pos, bstart)
+    return four_cycles
+
+
+@kernel()
+def untainted_order(col_ptr, row_idx, row_ptr, col_idx, score_order, out):
+    """Greedy untainted puncturing set (Elkouss, Martinez-Mateo, Martin, IEEE
+    Wireless Commun. Lett. 1, 585, 2012, doi:10.1109/WCL.2012.082712.120531).
+
+    Variables are visited in ``score_order`` (smallest 2-hop neighbourhood
+    first); a variable is taken if no check next to it touches an already
+    punctured variable, and its 2-hop neighbourhood becomes tainted. Every
+    check then has at most one punctured neighbour, so the punctured
+    columns of H have disjoint supports (full column rank) and each
+    punctured bit is recoverable in one step.
+
+    Returns the number of variables written to ``out`` (int32).
+    """
+    n = col_ptr.shape[0] - 1
+    m = row_ptr.shape[0] - 1
+    chk_used = np.zeros(m, np.uint8)
+    cnt = 0
+    for i in range(n):
+        v = score_order[i]
+        ok = True
+        for e in range(col_ptr[v], col_ptr[v + 1]):
+            if chk_used[row_idx[e]]:
+                ok = False
+                break
+        if not ok:
+            continue
+        for e in range(col_ptr[v], col_ptr[v + 1]):
+            chk_used[row_idx[e]] = 1
+        out[cnt] = v
+        cnt += 1
+    return cnt
+
+
+@kernel(parallel=True)
+def syndrome_batch(row_ptr, col_idx, x, out):
+    """out[f, j] = XOR of x[f, col_idx[row_ptr[j]:row_ptr[j+1]]] (H x mod 2).
+
+    x : uint8 (N, n); out : uint8 (N, m).
+    """
+    nf = x.shape[0]
+    m = row_ptr.shape[0] - 1
+    for f in prange(nf):
+        for j in range(m):
+            s = np.uint8(0)
+            for e in range(row_ptr[j], row_ptr[j + 1]):
+                s ^= x[f, col_idx[e]]
+            out[f, j] = s
+
+
+# largest argument that maps to the last bin
+_PHI_XCLAMP = np.float32((PHI_BINS - 1) / PHI_SCALE)
+
+
+@kernel(inline="always")
+def _phi(x, lut):
+    """phi(x) from the table; branch-free clamp to [0, PHI_XMAX)."""
+    x = min(max(x, np.float32(0.0)), _PHI_XCLAMP)
+    return lut[np.int32(x * np.float32(PHI_SCALE))]
+
+
+@kernel()
+def decode_frame(row_ptr, col_idx, llr, syn, max_iter, L, R, lut):
+    """Layered (row-by-row) sum-product decoding of one frame with side information.
+
+    Syndrome decoding for Slepian-Wolf coding (Liveris, Xiong, Georghiades,
+    IEEE Commun. Lett. 6, 440, 2002, doi:10.1109/LCOMM.2002.804244): the
+    check-to-variable message of check j is multiplied by (-1)^syn[j].
+    Layered schedule: Hocevar, IEEE SIPS 2004, doi:10.1109/SIPS.2004.1363033.
+    Stops as soon as the hard decision reproduces ``syn``. Signs are handled
+    with integer arithmetic, not branches (random signs defeat the branch
+    predictor: 2x measured).
+
+    Parameters
+    ----------
+    llr : float32 (n,)      channel LLRs (0 for punctured, +-LLR_KNOWN for known bits)
+    syn : uint8 (m,)        Alice's syndrome
+    max_iter : int
+    L : float32 (n,)        work/out: posterior LLRs (hard decision L < 0 -> 1)
+    R : float32 (E,)        work: check-to-variable messages in row order
+    lut : float32           PHI_LUT
+
+    Returns
+    -------
+    int64 : iterations used if decoded (>= 0, 0 when the input already
+    matched), else ``-(max_iter + 1)``.
+    """
+    n = llr.shape[0]
+    m = row_ptr.shape[0] - 1
+    maxdeg = 0
+    for j in range(m):
+        d = row_ptr[j + 1] - row_ptr[j]
+        if d > maxdeg:
+            maxdeg = d
+    T = np.empty(maxdeg, np.float32)
+    P = np.empty(maxdeg, np.float32)
+    SG = np.empty(maxdeg, np.int32)
+    for v in range(n):
+        L[v] = llr[v]
+    for e in range(R.shape[0]):
+        R[e] = np.float32(0.0)
+    if _syndrome_ok(row_ptr, col_idx, L, syn):
+        return np.int64(0)
+    for it in range(max_iter):
+        for j in range(m):
+            lo = row_ptr[j]
+            hi = row_ptr[j + 1]
+            neg = np.int32(syn[j])
+            S = np.float32(0.0)
+            for e in range(lo, hi):
+                k = e - lo
+                t = L[col_idx[e]] - R[e]
+                T[k] = t
+                sg = np.int32(t < 0)
+                SG[k] = sg
+                neg ^= sg
+                p = _phi(abs(t), lut)
+                P[k] = p
+                S += p
+            for e in range(lo, hi):
+                k = e - lo
+                r = _phi(S - P[k], lut) * np.float32(1 - 2 * (neg ^ SG[k]))
+                R[e] = r
+                L[col_idx[e]] = T[k] + r
+        if _syndrome_ok(row_ptr, col_idx, L, syn):
+            return np.int64(it + 1)
+    return np.int64(-(max_iter + 1))
+
+
+@kernel(inline="always")
+def _syndrome_ok(row_ptr, col_idx, L, syn):
+    m = row_ptr.shape[0] - 1
+    for j in range(m):
+        s = np.int32(syn[j])
+        for e in range(row_ptr[j], row_ptr[j + 1]):
+            s ^= np.int32(L[col_idx[e]] < 0)
+        if s != 0:
+            return False
+    return True
+
+
+@kernel(parallel=True)
+def decode_batch(row_ptr, col_idx, llr, syn, max_iter, bits_out, iters_out):
+    """Decode N frames (``prange`` over frames).
+
+    llr : float32 (N, n); syn : uint8 (N, m); bits_out : uint8 (N, n) out;
+    iters_out : int64 (N,) out, as returned by :func:`decode_frame`
+    (negative = not decoded). Work buffers are allocated per frame.
+    """
+    nf = llr.shape[0]
+    n = llr.shape[1]
+    ne = col_idx.shape[0]
+    lut = PHI_LUT
+    for f in prange(nf):
+        L = np.empty(n, np.float32)
+        R = np.empty(ne, np.float32)
+        iters_out[f] = decode_frame(row_ptr, col_idx, llr[f], syn[f], max_iter, L, R, lut)
+        for v in range(n):
+            bits_out[f, v] = 1 if L[v] < 0 else 0
+
+
+@kernel()
+def bsc_llr(bits, qber, known_mask, known_vals, out):
+    """Channel LLRs for Bob's frame: log((1-q)/q) * (1 - 2 y) on key positions,
+    0 on punctured positions (mask 2), +-LLR_KNOWN on known positions (mask 1).
+
+    bits, known_mask, known_vals : uint8 (n,); out : float32 (n,).
+    """
+    a = np.float32(math.log((1.0 - qber) / qber))
+    for v in range(bits.shape[0]):
+        k = known_mask[v]
+        if k == 1:
+            out[v] = -LLR_KNOWN if known_vals[v] else LLR_KNOWN
+        elif k == 2:
+            out[v] = np.float32(0.0)
+        else:
+            out[v] = -a if bits[v] else a
+
+
+def _warmup() -> None:
+    """Compile every kernel on a tiny code."""
+    var_deg = np.full(12, 2, np.int32)
+    var_deg[8:] = 3
+    chk = np.full(7, 4, np.int32)  # 8*2 + 4*3 = 28 = 7*4 edges
+    vc = np.full(int(var_deg.sum()), -1, np.int32)
+    peg_build(var_deg, chk, np.int64(100), np.uint64(1), vc)
+    col_ptr = np.zeros(13, np.int64)
+    col_ptr[1:] = np.cumsum(var_deg)
+    rows = vc.copy()
+    cols = np.repeat(np.arange(12, dtype=np.int32), var_deg)
+    o = np.lexsort((cols, rows))
+    row_ptr = np.zeros(8, np.int64)
+    np.add.at(row_ptr, rows + 1, 1)
+    row_ptr = np.cumsum(row_ptr)
+    col_idx = cols[o].astype(np.int32)
+    untainted_order(col_ptr, rows, row_ptr, col_idx, np.arange(12, dtype=np.int32), np.empty(12, np.int32))
+    x = np.zeros((2, 12), np.uint8)
+    s = np.zeros((2, 7), np.uint8)
+    syndrome_batch(row_ptr, col_idx, x, s)
+    llr = np.empty((2, 12), np.float32)
+    for f in range(2):
+        bsc_llr(x[f], 0.05, np.zeros(12, np.uint8), np.zeros(12, np.uint8), llr[f])
+    decode_batch(row_ptr, col_idx, llr, s, 5, np.empty((2, 12), np.uint8), np.empty(2, np.int64))

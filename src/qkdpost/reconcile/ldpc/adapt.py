@@ -1,0 +1,150 @@
+"""Rate adaptation: pick a mother code and the numbers of shortened and punctured bits.
+
+A frame of ``n_key`` key bits is embedded in a codeword of length n of a
+mother code with m checks: ``p`` positions are punctured (Alice fills them
+with private random bits, Bob gives them LLR 0), ``s = n - n_key - p`` are
+shortened (public values, known to Bob), the rest carry the key
+(Elkouss, Martinez-Mateo, Martin, "Information reconciliation for quantum key
+distribution", QIC 11, 226 (2011), arXiv:1007.1616, Sec. 3).
+
+Leakage. Alice discloses the m syndrome bits. Because the punctured bits are
+uniform and private and the punctured columns of H are untainted (disjoint
+supports, so full column rank p), the syndrome tells at most m - p bits
+about the key: I(X_key; S) = H(S) - rank(H_p) <= m - p. Every bit revealed in
+a blind round adds one. So leaked_bits = m - p + revealed.
+
+Blind rounds (Martinez-Mateo, Elkouss, Martin, "Blind reconciliation", QIC
+12, 791 (2012), arXiv:1205.5729): the first attempt targets efficiency
+``f_start``; each failed attempt reveals ``step`` more positions (first the
+punctured ones, converting them to shortened, then key positions), raising
+the leak by about ``f_step * n_key * h(Q)`` bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ...bits import binary_entropy
+from ...errors import InputError
+from .codes import available_codes
+
+__all__ = ["FramePlan", "plan_frame", "DEFAULT_F_START", "MAX_PUNCT_FRACTION", "MAX_F_START"]
+
+# First-attempt efficiency by code length, set from measured first-round
+# FER (docs/ldpc.md): longer codes work closer to capacity.
+DEFAULT_F_START = {2**14: 1.10, 2**16: 1.06, 2**18: 1.03}
+# Puncturing is kept to at most this fraction of the frame (issue 4).
+MAX_PUNCT_FRACTION = 0.10
+# Frames shorter than this fraction of a code's length are not placed in it
+# (shortening more would leave a code that discloses nearly the whole frame).
+MIN_FILL = 0.75
+# A plan whose first attempt is less efficient than this is refused
+# (QBER too low for the shipped family: use Cascade).
+MAX_F_START = 1.6
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How one batch of frames is embedded in a mother code.
+
+    Attributes
+    ----------
+    code : str          name of the shipped mother code
+    n, m : int          code length and number of checks
+    n_key : int         key bits per frame
+    n_punct : int       punctured positions (untainted)
+    n_short : int       shortened positions
+    step : int          positions revealed per blind round
+    max_rounds : int    blind rounds after the first attempt
+    """
+
+    code: str
+    n: int
+    m: int
+    n_key: int
+    n_punct: int
+    n_short: int
+    step: int
+    max_rounds: int
+
+    @property
+    def leak_start(self) -> int:
+        """Bits leaked by the syndrome alone (m - p)."""
+        return self.m - self.n_punct
+
+    def efficiency_start(self, qber: float) -> float:
+        return self.leak_start / (self.n_key * float(binary_entropy(qber)))
+
+
+def plan_frame(
+    n_key: int,
+    qber: float,
+    *,
+    f_start: float | None = None,
+    f_step: float = 0.03,
+    max_rounds: int = 4,
+    code: str | None = None,
+) -> FramePlan:
+    """Choose mother code, puncturing and shortening for frames of ``n_key`` bits.
+
+    Among shipped codes with 0.75 n <= n_key <= n, the shortest length that can reach
+    the target leak m - p = f_start * n_key * h(qber) with
+    0 <= p <= min(untainted positions, 10 % of n, n - n_key) is used, and at
+    that length the code with the fewest checks (least puncturing). If no
+    code reaches the target exactly, the one with the smallest start leak
+    that is still >= the target is used.
+
+    Raises
+    ------
+    InputError
+        ``n_key`` outside every code's range [0.75 n, n], or ``qber`` outside the
+        range the codes cover for this length.
+    """
+    if not (0.0 < qber < 0.5):
+        raise InputError(f"qber={qber!r}: must be in (0, 0.5)")
+    if n_key < 1:
+        raise InputError(f"frame length {n_key}: must be at least 1 bit")
+    if max_rounds < 0:
+        raise InputError(f"max_rounds={max_rounds!r}: must be >= 0")
+    if not (0.0 < f_step < 1.0):
+        raise InputError(f"f_step={f_step!r}: must be in (0, 1)")
+    entries = available_codes()
+    if code is not None:
+        entries = [e for e in entries if e["name"] == code]
+        if not entries:
+            raise InputError(f"code={code!r}: no such shipped LDPC code; see qkdpost.reconcile.ldpc.available_codes()")
+    fitting = [e for e in entries if MIN_FILL * e["n"] <= n_key <= e["n"]]
+    if not fitting:
+        longest = max(e["n"] for e in entries)
+        ranges = ", ".join(f"{int(math.ceil(MIN_FILL * n))}..{n}" for n in sorted({e['n'] for e in entries}))
+        what = "longer than every shipped LDPC code" if n_key > longest else "not in a supported range"
+        raise InputError(f"frame length {n_key}: {what}; frames must be {ranges} bits "
+                         f"(about 0.9 n is best); split or regroup the key block")
+    h = float(binary_entropy(qber))
+    best = None
+    for e in sorted(fitting, key=lambda e: (e["n"], e["m"])):
+        n, m = e["n"], e["m"]
+        fs = f_start if f_start is not None else DEFAULT_F_START.get(n, 1.05)
+        target = fs * n_key * h
+        p_hi = min(e["untainted_max"], int(MAX_PUNCT_FRACTION * n), n - n_key)
+        p = max(0, min(p_hi, m - int(math.ceil(target))))
+        leak = m - p
+        if leak < target:
+            continue  # code too weak for this QBER even without puncturing
+        exact = m - int(math.ceil(target)) <= p_hi  # target reached, not clipped
+        key = (0 if exact else 1, n, leak, m)
+        if best is None or key < best[0]:
+            best = (key, e, p, fs)
+    if best is None:
+        raise InputError(f"qber={qber:.4g}: too high for every shipped LDPC code that fits frames of "
+                         f"{n_key} bits (needs more than the lowest-rate code discloses); use Cascade")
+    _, e, p, fs = best
+    n, m = e["n"], e["m"]
+    plan = FramePlan(code=e["name"], n=n, m=m, n_key=n_key, n_punct=p, n_short=n - n_key - p,
+                     step=max(1, int(round(f_step * n_key * h))), max_rounds=max_rounds)
+    if plan.efficiency_start(qber) > max(MAX_F_START, fs):
+        raise InputError(f"qber={qber:.4g}: too low for the shipped LDPC codes at frame length {n_key} "
+                         f"(first attempt would leak f={plan.efficiency_start(qber):.2f}); use Cascade "
+                         "or longer frames")
+    return plan

@@ -1,0 +1,285 @@
+"""The two parties of LDPC reconciliation and their messages.
+
+Bob drives, Alice answers (DESIGN.md). One batch of N frames costs
+``1 + rounds`` round trips:
+
+``ldpc.syndromes``  Bob -> {frame_ids, code, n_key, n_punct, layout_seed}
+                    Alice -> {syndromes: uint8 (N, ceil(m/8)) packed bits}
+``ldpc.reveal``     Bob -> {frame_ids, start, stop}   (only failed frames)
+                    Alice -> {values: uint8 (N', ceil((stop-start)/8)) packed}
+
+``layout_seed`` (16 public random bytes, from ``secrets`` unless a seed is
+given) fixes which code positions carry the key, which are shortened and
+their values, and the order in which positions are revealed; punctured
+positions are the code's untainted ones. Alice's punctured bits are her
+private randomness (``secrets`` unless a simulation seed is given).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ...bits import as_bits
+from ...channel import Channel, Handler
+from ...errors import InputError, ProtocolError
+from ..result import ReconcileResult
+from . import _kernels as K
+from .adapt import FramePlan, plan_frame
+from .codes import LdpcCode, load_code
+
+__all__ = ["LdpcAlice", "LdpcBob", "FrameLayout", "frame_layout"]
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Public placement of a frame inside a codeword (same on both sides).
+
+    key_pos : int64 (n_key,)    code position of key bit i
+    short_pos : int64 (s,)      shortened positions
+    short_vals : uint8 (s,)     their public values
+    punct_pos : int64 (p,)      punctured positions
+    reveal_order : int64 (p + n_key,)  positions disclosed by blind rounds, in order
+    """
+
+    key_pos: np.ndarray
+    short_pos: np.ndarray
+    short_vals: np.ndarray
+    punct_pos: np.ndarray
+    reveal_order: np.ndarray
+
+
+def frame_layout(code: LdpcCode, n_key: int, n_punct: int, layout_seed: bytes) -> FrameLayout:
+    """Derive the layout from the shared public seed (PCG64 seeded by the 16 bytes)."""
+    rng = np.random.Generator(np.random.PCG64(int.from_bytes(layout_seed, "little")))
+    punct = code.punct_order[:n_punct].astype(np.int64)
+    free = np.ones(code.n, dtype=bool)
+    free[punct] = False
+    rest = np.flatnonzero(free)
+    rest = rest[rng.permutation(rest.shape[0])]
+    n_short = code.n - n_key - n_punct
+    short_pos = rest[:n_short]
+    key_pos = rest[n_short:]
+    short_vals = rng.integers(0, 2, n_short, dtype=np.uint8)
+    reveal = np.concatenate([punct, key_pos[rng.permutation(n_key)]])
+    return FrameLayout(key_pos=key_pos, short_pos=short_pos, short_vals=short_vals, punct_pos=punct,
+                       reveal_order=reveal)
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    return np.packbits(bits, axis=-1, bitorder="little")
+
+
+def _unpack(packed: np.ndarray, count: int) -> np.ndarray:
+    return np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=-1, count=count, bitorder="little")
+
+
+class LdpcAlice:
+    """Alice's side: answers syndrome and reveal requests for her frames.
+
+    Parameters
+    ----------
+    frames : mapping frame_id -> uint8 0/1 array
+        Her key frames.
+    sim_seed : int, optional
+        Seed of the private bits she puts on punctured positions. None (the
+        default, and the only choice outside simulation) draws them from the
+        OS CSPRNG.
+    """
+
+    def __init__(self, frames: Mapping[int, np.ndarray], *, sim_seed: int | None = None):
+        self._frames = {int(k): as_bits(v, f"alice frame {k}") for k, v in frames.items()}
+        self._sim_rng = None if sim_seed is None else np.random.default_rng([int(sim_seed), 0xA11CE])
+        self._words: dict[int, np.ndarray] = {}
+        self._layout: FrameLayout | None = None
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"ldpc.syndromes": self._on_syndromes, "ldpc.reveal": self._on_reveal}
+
+    def forget(self, frame_ids: Sequence[int]) -> None:
+        """Drop the codewords kept for reveal requests."""
+        for f in frame_ids:
+            self._words.pop(int(f), None)
+
+    def _private_bits(self, count: int) -> np.ndarray:
+        if self._sim_rng is not None:
+            return self._sim_rng.integers(0, 2, count, dtype=np.uint8)
+        raw = np.frombuffer(secrets.token_bytes((count + 7) // 8), dtype=np.uint8)
+        return np.unpackbits(raw, count=count, bitorder="little")
+
+    def _on_syndromes(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ids = np.asarray(body["frame_ids"], dtype=np.int64)
+            code = load_code(str(body["code"]))
+            n_key = int(body["n_key"])
+            n_punct = int(body["n_punct"])
+            seed = bytes(body["layout_seed"])
+        except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError (unknown code)
+            raise ProtocolError(f"ldpc.syndromes: malformed request ({exc})") from None
+        if not (0 <= n_punct <= code.punct_order.shape[0]) or not (0 < n_key <= code.n - n_punct):
+            raise ProtocolError(f"ldpc.syndromes: n_key={n_key}, n_punct={n_punct} impossible for {code.name}")
+        if len(seed) != 16:
+            raise ProtocolError("ldpc.syndromes: layout_seed must be 16 bytes")
+        layout = frame_layout(code, n_key, n_punct, seed)
+        words = np.empty((ids.shape[0], code.n), dtype=np.uint8)
+        for i, f in enumerate(ids.tolist()):
+            x = self._frames.get(f)
+            if x is None:
+                raise ProtocolError(f"ldpc.syndromes: Alice has no frame {f}")
+            if x.shape[0] != n_key:
+                raise ProtocolError(f"ldpc.syndromes: frame {f} has {x.shape[0]} bits, Bob says {n_key}")
+            w = words[i]
+            w[layout.key_pos] = x
+            w[layout.short_pos] = layout.short_vals
+            w[layout.punct_pos] = self._private_bits(n_punct)
+        self._layout = layout
+        for i, f in enumerate(ids.tolist()):
+            self._words[f] = words[i]
+        syn = code.syndrome(words)
+        return {"syndromes": _pack(syn)}
+
+    def _on_reveal(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ids = np.asarray(body["frame_ids"], dtype=np.int64)
+            start, stop = int(body["start"]), int(body["stop"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"ldpc.reveal: malformed request ({exc})") from None
+        lay = self._layout
+        if lay is None:
+            raise ProtocolError("ldpc.reveal before ldpc.syndromes")
+        if not (0 <= start < stop <= lay.reveal_order.shape[0]):
+            raise ProtocolError(f"ldpc.reveal: range [{start}, {stop}) outside 0..{lay.reveal_order.shape[0]}")
+        pos = lay.reveal_order[start:stop]
+        vals = np.empty((ids.shape[0], stop - start), dtype=np.uint8)
+        for i, f in enumerate(ids.tolist()):
+            w = self._words.get(f)
+            if w is None:
+                raise ProtocolError(f"ldpc.reveal: no syndrome was sent for frame {f}")
+            vals[i] = w[pos]
+        return {"values": _pack(vals)}
+
+
+class LdpcBob:
+    """Bob's side: drives syndrome decoding and blind rounds over a channel.
+
+    Parameters
+    ----------
+    f_start : float, optional
+        Target efficiency of the first attempt (default by code length,
+        :data:`adapt.DEFAULT_F_START`).
+    f_step : float
+        Efficiency added per blind round (positions revealed per round =
+        round(f_step * n_key * h(qber))).
+    max_rounds : int
+        Blind rounds after the first attempt; frames still failing are
+        reported (``success=False``) and left as Bob had them.
+    max_iter : int
+        Decoder iterations per attempt.
+    code : str, optional
+        Force a mother code (name from :func:`available_codes`).
+    seed : int, optional
+        Seed for the public layout; None draws it from ``secrets``.
+    """
+
+    def __init__(self, *, f_start: float | None = None, f_step: float = 0.03, max_rounds: int = 4,
+                 max_iter: int = 60, code: str | None = None, seed: int | None = None):
+        if max_iter < 1:
+            raise InputError(f"max_iter={max_iter!r}: must be >= 1")
+        if f_start is not None and not (0.5 < f_start < 3.0):
+            raise InputError(f"f_start={f_start!r}: must be in (0.5, 3)")
+        self.f_start = f_start
+        self.f_step = f_step
+        self.max_rounds = max_rounds
+        self.max_iter = int(max_iter)
+        self.code = code
+        self.seed = seed
+
+    def plan(self, n_key: int, qber: float) -> FramePlan:
+        return plan_frame(n_key, qber, f_start=self.f_start, f_step=self.f_step,
+                          max_rounds=self.max_rounds, code=self.code)
+
+    def run(self, channel: Channel, frame_ids: Sequence[int], bob_bits: np.ndarray, qber: float) -> ReconcileResult:
+        """Reconcile Bob's frames (uint8 (N, n_key)) with Alice's over ``channel``."""
+        y = as_bits(bob_bits, "bob_bits", ndim=(2,))
+        ids = np.asarray(frame_ids, dtype=np.int64)
+        if ids.shape != (y.shape[0],):
+            raise InputError(f"frame_ids: {ids.shape[0]} ids for {y.shape[0]} frames")
+        if not (0.0 < qber < 0.5):
+            raise InputError(f"qber={qber!r}: must be in (0, 0.5)")
+        nf, n_key = y.shape
+        plan = self.plan(n_key, qber)
+        code = load_code(plan.code)
+        if self.seed is None:
+            seed = secrets.token_bytes(16)
+        else:
+            seed = np.random.default_rng([int(self.seed), 0xB0B]).bytes(16)
+        lay = frame_layout(code, n_key, plan.n_punct, seed)
+        rt0, by0 = channel.stats.snapshot()
+
+        reply = channel.request("ldpc.syndromes", {
+            "frame_ids": ids, "code": plan.code, "n_key": n_key, "n_punct": plan.n_punct, "layout_seed": seed,
+        })
+        syn = np.ascontiguousarray(_unpack(reply["syndromes"], code.m).reshape(nf, code.m))
+
+        # Bob's view of each codeword: known mask (1 known, 2 punctured), known values.
+        mask = np.zeros(code.n, dtype=np.uint8)
+        mask[lay.short_pos] = 1
+        mask[lay.punct_pos] = 2
+        vals = np.zeros((nf, code.n), dtype=np.uint8)
+        vals[:, lay.short_pos] = lay.short_vals
+        word = np.zeros((nf, code.n), dtype=np.uint8)
+        word[:, lay.key_pos] = y
+        masks = np.repeat(mask[None, :], nf, axis=0)
+
+        out = np.empty((nf, code.n), dtype=np.uint8)
+        iters = np.zeros(nf, dtype=np.int64)
+        rounds = np.zeros(nf, dtype=np.int64)
+        revealed = np.zeros(nf, dtype=np.int64)
+        status = np.full(nf, -1, dtype=np.int64)
+        todo = np.arange(nf)
+        cursor = 0
+        for rnd in range(plan.max_rounds + 1):
+            if rnd > 0:
+                stop = min(cursor + plan.step, lay.reveal_order.shape[0])
+                if stop <= cursor:
+                    break
+                rep = channel.request("ldpc.reveal", {"frame_ids": ids[todo], "start": cursor, "stop": stop})
+                got = _unpack(rep["values"], stop - cursor).reshape(todo.shape[0], stop - cursor)
+                pos = lay.reveal_order[cursor:stop]
+                masks[np.ix_(todo, pos)] = 1
+                vals[np.ix_(todo, pos)] = got
+                revealed[todo] += stop - cursor
+                rounds[todo] = rnd
+                cursor = stop
+            llr = np.empty((todo.shape[0], code.n), dtype=np.float32)
+            for i, f in enumerate(todo.tolist()):
+                K.bsc_llr(word[f], qber, masks[f], vals[f], llr[i])
+            sub_out = np.empty((todo.shape[0], code.n), dtype=np.uint8)
+            sub_it = np.empty(todo.shape[0], dtype=np.int64)
+            K.decode_batch(code.row_ptr, code.col_idx, llr, np.ascontiguousarray(syn[todo]), self.max_iter,
+                           sub_out, sub_it)
+            iters[todo] += np.abs(sub_it)
+            status[todo] = sub_it
+            out[todo] = sub_out
+            todo = todo[sub_it < 0]
+            if todo.shape[0] == 0:
+                break
+
+        success = status >= 0
+        bits = y.copy()
+        bits[success] = out[success][:, lay.key_pos]
+        leaked = np.full(nf, plan.leak_start, dtype=np.int64) + revealed
+        corrected = np.count_nonzero(bits != y, axis=1).astype(np.int64)
+        rt1, by1 = channel.stats.snapshot()
+        extra = {
+            "code": plan.code, "n": plan.n, "m": plan.m, "n_punct": plan.n_punct, "n_short": plan.n_short,
+            "step": plan.step, "max_rounds": plan.max_rounds, "rounds": rounds, "iterations": iters,
+            "revealed": revealed, "f_start": plan.efficiency_start(qber), "qber_used": qber,
+            "max_iter": self.max_iter, "edges": code.n_edges,
+        }
+        return ReconcileResult(bits=bits, leaked_bits=leaked, success=success, errors_corrected=corrected,
+                               round_trips=rt1 - rt0, bytes_sent=by1 - by0, method="ldpc", preset=plan.code,
+                               extra=extra)

@@ -1,0 +1,427 @@
+"""LDPC reconciliation: kernels against dense oracles, protocol, leakage, bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qkdpost.bits import binary_entropy
+from qkdpost.channel import Channel, LoopbackChannel, Responder
+from qkdpost.errors import FileFormatError, InputError, ProtocolError
+from qkdpost.reconcile import reconcile
+from qkdpost.reconcile.ldpc import (
+    LdpcAlice,
+    LdpcBob,
+    available_codes,
+    load_code,
+    plan_frame,
+    read_alist,
+    reconcile_ldpc,
+)
+from qkdpost.reconcile.ldpc import _kernels as K
+from qkdpost.reconcile.ldpc.codes import (
+    DISTRIBUTIONS,
+    alist_text,
+    build_peg_code,
+    code_from_edges,
+    degree_counts,
+    has_four_cycle,
+)
+
+from oracles import ldpc as oracle
+
+
+def tiny_regular(n: int, dv: int, dc: int, seed: int = 7):
+    """A small regular PEG code (n*dv == m*dc)."""
+    m = n * dv // dc
+    var_deg = np.full(n, dv, dtype=np.int32)
+    chk = np.full(m, dc, dtype=np.int32)
+    vc = np.full(n * dv, -1, dtype=np.int32)
+    four = K.peg_build(var_deg, chk, np.int64(10_000), np.uint64(seed), vc)
+    assert four >= 0
+    return code_from_edges("tiny", n, m, vc, np.repeat(np.arange(n), dv)), int(four)
+
+
+def bsc(rng, x, q):
+    return x ^ (rng.random(x.shape) < q).astype(np.uint8)
+
+
+def llr_for(y, q, mask=None, vals=None):
+    n = y.shape[-1]
+    mask = np.zeros(n, np.uint8) if mask is None else mask
+    vals = np.zeros(n, np.uint8) if vals is None else vals
+    out = np.empty(n, np.float32)
+    K.bsc_llr(y, q, mask, vals, out)
+    return out
+
+
+# --------------------------------------------------------------------- codes
+def test_degree_counts_sum_and_match_distribution():
+    for name, d in DISTRIBUTIONS.items():
+        var_deg, chk_deg = degree_counts(d["lam"], d["rho"], 16384)
+        assert var_deg.shape == (16384,)
+        assert var_deg.sum() == chk_deg.sum()
+        assert chk_deg.max() - chk_deg.min() <= 1
+        # design rate within 1 % of the published one
+        assert abs((1 - chk_deg.shape[0] / 16384) - d["rate"]) < 0.01, name
+        # edge fractions close to lambda
+        for deg, lam in d["lam"].items():
+            frac = (var_deg == deg).sum() * deg / var_deg.sum()
+            assert abs(frac - lam) < 2e-3, (name, deg)
+
+
+def test_peg_small_code_has_no_four_cycle_and_right_degrees():
+    code, four = build_peg_code("mm2012-r0.50", 512, seed=3, max_reach=10_000)
+    h = code.dense()
+    var_deg, chk_deg = degree_counts(DISTRIBUTIONS["mm2012-r0.50"]["lam"], DISTRIBUTIONS["mm2012-r0.50"]["rho"], 512)
+    assert np.array_equal(h.sum(axis=0), var_deg)
+    assert (h.sum(axis=1) <= chk_deg + K.PEG_SLACK).all()
+    # at n = 512 the degree-25 variables cannot avoid 4-cycles; the count is exact
+    assert four > 0 and oracle.four_cycles(h) and has_four_cycle(code)
+    reg, four = tiny_regular(512, 3, 6)
+    assert four == 0
+    assert not oracle.four_cycles(reg.dense())
+    assert not has_four_cycle(reg)
+    assert (reg.dense().sum(axis=0) == 3).all() and (reg.dense().sum(axis=1) <= 6 + K.PEG_SLACK).all()
+
+
+def test_peg_is_deterministic_and_seed_dependent():
+    a, _ = build_peg_code("mm2012-r0.70", 1024, seed=11, max_reach=500)
+    b, _ = build_peg_code("mm2012-r0.70", 1024, seed=11, max_reach=500)
+    c, _ = build_peg_code("mm2012-r0.70", 1024, seed=12, max_reach=500)
+    assert alist_text(a) == alist_text(b)
+    assert alist_text(a) != alist_text(c)
+
+
+def test_untainted_puncturing_is_untainted():
+    code, _ = build_peg_code("mm2012-r0.60", 1024, seed=5, max_reach=10_000)
+    assert code.punct_order.shape[0] > 50
+    assert oracle.untainted(code.dense(), code.punct_order)
+    assert len(set(code.punct_order.tolist())) == code.punct_order.shape[0]
+
+
+def test_alist_round_trip(tmp_path):
+    code, _ = build_peg_code("mm2012-r0.80", 600, seed=9, max_reach=10_000)
+    from qkdpost.reconcile.ldpc import write_alist
+
+    for name in ("c.alist", "c.alist.gz"):
+        digest = write_alist(code, tmp_path / name)
+        back = read_alist(tmp_path / name, sha256=digest)
+        assert np.array_equal(back.dense(), code.dense())
+        assert np.array_equal(back.punct_order, code.punct_order)
+
+
+def _corrupt_variants(text: str):
+    lines = text.splitlines()
+    yield "truncated", "\n".join(lines[:-3])
+    yield "bad header", "5 9\n" + "\n".join(lines[1:])
+    toks = text.split("\n")
+    toks[4] = toks[4].replace(toks[4].split()[0], str(10**6), 1)
+    yield "index out of range", "\n".join(toks)
+    yield "not numbers", text.replace("1", "x", 1)
+    # swap two entries in one row list only: rows and columns disagree
+    rows = lines[4 + int(lines[0].split()[0]):]
+    r0 = rows[0].split()
+    r0[0] = str(int(r0[0]) % int(lines[0].split()[0]) + 1) if r0[0] != "0" else r0[0]
+    yield "lists disagree", "\n".join(lines[:4 + int(lines[0].split()[0])] + [" ".join(r0)] + rows[1:])
+
+
+def test_corrupt_alist_raises_file_format_error(tmp_path):
+    code, _ = build_peg_code("mm2012-r0.80", 300, seed=2, max_reach=10_000)
+    text = alist_text(code)
+    for label, bad in _corrupt_variants(text):
+        p = tmp_path / "bad.alist"
+        p.write_text(bad)
+        with pytest.raises(FileFormatError):
+            read_alist(p)
+    good = tmp_path / "good.alist.gz"
+    good.write_bytes(gzip.compress(text.encode())[:-20])
+    with pytest.raises(FileFormatError, match="gzip"):
+        read_alist(good)
+    with pytest.raises(FileFormatError, match="SHA-256"):
+        read_alist(text.encode(), sha256="0" * 64)
+    with pytest.raises(FileFormatError):
+        read_alist(tmp_path / "missing.alist")
+
+
+# ----------------------------------------------------------------- shipped
+def test_manifest_lists_three_lengths_and_files_exist():
+    codes = available_codes()
+    lengths = {c["n"] for c in codes}
+    assert {2**14, 2**16}.issubset(lengths)
+    for c in codes:
+        assert c["four_cycle_edges"] == 0
+        assert c["design_rate"] >= 0.5
+
+
+def test_shipped_small_codes_load_and_have_girth_6():
+    for c in available_codes():
+        if c["n"] != 2**14:
+            continue
+        code = load_code(c["name"])
+        assert code.n == c["n"] and code.m == c["m"] and code.n_edges == c["edges"]
+        assert not has_four_cycle(code)
+        assert code.punct_order.shape[0] == c["untainted_max"]
+
+
+def test_shipped_code_regenerates_bit_for_bit():
+    """The build script's recipe reproduces a shipped file exactly (one small code here, all under slow)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "build_ldpc_codes.py"
+    spec = importlib.util.spec_from_file_location("build_ldpc_codes", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    entry = next(c for c in available_codes() if c["name"] == "mm2012-r0.50-n16384")
+    new, _ = mod.build_one(entry["name"], entry["distribution"], entry["n"], entry["peg_max_reach"])
+    assert new == entry
+    shipped = gzip.decompress((mod.OUT / entry["file"]).read_bytes())
+    assert hashlib.sha256(shipped).hexdigest() == entry["sha256"]
+
+
+# ----------------------------------------------------------------- kernels
+def test_syndrome_kernel_matches_dense_oracle():
+    rng = np.random.default_rng(1)
+    code, _ = tiny_regular(60, 3, 6)
+    for nf in (0, 1, 5):
+        x = rng.integers(0, 2, (nf, 60), dtype=np.uint8)
+        assert np.array_equal(code.syndrome(x), oracle.dense_syndrome(code.dense(), x).reshape(nf, code.m))
+    big = load_code("mm2012-r0.70-n16384")
+    x = rng.integers(0, 2, (3, big.n), dtype=np.uint8)
+    assert np.array_equal(big.syndrome(x), oracle.dense_syndrome(big.dense(), x))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_syndrome_is_linear(seed):
+    rng = np.random.default_rng(seed)
+    code, _ = tiny_regular(48, 3, 6)
+    x, y = rng.integers(0, 2, (2, 48), dtype=np.uint8)
+    assert np.array_equal(code.syndrome(x ^ y), code.syndrome(x) ^ code.syndrome(y))
+
+
+def test_decoder_agrees_with_brute_force_ml_on_tiny_code():
+    code, four = tiny_regular(16, 3, 6, seed=4)
+    h = code.dense()
+    rng = np.random.default_rng(2)
+    agree = 0
+    for _ in range(40):
+        x = rng.integers(0, 2, 16, dtype=np.uint8)
+        y = x.copy()
+        y[rng.integers(0, 16)] ^= 1
+        syn = oracle.dense_syndrome(h, x)
+        L = np.empty(16, np.float32)
+        R = np.empty(code.n_edges, np.float32)
+        it = K.decode_frame(code.row_ptr, code.col_idx, llr_for(y, 0.05), syn, 50, L, R, K.PHI_LUT)
+        ml = oracle.ml_decode(h, syn, y)
+        if it >= 0:
+            dec = (L < 0).astype(np.uint8)
+            assert np.array_equal(oracle.dense_syndrome(h, dec), syn)
+            if ml is not None:
+                assert np.array_equal(dec, ml)
+                agree += 1
+    assert agree >= 10
+
+
+def test_decoder_zero_errors_returns_immediately():
+    code = load_code("mm2012-r0.50-n16384")
+    x = np.random.default_rng(3).integers(0, 2, code.n, dtype=np.uint8)
+    syn = code.syndrome(x[None])[0]
+    L = np.empty(code.n, np.float32)
+    R = np.empty(code.n_edges, np.float32)
+    assert K.decode_frame(code.row_ptr, code.col_idx, llr_for(x, 0.03), syn, 10, L, R, K.PHI_LUT) == 0
+    assert np.array_equal((L < 0).astype(np.uint8), x)
+
+
+def test_decoder_matches_float64_flooding_oracle():
+    """Layered float32 LUT decoder and exact float64 flooding decoder both recover x."""
+    code, _ = build_peg_code("mm2012-r0.50", 400, seed=21, max_reach=10_000)
+    h = code.dense()
+    rng = np.random.default_rng(4)
+    both = 0
+    for _ in range(6):
+        x = rng.integers(0, 2, code.n, dtype=np.uint8)
+        y = bsc(rng, x, 0.03)
+        syn = code.syndrome(x[None])[0]
+        llr = llr_for(y, 0.03)
+        ref, ok_ref = oracle.flooding_sum_product(h, llr, syn, 40)
+        out = np.empty((1, code.n), np.uint8)
+        it = np.empty(1, np.int64)
+        K.decode_batch(code.row_ptr, code.col_idx, llr[None], syn[None], 40, out, it)
+        if ok_ref:
+            assert it[0] >= 0
+            assert np.array_equal(out[0], ref)
+            both += np.array_equal(ref, x)
+    assert both >= 4
+
+
+def test_punctured_bits_decode():
+    """Punctured positions (LLR 0) are recovered by the decoder."""
+    code = load_code("mm2012-r0.60-n16384")
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 2, code.n, dtype=np.uint8)
+    y = bsc(rng, x, 0.04)
+    mask = np.zeros(code.n, np.uint8)
+    mask[code.punct_order[: code.n // 20]] = 2
+    syn = code.syndrome(x[None])
+    out = np.empty((1, code.n), np.uint8)
+    it = np.empty(1, np.int64)
+    K.decode_batch(code.row_ptr, code.col_idx, llr_for(y, 0.04, mask)[None], syn, 60, out, it)
+    assert it[0] > 0
+    assert np.array_equal(out[0], x)
+
+
+def test_batch_equals_single_frames():
+    code = load_code("mm2012-r0.70-n16384")
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 2, (4, code.n), dtype=np.uint8)
+    y = bsc(rng, x, 0.045)
+    syn = code.syndrome(x)
+    llr = np.stack([llr_for(y[i], 0.045) for i in range(4)])
+    out = np.empty_like(x)
+    it = np.empty(4, np.int64)
+    K.decode_batch(code.row_ptr, code.col_idx, llr, syn, 40, out, it)
+    for i in range(4):
+        L = np.empty(code.n, np.float32)
+        R = np.empty(code.n_edges, np.float32)
+        assert K.decode_frame(code.row_ptr, code.col_idx, llr[i], syn[i], 40, L, R, K.PHI_LUT) == it[i]
+        assert np.array_equal((L < 0).astype(np.uint8), out[i])
+
+
+# ----------------------------------------------------------------- protocol
+class RecordingChannel(Channel):
+    """Loopback that also records every decoded message, to count disclosed bits."""
+
+    def __init__(self, responder):
+        super().__init__()
+        self.inner = LoopbackChannel(responder)
+        self.stats = self.inner.stats
+        self.log = []
+
+    def request(self, kind, body):
+        reply = self.inner.request(kind, body)
+        self.log.append((kind, body, reply))
+        return reply
+
+
+def _frames(rng, nf, n_key, q):
+    a = rng.integers(0, 2, (nf, n_key), dtype=np.uint8)
+    return a, bsc(rng, a, q)
+
+
+@pytest.mark.parametrize("q", [0.02, 0.05, 0.09])
+def test_reconcile_end_to_end_and_leakage_equals_disclosed(q):
+    rng = np.random.default_rng(int(q * 1000))
+    n_key = 14746
+    a, b = _frames(rng, 6, n_key, q)
+    alice = LdpcAlice({i: a[i] for i in range(6)}, sim_seed=1)
+    chan = RecordingChannel(Responder(alice.handlers()))
+    res = LdpcBob(seed=2, max_rounds=6).run(chan, np.arange(6), b, q)
+    assert res.success.all()
+    assert np.array_equal(res.bits, a)
+    assert np.array_equal(res.errors_corrected, (a != b).sum(axis=1))
+    # disclosed: the syndrome (m bits, of which n_punct are offset by Alice's private bits) + revealed values
+    plan = res.extra
+    disclosed = np.zeros(6, np.int64)
+    for kind, body, reply in chan.log:
+        if kind == "ldpc.syndromes":
+            disclosed[body["frame_ids"]] += plan["m"] - body["n_punct"]
+            assert reply["syndromes"].shape == (6, (plan["m"] + 7) // 8)
+        elif kind == "ldpc.reveal":
+            disclosed[body["frame_ids"]] += body["stop"] - body["start"]
+    assert np.array_equal(res.leaked_bits, disclosed)
+    assert res.round_trips == len(chan.log) == 1 + int(plan["rounds"].max())
+    assert res.bytes_sent == chan.stats.bytes_total
+    f = res.efficiency(q)
+    assert (f > 1.0).all() and (f < 1.6).all()
+
+
+def test_reconcile_entry_point_single_frame_and_decoded_reproduces_syndrome():
+    rng = np.random.default_rng(8)
+    a, b = _frames(rng, 1, 60000, 0.05)
+    res = reconcile(a[0], b[0], method="ldpc", qber=0.05, seed=4)
+    assert res.bits.shape == (60000,)
+    assert res.success.shape == (1,) and res.success[0]
+    assert np.array_equal(res.bits, a[0])
+    assert res.preset.endswith("n65536")
+    assert res.method == "ldpc"
+
+
+def test_failed_frames_reported_and_left_unchanged():
+    rng = np.random.default_rng(9)
+    a, b = _frames(rng, 3, 14746, 0.05)
+    b[1] = rng.integers(0, 2, 14746, dtype=np.uint8)  # uncorrelated frame: cannot decode
+    res = reconcile_ldpc(a, b, qber=0.05, seed=3, max_rounds=3)
+    assert not res.success[1]
+    assert np.array_equal(res.bits[1], b[1])
+    assert res.errors_corrected[1] == 0
+    assert res.success[0] and res.success[2]
+    assert res.leaked_bits[1] > res.leaked_bits[0] or res.extra["revealed"][1] > 0
+
+
+def test_production_randomness_without_seed_gives_different_layouts():
+    rng = np.random.default_rng(10)
+    a, b = _frames(rng, 1, 14746, 0.04)
+    r1 = reconcile_ldpc(a, b, qber=0.04)
+    r2 = reconcile_ldpc(a, b, qber=0.04)
+    assert r1.success.all() and r2.success.all()
+    assert np.array_equal(r1.bits, a)
+
+
+def test_plan_prefers_shortening_and_limits_puncturing():
+    for q in (0.02, 0.03, 0.05, 0.07, 0.1):
+        p = plan_frame(58982, q)
+        assert p.n == 2**16
+        assert p.n_punct <= 0.1 * p.n
+        assert p.n_short >= 0 and p.n_short + p.n_punct + p.n_key == p.n
+        assert p.leak_start >= 1.0 * p.n_key * binary_entropy(q)
+
+
+# ------------------------------------------------------------- bad inputs
+def test_bad_inputs_raise_clear_errors():
+    rng = np.random.default_rng(11)
+    a, b = _frames(rng, 2, 1000, 0.05)
+    with pytest.raises(InputError, match="shape"):
+        reconcile_ldpc(a, b[:, :999], qber=0.05)
+    with pytest.raises(InputError, match="qber"):
+        reconcile_ldpc(a, b, qber=0.0)
+    with pytest.raises(InputError, match="qber"):
+        reconcile_ldpc(a, b, qber=0.6)
+    with pytest.raises(InputError, match="too high"):
+        plan_frame(14746, 0.2)
+    with pytest.raises(InputError, match="too low"):
+        plan_frame(14746, 0.001)
+    longest = max(c["n"] for c in available_codes())
+    with pytest.raises(InputError, match="longer than every"):
+        plan_frame(longest + 1, 0.05)
+    with pytest.raises(InputError, match="supported range"):
+        plan_frame(30000, 0.05)
+    with pytest.raises(InputError, match="supported range"):
+        reconcile_ldpc(a, b, qber=0.05)
+    with pytest.raises(InputError, match="unknown LDPC option"):
+        reconcile_ldpc(a, b, qber=0.05, bogus=1)
+    with pytest.raises(InputError, match="code="):
+        load_code("nope")
+    with pytest.raises(InputError, match="not 0 or 1"):
+        reconcile_ldpc(a * 2, b, qber=0.05)
+
+
+def test_alice_rejects_malformed_requests():
+    alice = LdpcAlice({0: np.zeros(100, np.uint8)}, sim_seed=0)
+    h = alice.handlers()
+    with pytest.raises(ProtocolError):
+        h["ldpc.syndromes"]({"frame_ids": np.array([0])})
+    with pytest.raises(ProtocolError, match="no frame"):
+        h["ldpc.syndromes"]({"frame_ids": np.array([5]), "code": "mm2012-r0.50-n16384", "n_key": 100,
+                             "n_punct": 0, "layout_seed": b"\0" * 16})
+    with pytest.raises(ProtocolError, match="bits"):
+        h["ldpc.syndromes"]({"frame_ids": np.array([0]), "code": "mm2012-r0.50-n16384", "n_key": 101,
+                             "n_punct": 0, "layout_seed": b"\0" * 16})
+    with pytest.raises(ProtocolError, match="before"):
+        h["ldpc.reveal"]({"frame_ids": np.array([0]), "start": 0, "stop": 4})
