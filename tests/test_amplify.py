@@ -50,9 +50,9 @@ def test_random_small_sizes_match_matrix():
         np.testing.assert_array_equal(amplify.toeplitz_hash(x, s, m), oracle.toeplitz_hash(x, s, m))
 
 
-@pytest.mark.parametrize("n,m", [(4097, 2049), (6000, 3001), (5000, 700), (3000, 2999)])
+@pytest.mark.parametrize("n,m", [(4097, 2049), (25000, 12501), (14000, 13999), (20000, 700)])
 def test_toeplitz_matches_galois_mid_size(n, m):
-    """Above the Karatsuba threshold (32 words = 2048 bits), odd and even splits."""
+    """Above the Karatsuba threshold (96 words = 6144 bits): odd and even splits, column and row blocks."""
     rng = np.random.default_rng(n + m)
     x = _bits(rng, n)
     s = _bits(rng, n + m - 1)
@@ -117,10 +117,10 @@ def test_clmul_portable_matches_python_integers():
         assert (int(lo), int(hi)) == (want & (2**64 - 1), want >> 64)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_toeplitz_is_gf2_linear_and_length_exact(data):
-    n = data.draw(st.integers(1, 700))
+    n = data.draw(st.integers(1, 400))
     m = data.draw(st.integers(1, n))
     seed = np.array(data.draw(st.lists(st.integers(0, 1), min_size=n + m - 1, max_size=n + m - 1)), np.uint8)
     a = np.array(data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), np.uint8)

@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 #: Square sizes (in 64-bit words) at or below which the schoolbook leaf runs.
-LEAF_WORDS = 32
+LEAF_WORDS = 96  # measured: 48 / 64 / 96 / 128 words, see docs/amplify.md
 
 #: Mode markers: the dtype of the marker selects the carry-less product:
 #: uint16 -> 256-bit VPCLMULQDQ leaves, uint8 -> 128-bit PCLMULQDQ, int8 -> portable.
@@ -406,6 +406,29 @@ def _leaf(B, s0, x0, y0, M, Nc, mode):
         carry = acc_hi
 
 
+@kernel(None)
+def _xor_into(dst, a, b):
+    """dst[k] = a[k] ^ b[k] (views of one buffer; dst does not overlap a or b)."""
+    for k in range(dst.size):
+        dst[k] = a[k] ^ b[k]
+
+
+@kernel(None)
+def _xor_acc(y, p):
+    """y[k] ^= p[k]."""
+    for k in range(p.size):
+        y[k] ^= p[k]
+
+
+@kernel(None)
+def _xor2_acc(y0, y1, p):
+    """y0[k] ^= p[k]; y1[k] ^= p[k]."""
+    for k in range(p.size):
+        v = p[k]
+        y0[k] ^= v
+        y1[k] ^= v
+
+
 # frame layout on the explicit stack
 _F_S, _F_X, _F_Y, _F_M, _F_N, _F_W, _F_PH, _F_AUX = 0, 1, 2, 3, 4, 5, 6, 7
 _MAX_DEPTH = 512
@@ -495,8 +518,7 @@ def toeplitz_words(B, s0, x0, y0, M, Nc, w0, mode):
                 child = True
                 cs, cx, cy, cm, cn, cw = s + nc - aux - a, x + aux, w, m, a, w + m
             else:
-                for k in range(m):
-                    B[y + k] ^= B[w + k]
+                _xor_acc(B[y : y + m], B[w : w + m])
                 st[f, _F_PH] = 1
                 continue
         elif m > nc:
@@ -519,8 +541,7 @@ def toeplitz_words(B, s0, x0, y0, M, Nc, w0, mode):
                 if w + m > nb:
                     return ST_WORKSPACE
                 _leaf(B, s, x + m - 1, w, m - 1, 1, mode)
-                for k in range(m - 1):
-                    B[y + k] ^= B[w + k]
+                _xor_acc(B[y : y + m - 1], B[w : w + m - 1])
                 _leaf(B, s + m - 1, x, y + m - 1, 1, m, mode)
                 sp -= 1
                 continue
@@ -530,28 +551,22 @@ def toeplitz_words(B, s0, x0, y0, M, Nc, w0, mode):
             if w + 2 * h > nb:
                 return ST_WORKSPACE
             if ph == 0:
-                for k in range(2 * h):
-                    B[w + k] = B[s + k] ^ B[s + h + k]
+                _xor_into(B[w : w + 2 * h], B[s : s + 2 * h], B[s + h : s + 3 * h])
                 st[f, _F_PH] = 1
                 child = True
                 cs, cx, cy, cm, cn, cw = w, x + h, y, h, h, w + 2 * h
             elif ph == 1:
-                for k in range(2 * h):
-                    B[w + k] = B[s + h + k] ^ B[s + 2 * h + k]
+                _xor_into(B[w : w + 2 * h], B[s + h : s + 3 * h], B[s + 2 * h : s + 4 * h])
                 st[f, _F_PH] = 2
                 child = True
                 cs, cx, cy, cm, cn, cw = w, x, y + h, h, h, w + 2 * h
             elif ph == 2:
-                for k in range(h):
-                    B[w + k] = B[x + k] ^ B[x + h + k]
+                _xor_into(B[w : w + h], B[x : x + h], B[x + h : x + 2 * h])
                 st[f, _F_PH] = 3
                 child = True
                 cs, cx, cy, cm, cn, cw = s + h, w, w + h, h, h, w + 2 * h
             else:
-                for k in range(h):
-                    p = B[w + h + k]
-                    B[y + k] ^= p
-                    B[y + h + k] ^= p
+                _xor2_acc(B[y : y + h], B[y + h : y + 2 * h], B[w + h : w + 2 * h])
                 sp -= 1
                 continue
         if child:
@@ -641,7 +656,7 @@ def _warmup() -> None:
     """Compile the Toeplitz kernels for this machine's mode."""
     mode = default_mode()
     rng = np.random.default_rng(0)
-    for M, Nc in ((1, 1), (3, 70), (70, 3), (2 * LEAF_WORDS + 1, 2 * LEAF_WORDS + 1)):
+    for M, Nc in ((1, 1), (3, 70), (70, 3), (2 * LEAF_WORDS + 1, 2 * LEAF_WORDS + 1), (4 * LEAF_WORDS + 2, 2 * LEAF_WORDS + 1)):
         B = np.zeros(2 * (M + Nc) + workspace_words(M, Nc), np.uint64)
         B[: 2 * Nc + M] = rng.integers(0, 2**63, 2 * Nc + M, dtype=np.uint64)
         toeplitz_words(B, 0, M + Nc, M + 2 * Nc, M, Nc, 2 * (M + Nc), mode)
