@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--afterpulse-prob", type=float, default=None)
     p.add_argument("--afterpulse-tau-s", type=float, default=None)
     p.add_argument("--jitter-s", type=float, default=None, help="Gaussian jitter sigma (s)")
+    p.add_argument("--delay-s", type=_floats, default=None, help="fixed delay per detector (s), one or four")
     p.add_argument("--channels", type=_ints, default=None, help="channel numbers of H,V,D,A, e.g. 0,1,2,3")
     p.add_argument("--bob-offset-s", type=float, default=None)
     p.add_argument("--bob-freq-ppm", type=float, default=None)

@@ -328,12 +328,13 @@ def decoy_photons(packed, slot0, tab, prm, out_t, out_k, out_sn, rs):
     return ne, ns
 
 
-@kernel(void(float64[:], int64[:], float64[:], uint64[:]))
-def add_jitter(t, key, sigma, rs):
-    """Add Gaussian timing jitter in place, truncated at +-10 sigma.
+@kernel(void(float64[:], int64[:], float64[:, :], uint64[:]))
+def add_jitter(t, key, det_time, rs):
+    """Add each detector's fixed delay and Gaussian jitter in place.
 
-    ``sigma[det]`` is the standard deviation (s) of detector ``det`` (the low
-    three bits of ``key``). Normal deviates by Marsaglia's polar method
+    ``det_time[det] = (sigma, delay)``: standard deviation of the jitter (s,
+    truncated at +-10 sigma) and fixed delay (s, cable/electronics skew) of
+    detector ``det`` (the low three bits of ``key``). Normal deviates by Marsaglia's polar method
     (Marsaglia, Bray, SIAM Rev. 6, 260 (1964), doi:10.1137/1006063), both of
     each pair used; twice as fast here as Box-Muller's sin/cos. Truncation at
     10 sigma changes the law by < 1e-22 and bounds how far an event can move,
@@ -342,7 +343,9 @@ def add_jitter(t, key, sigma, rs):
     have = False
     z2 = 0.0
     for i in range(t.shape[0]):
-        s = sigma[key[i] & 7]
+        d = key[i] & 7
+        s = det_time[d, 0]
+        t[i] += det_time[d, 1]
         if s > 0.0:
             if have:
                 z = z2
@@ -640,7 +643,7 @@ def _warmup() -> None:
                   np.zeros((16, 2), np.int64), rs)
     t = np.array([2.0, 1.0])
     k = np.array([1, 0], np.int64)
-    add_jitter(t, k, np.zeros(8), rs)
+    add_jitter(t, k, np.zeros((8, 2)), rs)
     insertion_sort(t, k)
     merge_sorted(t, k, t, k, np.zeros(4), np.zeros(4, np.int64))
     state = np.full((5, 1 + MAX_PENDING), np.inf)

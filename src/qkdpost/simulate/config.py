@@ -72,6 +72,9 @@ class DetectorConfig:
         Mean delay of an afterpulse after the end of the dead time (s).
     jitter_s : float
         Standard deviation of the Gaussian timing jitter (s), <= 1 us.
+    delay_s : float or 4 floats
+        Fixed delay of each detector's timestamps (cable and electronics
+        skew), in [-1e-6, 1e-6] s; a sifter calibrates it per channel.
     channels : 4 ints
         Output channel numbers of H, V, D, A (distinct, 0..255).
     """
@@ -82,6 +85,7 @@ class DetectorConfig:
     afterpulse_prob: float = 0.01
     afterpulse_tau_s: float = 100e-9
     jitter_s: float = 50e-12
+    delay_s: Any = 0.0
     channels: tuple[int, int, int, int] = (0, 1, 2, 3)
 
     def __post_init__(self) -> None:
@@ -95,6 +99,7 @@ class DetectorConfig:
                self.afterpulse_tau_s, "must be a delay in (0, 1e-3] s")
         _check(_finite(self.jitter_s) and 0 <= self.jitter_s <= 1e-6, "jitter_s", self.jitter_s,
                "must be a Gaussian sigma in [0, 1e-6] s", "detector jitter is ps to ns")
+        _four(self, "delay_s", self.delay_s, -1e-6, 1e-6)
         try:
             ch = tuple(int(c) for c in self.channels)
         except (TypeError, ValueError):

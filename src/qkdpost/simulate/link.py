@@ -200,13 +200,15 @@ class _Detectors:
         self.det_par[:4, 2] = det.afterpulse_tau_s
         if sync is not None:
             self.det_par[4, 2] = 1.0
-        self.sigma = np.zeros(8)
-        self.sigma[:4] = det.jitter_s
+        # per detector: jitter sigma, fixed delay (s)
+        self.det_time = np.zeros((8, 2))
+        self.det_time[:4, 0] = det.jitter_s
+        self.det_time[:4, 1] = det.delay_s
         self.lut = np.zeros(8, np.uint8)
         self.lut[:4] = det.channels
         if sync is not None:
             self.lut[4] = sync[0]
-            self.sigma[4] = sync[1]
+            self.det_time[4, 0] = sync[1]
         self.dark = np.array(det.dark_rate_hz, dtype=float)
         self.state = np.full((n_det, 1 + K.MAX_PENDING), np.inf)
         self.state[:, 0] = -np.inf
@@ -224,7 +226,7 @@ class _Detectors:
         rs: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Registered clicks of one slice (local times, keys), in time order."""
-        K.add_jitter(cand_t, cand_k, self.sigma, rs)
+        K.add_jitter(cand_t, cand_k, self.det_time, rs)
         if self.carry_t.size:
             cand_t = np.concatenate([self.carry_t, cand_t])
             cand_k = np.concatenate([self.carry_k, cand_k])
@@ -274,6 +276,11 @@ class _Detectors:
                 "afterpulses_dropped": int(self.ctr[d, K.CTR_AP_DROPPED]),
             }
         return out
+
+
+def _reach(det: DetectorConfig) -> float:
+    """Largest shift of a timestamp from its true time: 10 sigma jitter + |delay|."""
+    return 10.0 * det.jitter_s + max(abs(d) for d in det.delay_s)
 
 
 class _Clock:
@@ -363,7 +370,8 @@ class _BBM92:
         self.prm = np.array([0.0, p_ge1 / tau, mu_det, tau, 1.0 if cfg.pair_statistics == "thermal" else 0.0, 0.0])
         self.mu = mu
         rate = cfg.pair_rate_hz * p_any * 1.5 + 4 * sum(cfg.alice_detectors.dark_rate_hz) + 1.0
-        guard = 10.0 * max(cfg.alice_detectors.jitter_s, cfg.bob_detectors.jitter_s) + 2 * cfg.tick_s
+        # how far an event may move from its true time: 10 sigma plus the delay
+        guard = max(_reach(cfg.alice_detectors), _reach(cfg.bob_detectors)) + 2 * cfg.tick_s
         slice_s = cfg.slice_s if cfg.slice_s is not None else min(1.0, max(1e-4, _SLICE_EVENTS / rate))
         slice_s = max(slice_s, 8 * guard)
         self.slice_ticks = max(1, int(round(slice_s / cfg.tick_s)))
@@ -496,7 +504,8 @@ class _Decoy:
         det = cfg.bob_detectors
         sync = (cfg.sync_channel, cfg.sync_jitter_s) if cfg.sync_every > 0 else None
         self.bob_det = _Detectors(det, sync)
-        self.guard = 10.0 * max(det.jitter_s, cfg.sync_jitter_s) + self.period + 2 * cfg.tick_s
+        self.guard = max(_reach(det), 10.0 * cfg.sync_jitter_s) + self.period + 2 * cfg.tick_s
+        self.delay = np.array(det.delay_s)
         rate = cfg.rep_rate_hz * (p_max + 1e-9) * 2 + sum(det.dark_rate_hz) + 1.0
         slice_s = cfg.slice_s if cfg.slice_s is not None else _SLICE_EVENTS / rate
         slots = int(round(max(slice_s, 8 * self.guard) / self.period))
@@ -565,7 +574,7 @@ class _Decoy:
             sn = sn[:ns]
             # ground truth: group Bob's clicks by nearest slot
             held = self._tally(tb, kb, s0, packed, prev_packed, prev_s0, np.concatenate([prev_sn, sn]), held, last,
-                               r.gen_b)
+                               cutoff, r.gen_b)
             prev_packed, prev_s0, prev_sn = packed, s0, sn
             a = Fraction(s0 * self.period_ticks) * tick
             lab = kb >> 3
@@ -577,12 +586,14 @@ class _Decoy:
             self.events[1] += tb.size
             yield length, SliceOut(alice, bob, slots, lab)
 
-    def _tally(self, tb, kb, s0, packed, prev_packed, prev_s0, sn, held, last, rng):  # type: ignore[no-untyped-def]
+    def _tally(self, tb, kb, s0, packed, prev_packed, prev_s0, sn, held, last, cutoff, rng):  # type: ignore[no-untyped-def]
+        """Tally Bob's clicks of one slice by nearest slot; returns the held-back clicks."""
         d = kb & 7
         sel = d < 4
         t = tb[sel]
         det = d[sel]
-        slot = s0 + np.floor(t / self.period + 0.5).astype(np.int64)
+        # nearest slot after removing each detector's (calibratable) delay
+        slot = s0 + np.floor((t - self.delay[det]) / self.period + 0.5).astype(np.int64)
         hist0 = prev_s0 if prev_packed.size else s0
         hist = np.concatenate([prev_packed, packed]) if prev_packed.size else packed
         # Inside the run the guard keeps every nearest slot within the two slices
@@ -602,10 +613,16 @@ class _Decoy:
             nph = np.concatenate([held[3], nph])
         if slot.size == 0:
             return None
+        # group by slot (per-detector delays can reorder slots in time)
+        order = np.argsort(slot, kind="stable")
+        slot, det, combo, nph = slot[order], det[order], combo[order], nph[order]
         if last:
             cut = slot.size
         else:
-            cut = int(np.searchsorted(slot, slot[-1], side="left"))
+            # later clicks have t >= cutoff, so their slots are >= this bound;
+            # slots from it on may still gain clicks: hold them for the next slice
+            bound = s0 + int(math.floor((cutoff - self.delay.max()) / self.period + 0.5)) - 1
+            cut = int(np.searchsorted(slot, bound, side="left"))
         K.decoy_tally(slot[:cut], det[:cut].astype(np.int64), combo[:cut], nph[:cut].astype(np.int64), self.tally)
         if cut == slot.size:
             return None
