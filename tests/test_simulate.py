@@ -497,7 +497,7 @@ def test_true_pairs_give_error_positions():
         true_pairs(ia, ib, topology="x")
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     topology=st.sampled_from(["bbm92", "decoy"]),
     eff=st.lists(st.floats(0.05, 1.0), min_size=4, max_size=4),
@@ -508,11 +508,12 @@ def test_true_pairs_give_error_positions():
     loss=st.floats(0.0, 30.0),
     pz=st.floats(0.0, 1.0),
     tick=st.sampled_from([1e-12, 125e-12]),
+    delay=st.sampled_from([0.0, (3e-9, -2e-9, 0.0, 1e-9), (-1e-6, 0.0, 1e-6, 0.0)]),
     seed=st.integers(0, 2**40),
 )
-def test_random_configs_give_consistent_streams(topology, eff, dark, dead, ap, jitter, loss, pz, tick, seed):
+def test_random_configs_give_consistent_streams(topology, eff, dark, dead, ap, jitter, loss, pz, tick, delay, seed):
     det = DetectorConfig(efficiency=tuple(eff), dark_rate_hz=dark, dead_time_s=dead, afterpulse_prob=ap,
-                         jitter_s=jitter, afterpulse_tau_s=50e-9)
+                         jitter_s=jitter, afterpulse_tau_s=50e-9, delay_s=delay)
     if topology == "bbm92":
         cfg = BBM92Config(duration_s=0.003, pair_rate_hz=3e6, loss_db=loss, p_z_alice=pz, tick_s=tick,
                           alice_detectors=det, bob_detectors=det, slice_s=0.0005, bob_offset_s=-0.2)
