@@ -12,9 +12,11 @@ record's index within the block. Kernels never raise and never allocate.
 
 Out-of-order events (time taggers reorder events slightly across channels)
 are accepted while ``t >= max(t so far) - tol`` and inserted in place
-(:func:`_insert`, a stable insertion step whose work is bounded by the
-number of events inside that window), so the output is always sorted. An
-event further back is ``ERR_BACKWARDS``.
+(:func:`_insert`, a stable insertion step that moves an event back past at
+most :data:`MAX_DISPLACEMENT` others), so the output is always sorted. An
+event further back in time is ``ERR_BACKWARDS``, one further back in
+position ``ERR_DISPLACED``. Events in order (``t >= max``) are appended
+without looking at the buffer: every held event is ``<= max``.
 
 Record layouts (all little endian) are documented with each decoder; the
 sources are the vendors' own format descriptions, summarised in
@@ -164,21 +166,23 @@ def _qcrypto_careful(raw_in, swap, shift, keep_flagged, tol, state, t_out, ch_ou
         if not keep_flagged and (raw >> np.uint64(4)) & np.uint64(1):
             dropped += 1
             continue
-        if t < tmax - tol:
-            state[S_ERR] = ERR_BACKWARDS
-            state[S_ERR_REC] = i
-            state[S_ERR_VAL] = t
-            state[S_MAX] = tmax
-            return -1
-        if t > tmax:
+        if t >= tmax:  # in order: every held event is <= tmax
             tmax = t
-        mv = _insert(t_out, ch_out, k, t, np.uint8(raw & mask))
-        if mv < 0:
-            state[S_ERR] = ERR_DISPLACED
-            state[S_ERR_REC] = i
-            state[S_ERR_VAL] = t
-            return -1
-        moved += mv
+            t_out[k] = t
+            ch_out[k] = np.uint8(raw & mask)
+        else:
+            if t < tmax - tol:
+                state[S_ERR] = ERR_BACKWARDS
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                state[S_MAX] = tmax
+                return -1
+            if _insert(t_out, ch_out, k, t, np.uint8(raw & mask)) < 0:
+                state[S_ERR] = ERR_DISPLACED
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                return -1
+            moved += 1
         k += 1
     state[S_OFFSET] = off
     state[S_LAST] = last
@@ -330,21 +334,23 @@ def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out, start):
             else:
                 c = chan + 1
         t = ofl + tt
-        if t < tmax - tol:
-            state[S_ERR] = ERR_BACKWARDS
-            state[S_ERR_REC] = i
-            state[S_ERR_VAL] = t
-            state[S_MAX] = tmax
-            return -1
-        if t > tmax:
+        if t >= tmax:  # in order: every held event is <= tmax
             tmax = t
-        mv = _insert(t_out, ch_out, k, t, np.uint8(c))
-        if mv < 0:
-            state[S_ERR] = ERR_DISPLACED
-            state[S_ERR_REC] = i
-            state[S_ERR_VAL] = t
-            return -1
-        moved += mv
+            t_out[k] = t
+            ch_out[k] = np.uint8(c)
+        else:
+            if t < tmax - tol:
+                state[S_ERR] = ERR_BACKWARDS
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                state[S_MAX] = tmax
+                return -1
+            if _insert(t_out, ch_out, k, t, np.uint8(c)) < 0:
+                state[S_ERR] = ERR_DISPLACED
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                return -1
+            moved += 1
         k += 1
     state[S_OFFSET] = ofl
     state[S_MAX] = tmax
@@ -379,21 +385,23 @@ def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out, start):  # pragma: no c
             state[S_ERR_REC] = i
             state[S_ERR_VAL] = t
             return -1
-        if t < tmax - tol:
-            state[S_ERR] = ERR_BACKWARDS
-            state[S_ERR_REC] = i
-            state[S_ERR_VAL] = t
-            state[S_MAX] = tmax
-            return -1
-        if t > tmax:
+        if t >= tmax:  # in order: every held event is <= tmax
             tmax = t
-        mv = _insert(t_out, ch_out, k, t, np.uint8(c))
-        if mv < 0:
-            state[S_ERR] = ERR_DISPLACED
-            state[S_ERR_REC] = i
-            state[S_ERR_VAL] = t
-            return -1
-        moved += mv
+            t_out[k] = t
+            ch_out[k] = np.uint8(c)
+        else:
+            if t < tmax - tol:
+                state[S_ERR] = ERR_BACKWARDS
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                state[S_MAX] = tmax
+                return -1
+            if _insert(t_out, ch_out, k, t, np.uint8(c)) < 0:
+                state[S_ERR] = ERR_DISPLACED
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                return -1
+            moved += 1
         k += 1
     state[S_MAX] = tmax
     state[S_MOVED] = moved
