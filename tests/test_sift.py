@@ -291,9 +291,9 @@ def test_config_errors():
         BobSift(StreamInfo(tick_s=1e-12, kind="slots", slot_period_ticks=10, channel_map=DEFAULT_MAP))
 
 
-def test_decoy_topology_is_refused_clearly():
+def test_decoy_topology_on_timestamp_streams_is_refused_clearly():
     link = synth_bbm92(duration_s=0.1, seed=15)
-    with pytest.raises(ConfigError, match="prepare-and-measure"):
+    with pytest.raises(ConfigError, match="slot log"):
         _run(link, SiftConfig(topology="decoy"))
 
 

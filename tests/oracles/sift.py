@@ -151,3 +151,33 @@ def count_errors_oracle(a, b, cls, n_cls):
         tot[c] += 1
         err[c] += int(x != y)
     return np.array(err), np.array(tot)
+
+
+def map_slots_oracle(t_det, sync_t, sync_idx, delta):
+    """Plain loop: slot of each detection from its bracketing sync ticks (-1 if none)."""
+    out = []
+    for t in t_det.tolist():
+        j = None
+        for k in range(len(sync_t) - 1):
+            if sync_t[k] <= t < sync_t[k + 1]:
+                j = k
+        if j is None:
+            out.append(-1)
+            continue
+        p = (sync_t[j + 1] - sync_t[j]) / (sync_idx[j + 1] - sync_idx[j])
+        out.append(int(sync_idx[j] + np.floor((t - sync_t[j] - delta) / p + 0.5)))
+    return np.array(out, dtype=np.int64)
+
+
+def score_oracle(slots, first, cls, mu, every, kmin, kmax, dmin, dmax):
+    """Plain loops: summed intensity and count per candidate offset (k, d)."""
+    score = np.zeros((kmax - kmin + 1, dmax - dmin + 1))
+    n = np.zeros(score.shape, np.int64)
+    for ki, k in enumerate(range(kmin, kmax + 1)):
+        for di, d in enumerate(range(dmin, dmax + 1)):
+            for s in slots.tolist():
+                x = s + k * every + d - first
+                if 0 <= x < len(cls):
+                    score[ki, di] += mu[cls[x]]
+                    n[ki, di] += 1
+    return score, n

@@ -937,16 +937,17 @@ class SiftRun:
     counts; ``channel`` is the traffic counted on the loopback channel.
     """
 
-    alice: SiftBlock
-    bob: SiftBlock
-    alice_stats: SiftStats
-    bob_stats: SiftStats
+    alice: Any
+    bob: Any
+    alice_stats: Any
+    bob_stats: Any
     alignment: Alignment | None
-    model: ClockModel
+    model: ClockModel | None
     drift: list[tuple[int, float, float]]
     coincidence_window_ticks: int
     channel: dict[str, Any]
     duration_s: float
+    topology: str = "bbm92"
 
     def report(self) -> dict[str, Any]:
         """JSON-ready summary: rates, offset, drift, counts, QBER, traffic."""
@@ -954,6 +955,8 @@ class SiftRun:
 
         a, b = self.alice_stats, self.bob_stats
         est = qber_estimate(b.test_errors, b.test_pairs)
+        if self.topology == "decoy":
+            return self._report_decoy(est)
         dur = self.duration_s if self.duration_s > 0 else float("nan")
         m = self.model
         rep = {
@@ -974,8 +977,40 @@ class SiftRun:
             "test_bits": int(self.bob.test.size),
             "qber_test": est.as_dict(),
             "channel": self.channel,
+            "topology": "bbm92",
         }
         return rep
+
+    def _report_decoy(self, est: Any) -> dict[str, Any]:
+        from ..estimate import qber_estimate
+
+        a, b = self.alice_stats, self.bob_stats
+        dur = self.duration_s if self.duration_s > 0 else float("nan")
+        # per intensity class and basis (Alice's counts: her basis is the prepared one)
+        per_class = {str(c): {bn: dict(e) for bn, e in d.items()} for c, d in sorted(a.per_class.items())}
+        qber_by_class = {
+            str(c): qber_estimate(d[self._test_basis]["test_errors"], d[self._test_basis]["sifted"]).as_dict()
+            for c, d in sorted(a.per_class.items())
+        }
+        return {
+            "topology": "decoy",
+            "duration_s": self.duration_s,
+            "slot_offset": b.offset,
+            "rates_hz": {"bob_detections": sum(b.detections) / dur, "announced": b.announced / dur,
+                         "sifted_key": b.key_pairs / dur},
+            "alice": a.as_dict(),
+            "bob": b.as_dict(),
+            "per_intensity_class": per_class,
+            "key_bits": int(self.bob.key.size),
+            "test_bits": int(self.bob.test.size),
+            "qber_test": est.as_dict(),
+            "qber_test_by_class": qber_by_class,
+            "channel": self.channel,
+        }
+
+    @property
+    def _test_basis(self) -> str:
+        return getattr(self, "test_basis_name", "X")
 
 
 def iter_sift(
@@ -1000,17 +1035,24 @@ def iter_sift(
     from ..channel import LoopbackChannel, Responder
 
     cfg = config or SiftConfig()
-    if cfg.topology == "decoy" or alice_info.kind == "slots":
-        raise ConfigError(
-            "topology: prepare-and-measure (slot log) sifting is not implemented in this version; "
-            "only BBM92 timestamp streams can be sifted"
-        )
-    alice = AliceSift(alice_info, cfg, random_bits=random_bits_alice)
-    bob = BobSift(bob_info, cfg, random_bits=random_bits_bob, alignment=alignment)
+    decoy = cfg.topology == "decoy" or (cfg.topology == "auto" and alice_info.kind == "slots")
+    if decoy:
+        from .decoy import AliceDecoySift, BobDecoySift
+
+        if alignment is not None:
+            raise ConfigError("alignment: a clock model applies to BBM92 only; decoy sifting maps slots by sync")
+        alice: Any = AliceDecoySift(alice_info, cfg)
+        bob: Any = BobDecoySift(bob_info, cfg, random_bits=random_bits_bob)
+    else:
+        if alice_info.kind == "slots":
+            raise ConfigError("topology='bbm92' but Alice's stream is a slot log (kind='slots'); use 'decoy'")
+        alice = AliceSift(alice_info, cfg, random_bits=random_bits_alice)
+        bob = BobSift(bob_info, cfg, random_bits=random_bits_bob, alignment=alignment)
     responder = Responder(alice.handlers())
     channel = channel_factory(responder) if channel_factory else LoopbackChannel(responder)
     ia, ib = iter(alice_chunks), iter(bob_chunks)
     ta_sec = tb_sec = -math.inf  # last time seen per party, seconds (own clock)
+    a_sec = alice_info.tick_s * (alice_info.slot_period_ticks if alice_info.kind == "slots" else 1)
     a_open = b_open = True
     while a_open or b_open:
         feed_a = a_open and (not b_open or ta_sec <= tb_sec)
@@ -1022,7 +1064,7 @@ def iter_sift(
             else:
                 alice.feed(c.t, c.ch)
                 if len(c.t):
-                    ta_sec = float(c.t[-1]) * alice_info.tick_s
+                    ta_sec = float(c.t[-1]) * a_sec
         else:
             c = next(ib, None)
             if c is None:
@@ -1068,21 +1110,38 @@ def sift_streams(
     SiftRun
     """
     keys_a, keys_b, tests_a, tests_b = [], [], [], []
+    blocks_a, blocks_b = [], []
     err_a = err_b = 0
     alice = bob = channel = None
     for blk_a, blk_b, alice, bob, channel in iter_sift(alice_info, alice_chunks, bob_info, bob_chunks, config, **kwargs):
+        blocks_a.append(blk_a)
+        blocks_b.append(blk_b)
+        if progress:
+            progress(int(blk_b.key.size))
+    assert alice is not None and bob is not None and channel is not None
+    sa, sb = alice.result(), bob.result()
+    if not isinstance(bob, BobSift):
+        from .decoy import DecoyBlock
+
+        def cat(blocks: list[Any]) -> Any:
+            return DecoyBlock(*(np.concatenate([getattr(x, f) for x in blocks])
+                                for f in ("key", "key_class", "test", "test_class")),
+                              sum(x.test_errors for x in blocks))
+
+        run = SiftRun(alice=cat(blocks_a), bob=cat(blocks_b), alice_stats=sa, bob_stats=sb, alignment=None,
+                      model=None, drift=[], coincidence_window_ticks=0, channel=channel.stats.as_dict(),
+                      duration_s=bob.duration_s, topology="decoy")
+        run.test_basis_name = BASIS_NAMES[1 - bob.config.key_basis_index]  # type: ignore[attr-defined]
+        return run
+    for blk_a, blk_b in zip(blocks_a, blocks_b):
         keys_a.append(blk_a.key)
         keys_b.append(blk_b.key)
         tests_a.append(blk_a.test)
         tests_b.append(blk_b.test)
         err_a += blk_a.test_errors
         err_b += blk_b.test_errors
-        if progress:
-            progress(int(blk_b.key.size))
-    assert alice is not None and bob is not None and channel is not None
     model = bob.tracker.model if bob.tracker else bob._model
     assert model is not None
-    sa, sb = alice.result(), bob.result()
     return SiftRun(
         alice=SiftBlock(np.concatenate(keys_a), np.concatenate(tests_a), err_a),
         bob=SiftBlock(np.concatenate(keys_b), np.concatenate(tests_b), err_b),

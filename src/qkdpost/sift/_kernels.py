@@ -8,7 +8,7 @@ value still to be drawn at random by the caller (double clicks).
 from __future__ import annotations
 
 import numpy as np
-from numba import int64, types, uint8, void
+from numba import float64, int64, types, uint8, void
 
 from .._jit import kernel, register
 
@@ -180,3 +180,61 @@ def _warmup() -> None:
     ia = np.empty(32, np.int64)
     match_coincidences(t, t, 1, used, ia, ia.copy())
     classify_pairs(ob, ob, np.uint8(0), ob.copy(), np.zeros(3, np.int64))
+    sync = np.arange(0, 64, 8, dtype=np.int64) * 7
+    map_slots(t, sync, np.arange(8, dtype=np.int64) * 8, 0.0, np.empty(32, np.int64))
+    score_slot_offsets(np.arange(4, dtype=np.int64), 0, ob, np.ones(4), 8, 0, 1, -1, 1, np.zeros((2, 3)),
+                       np.zeros((2, 3), np.int64))
+
+
+@kernel(int64(ro_i64, ro_i64, ro_i64, float64, int64[:]))
+def map_slots(t_det, sync_t, sync_idx, delta, out_slot):
+    """Slot index of each detection from the sync ticks that bracket it.
+
+    ``sync_t`` (Bob's ticks) are the sync ticks and ``sync_idx`` their slot
+    numbers (sync number times slots per sync). A detection at ``t`` between
+    ticks ``j`` and ``j + 1`` gets ``sync_idx[j] + round((t - sync_t[j] - delta)
+    / p)`` with ``p = (sync_t[j+1] - sync_t[j]) / (sync_idx[j+1] - sync_idx[j])``
+    the local slot period, so clock frequency and drift between the parties
+    drop out. ``delta`` is the detection phase within a slot (ticks).
+    Detections not bracketed by two ticks get -1. Returns the number mapped.
+    """
+    n = t_det.shape[0]
+    m = sync_t.shape[0]
+    j = 0
+    k = 0
+    for i in range(n):
+        t = t_det[i]
+        while j + 1 < m and sync_t[j + 1] <= t:
+            j += 1
+        if m < 2 or t < sync_t[0] or j + 1 >= m:
+            out_slot[i] = -1
+            continue
+        p = (sync_t[j + 1] - sync_t[j]) / (sync_idx[j + 1] - sync_idx[j])
+        out_slot[i] = sync_idx[j] + np.int64(np.floor((t - sync_t[j] - delta) / p + 0.5))
+        k += 1
+    return k
+
+
+@kernel(void(ro_i64, int64, ro_u8, float64[:], int64, int64, int64, int64, int64, float64[:, :], int64[:, :]))
+def score_slot_offsets(slots, first, cls, mu, every, kmin, kmax, dmin, dmax, out_score, out_n):
+    """Sum of ``mu[cls[s + k * every + d - first]]`` over Bob's slots ``s``, per candidate (k, d).
+
+    ``cls`` is Alice's intensity class per slot from slot ``first`` on. The
+    true offset maximises the mean intensity of the slots Bob detected in
+    (detection probability grows with the mean photon number). Candidates
+    reaching outside Alice's log skip those slots (``out_n`` counts the rest).
+    """
+    ns = slots.shape[0]
+    nc = cls.shape[0]
+    for ki in range(kmax - kmin + 1):
+        for di in range(dmax - dmin + 1):
+            shift = (kmin + ki) * every + dmin + di - first
+            acc = 0.0
+            cnt = 0
+            for i in range(ns):
+                x = slots[i] + shift
+                if 0 <= x < nc:
+                    acc += mu[cls[x]]
+                    cnt += 1
+            out_score[ki, di] = acc
+            out_n[ki, di] = cnt
