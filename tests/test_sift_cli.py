@@ -68,3 +68,24 @@ def test_demo_runs(capsys, tmp_path):
     assert "truth" in text and "key bits each" in text
     rep = json.loads((tmp_path / "d" / "report.json").read_text())
     assert abs(rep["alignment"]["offset_s"] - rep["truth"]["clock"]["offset_s"]) < 1e-9
+
+
+def test_sift_cli_decoy_files(tmp_path, capsys):
+    from qkdpost.simulate import DecoyConfig, write_link
+
+    d = tmp_path / "link"
+    write_link(DecoyConfig(duration_s=0.05, bob_offset_s=0.41), d, seed=6)
+    out = tmp_path / "out"
+    assert main(["sift", "--alice", str(d / "alice.arrow"), "--bob", str(d / "bob.arrow"), "--out", str(out)]) == 0
+    assert "class 0" in capsys.readouterr().out
+    ka, kb, kc = np.load(out / "alice_key.npy"), np.load(out / "bob_key.npy"), np.load(out / "key_class.npy")
+    assert ka.shape == kb.shape == kc.shape and ka.size > 1000
+    rep = json.loads((out / "report.json").read_text())
+    truth = json.loads((d / "truth.json").read_text())
+    assert rep["topology"] == "decoy" and rep["slot_offset"]["slot_offset"] == 0
+    assert abs(np.mean(ka != kb) - truth["qber"]["Z"]) < 0.01
+
+
+def test_demo_decoy_runs(capsys):
+    assert main(["demo", "--topology", "decoy", "--duration", "0.05"]) == 0
+    assert "key bits each" in capsys.readouterr().out

@@ -6,10 +6,17 @@ Output directory (each file written atomically: temporary sibling + rename):
     Each party's key-basis sifted bits, uint8 0/1, equal length, pair order.
 ``alice_test.npy``, ``bob_test.npy``
     Each party's disclosed test-basis bits (for estimation; not key).
+``key_class.npy``, ``test_class.npy`` (decoy BB84 only)
+    Intensity class of every key bit and test bit (0 = signal, 1 = decoy,
+    2 = weak/vacuum), the same on both sides.
 ``report.json``
-    Rates, clock offset/frequency/drift, counts per basis, double clicks and
-    dead-time losses per party, QBER with its bound, round trips and bytes,
-    the configuration and versions.
+    Rates, clock offset/frequency/drift (BBM92) or slot offset (decoy),
+    counts per basis (and intensity class), double clicks and dead-time
+    losses, QBER with its bound, round trips and bytes, the configuration
+    and versions.
+
+The topology follows Alice's file: a slot log (``kind="slots"``) is sifted as
+decoy BB84 against Bob's detections and sync ticks, timestamps as BBM92.
 
 Both parties run in this process over a loopback channel that serialises and
 counts every message; each party's object only sees its own file.
@@ -61,7 +68,8 @@ def sift_config_from_args(args: argparse.Namespace) -> Any:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sift",
-        help="align and sift two BBM92 timestamp files; write both parties' sifted bits and a report",
+        help="align and sift two timestamp files (BBM92, or decoy BB84 from Alice's slot log); write both "
+             "parties' sifted bits and a report",
         description="Find the clock offset, frequency and drift between Alice's and Bob's timestamp files, "
         "pair their detections and sift them as a two-party protocol over a counted loopback channel. "
         "Writes alice_key.npy, bob_key.npy, alice_test.npy, bob_test.npy and report.json into --out.",
@@ -147,6 +155,9 @@ def sift_files(alice: str, bob: str, out: str, cfg: Any, *, fmt: str = "auto", c
     _save_npy(os.path.join(out, "bob_key.npy"), run.bob.key)
     _save_npy(os.path.join(out, "alice_test.npy"), run.alice.test)
     _save_npy(os.path.join(out, "bob_test.npy"), run.bob.test)
+    if run.topology == "decoy":
+        _save_npy(os.path.join(out, "key_class.npy"), run.bob.key_class)
+        _save_npy(os.path.join(out, "test_class.npy"), run.bob.test_class)
     report = run.report()
     report["inputs"] = {"alice": os.path.abspath(alice), "bob": os.path.abspath(bob),
                         "alice_info": info_a.to_json(), "bob_info": info_b.to_json()}
@@ -159,7 +170,29 @@ def sift_files(alice: str, bob: str, out: str, cfg: Any, *, fmt: str = "auto", c
     return report
 
 
+def _summary_decoy(rep: dict[str, Any]) -> list[str]:
+    off = rep["slot_offset"]
+    q = rep["qber_test"]
+    c = rep["channel"]
+    lines = [f"slots      offset {off['slot_offset']} slots (significance {off['significance']:.1f}), phase "
+             f"{off['phase_ticks']:.0f} ticks, Bob's slot period {off['slot_period_ticks_bob']:.3f} ticks"]
+    lines.append(f"rates      Bob {rep['rates_hz']['bob_detections']:.4g} detections/s, sifted key "
+                 f"{rep['rates_hz']['sifted_key']:.4g}/s")
+    lines.append(f"sifted     {rep['key_bits']} key bits, {rep['test_bits']} test bits")
+    for cls, d in rep["per_intensity_class"].items():
+        qc = rep["qber_test_by_class"][cls]
+        lines.append(f"class {cls}    sifted Z {d['Z']['sifted']}, X {d['X']['sifted']}; test QBER "
+                     f"{qc['qber'] * 100 if qc['n'] else float('nan'):.2f} % of {qc['n']}")
+    lines.append(f"QBER test  {q['qber'] * 100:.3f} %  (bound [{q['lower'] * 100:.3f}, {q['upper'] * 100:.3f}] % "
+                 f"at eps {q['eps']:g}, {q['method']})")
+    lines.append(f"channel    {c['round_trips']} round trips, {c['bytes_sent']} B to Alice, "
+                 f"{c['bytes_received']} B to Bob")
+    return lines
+
+
 def summary_lines(rep: dict[str, Any]) -> list[str]:
+    if rep.get("topology") == "decoy":
+        return _summary_decoy(rep)
     al = rep.get("alignment") or {}
     r = rep["rates_hz"]
     q = rep["qber_test"]
@@ -192,5 +225,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         for line in summary_lines(rep):
             print(line)
-        print(f"wrote {args.out}/alice_key.npy, bob_key.npy, alice_test.npy, bob_test.npy, report.json")
+        extra = ", key_class.npy, test_class.npy" if rep.get("topology") == "decoy" else ""
+        print(f"wrote {args.out}/alice_key.npy, bob_key.npy, alice_test.npy, bob_test.npy{extra}, report.json")
     return 0
