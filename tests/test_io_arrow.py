@@ -205,3 +205,31 @@ def test_reader_rejects_backwards_time_nulls_and_bad_metadata(tmp_path):
     _raw_file(c, [([1], [0])], {b"qkdpost.format": b"timestamps/1"})
     with pytest.raises(FileFormatError, match="qkdpost.checksum=None: missing"):
         read_stream(c)
+
+
+def _rss_anon_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon"):
+                return int(line.split()[1])
+    raise OSError("no RssAnon")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_reading_a_large_file_keeps_anonymous_memory_flat(tmp_path):
+    # 40 M events (360 MB): reading must not grow private memory beyond a few chunks;
+    # the mapped file pages (RssFile) are clean page cache the kernel can drop at will.
+    p = tmp_path / "big.arrow"
+    with StreamWriter(p, INFO) as w:
+        for i in range(40):
+            t = np.arange(i << 20, (i + 1) << 20, dtype=np.int64)
+            w.write(t, (t & 3).astype(np.uint8))
+    info, it = read_stream(p, chunk_events=1 << 20)
+    base = _rss_anon_kb()
+    peak, n = base, 0
+    for c in it:
+        n += len(c.t)
+        peak = max(peak, _rss_anon_kb())
+    assert n == 40 << 20
+    assert peak - base < 64 * 1024, f"private memory grew by {peak - base} kB"
