@@ -233,3 +233,8 @@ def test_reading_a_large_file_keeps_anonymous_memory_flat(tmp_path):
         peak = max(peak, _rss_anon_kb())
     assert n == 40 << 20
     assert peak - base < 64 * 1024, f"private memory grew by {peak - base} kB"
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="cannot create a file there"):
+        write_stream(tmp_path / "no" / "such" / "dir.arrow", INFO, [])

@@ -128,7 +128,11 @@ class StreamWriter:
         self._pend_t: list[np.ndarray] = []
         self._pend_ch: list[np.ndarray] = []
         self._pend_n = 0
-        self._atomic: AtomicPath | None = AtomicPath(self.path)
+        try:
+            self._atomic: AtomicPath | None = AtomicPath(self.path)
+        except OSError as exc:
+            raise InputError(f"output path {self.path!r}: cannot create a file there ({exc.strerror}); "
+                             "check that the directory exists and is writable") from None
         try:
             self._sink = pa.OSFile(str(self._atomic.tmp), "wb")
             self._writer = ipc.new_file(self._sink, _schema_with(info))
