@@ -238,3 +238,29 @@ def test_reading_a_large_file_keeps_anonymous_memory_flat(tmp_path):
 def test_unwritable_output_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="cannot create a file there"):
         write_stream(tmp_path / "no" / "such" / "dir.arrow", INFO, [])
+
+
+def test_checksum_catches_a_flipped_timestamp_bit(tmp_path):
+    p = tmp_path / "c.arrow"
+    t = np.arange(0, 4000, 4, dtype=np.int64)
+    write_stream(p, INFO, [(t, np.zeros(len(t), np.uint8))])
+    data = bytearray(p.read_bytes())
+    pos = data.find(np.int64(2000).tobytes())  # the event t = 2000 in the t buffer
+    data[pos] ^= 0x01  # 2000 -> 2001: still sorted, so only the checksum can tell
+    bad = tmp_path / "bad.arrow"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="record batch 0 .event 0. is corrupt .CRC-32 stored"):
+        list(read_stream(bad)[1])
+    _, t2, _, _ = _read_all(bad, verify=False)  # an explicit opt-out reads the altered value
+    assert t2[500] == 2001
+
+
+def test_altered_metadata_is_caught(tmp_path):
+    p = tmp_path / "m.arrow"
+    write_stream(p, INFO, [(np.arange(3), np.zeros(3, np.uint8))])
+    data = p.read_bytes()
+    assert data.count(b'"party": "bob"') >= 1
+    bad = tmp_path / "bad.arrow"
+    bad.write_bytes(data.replace(b'"party": "bob"', b'"party": "bab"'))
+    with pytest.raises(FileFormatError, match="does not match its CRC-32"):
+        read_stream(bad)
