@@ -71,6 +71,8 @@ def test_unknown_preset_and_bad_config():
         CascadeConfig(preset="nope")
     with pytest.raises(ConfigError, match="slack"):
         CascadeConfig(slack=-1)
+    with pytest.raises(ConfigError, match="local_max"):
+        CascadeConfig(local_max=-5)
 
 
 # ---------------------------------------------------------------- kernels vs oracles
@@ -277,11 +279,15 @@ def test_efficiency_at_ten_thousand_bits_is_in_range():
 def test_slack_trades_round_trips_for_leakage():
     rng = np.random.default_rng(6)
     a, b = bsc_pair(rng, 4, 20000, 0.02)
-    strict = reconcile_cascade(a, b, qber=0.02, seed=3, slack=0)
-    loose = reconcile_cascade(a, b, qber=0.02, seed=3, slack=64)
-    assert (strict.bits == a).all() and (loose.bits == a).all()
+    strict = reconcile_cascade(a, b, qber=0.02, seed=3, slack=0, local_max=0)
+    loose = reconcile_cascade(a, b, qber=0.02, seed=3, slack=64, local_max=0)
+    local = reconcile_cascade(a, b, qber=0.02, seed=3, slack=0, local_max=4096)
+    assert (strict.bits == a).all() and (loose.bits == a).all() and (local.bits == a).all()
     assert loose.round_trips < strict.round_trips
     assert strict.leaked_total <= loose.leaked_total
+    # local scheduling: far fewer round trips than global smallest-first, leakage in between
+    assert local.round_trips < strict.round_trips
+    assert local.leaked_total <= loose.leaked_total
 
 
 def test_one_frame_and_entry_point_and_rtt():
@@ -325,13 +331,14 @@ def test_no_errors_and_all_errors_small_frames():
     q=st.floats(0.005, 0.2),
     preset=st.sampled_from(sorted(PRESETS)),
     slack=st.integers(0, 3),
+    local_max=st.sampled_from([0, 16, 4096]),
     seed=st.integers(0, 2**64 - 1),
     data_seed=st.integers(0, 2**32 - 1),
 )
-def test_properties(n, N, q, preset, slack, seed, data_seed):
+def test_properties(n, N, q, preset, slack, local_max, seed, data_seed):
     rng = np.random.default_rng(data_seed)
     a, b = bsc_pair(rng, N, n, q)
-    res, ch, alice = run_spied(a, b, q, seed=seed, preset=preset, slack=slack)
+    res, ch, alice = run_spied(a, b, q, seed=seed, preset=preset, slack=slack, local_max=local_max)
     flipped = res.bits != b
     # Cascade only ever flips bits that really were wrong ...
     assert not (flipped & (b == a)).any()

@@ -56,7 +56,7 @@ S_INFERRED = 13  # parities Bob inferred instead of asking (counted, never sent)
 NST = 16
 
 # config entries
-C_PASSES, C_CLEAN_STOP, C_CLEAN_FROM, C_SLACK, C_MAXROUNDS = 0, 1, 2, 3, 4
+C_PASSES, C_CLEAN_STOP, C_CLEAN_FROM, C_SLACK, C_MAXROUNDS, C_LOCAL = 0, 1, 2, 3, 4, 5
 NCFG = 8
 
 # smallest nodes for which Bob checks whether a child is made only of
@@ -607,39 +607,47 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
                 minlv = lv
         if changed:
             continue
-        # 4. smallest pending nodes first: select those within `slack` levels
-        #    small nodes sharing a position with one already selected wait a round:
-        #    resolving one may make the other's parity known or even
+        # 4. smallest pending nodes first, judged locally: a node (up to
+        #    cfg[C_LOCAL] positions) is asked about only if no smaller pending node,
+        #    nor an equal one already chosen, shares a position with it (a
+        #    correction there could make its search pointless). Larger nodes
+        #    wait until they are within `slack` levels of the smallest pending.
         lim = minlv + cfg[C_SLACK]
         tmp = pend[f, :w].copy()
-        sel = np.zeros(w, dtype=np.bool_)
-        a = 0
+        lvs = np.empty(w, dtype=np.int64)
         for i in range(w):
             q, s, e, h = node_locate(tmp[i], geo, n)
-            if _level(e - s) > lim:
+            lvs[i] = _level(e - s)
+        order = np.argsort(lvs, kind="mergesort")
+        sel = np.zeros(w, dtype=np.bool_)
+        a = 0
+        for t in range(w):
+            i = order[t]
+            q, s, e, h = node_locate(tmp[i], geo, n)
+            if e - s > cfg[C_LOCAL]:
+                if lvs[i] <= lim:
+                    sel[i] = True
                 continue
-            if e - s <= SMALL_NODE:
-                clash = False
-                for j in range(s, e):
-                    y = pi[0, q, j]
-                    if (kpos[f, 1, y >> 6] >> np.uint64(y & 63)) & _ONE:
-                        clash = True
-                if clash:
-                    continue
-                for j in range(s, e):
-                    y = pi[0, q, j]
-                    kpos[f, 1, y >> 6] |= _ONE << np.uint64(y & 63)
-            sel[i] = True
-            pend[f, a] = tmp[i]
-            a += 1
+            clash = False
+            for j in range(s, e):
+                y = pi[0, q, j]
+                if (kpos[f, 1, y >> 6] >> np.uint64(y & 63)) & _ONE:
+                    clash = True
+                kpos[f, 1, y >> 6] |= _ONE << np.uint64(y & 63)
+            if not clash:
+                sel[i] = True
+        for i in range(w):
+            if sel[i]:
+                pend[f, a] = tmp[i]
+                a += 1
         c = a
         for i in range(w):
             if not sel[i]:
                 pend[f, c] = tmp[i]
                 c += 1
-        for i in range(a):
-            q, s, e, h = node_locate(pend[f, i], geo, n)
-            if e - s <= SMALL_NODE:
+        for i in range(w):
+            q, s, e, h = node_locate(tmp[i], geo, n)
+            if e - s <= cfg[C_LOCAL]:
                 for j in range(s, e):
                     y = pi[0, q, j]
                     kpos[f, 1, y >> 6] = np.uint64(0)

@@ -68,6 +68,12 @@ class CascadeConfig:
         values search every pending block in parallel. Default 1: at
         n = 10^6, Q = 2 % it costs +0.0003 in f for half the round trips
         of strict order (docs/cascade.md).
+    local_max : int
+        Pending blocks of up to this many bits are scheduled locally: one is
+        asked about as soon as no smaller pending block (nor an equal one
+        already chosen) shares a bit with it, instead of waiting for every
+        smaller block of the frame. 0 turns this off (global smallest-first
+        with ``slack``). Costs O(block size) per pending block and round.
     max_rounds : int
         Safety cap on rounds per frame; a frame that hits it is reported as
         not reconciled.
@@ -75,12 +81,15 @@ class CascadeConfig:
 
     preset: str = "option7"
     slack: int = 1
+    local_max: int = 4096
     max_rounds: int = 1_000_000
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
         if not (isinstance(self.slack, (int, np.integer)) and 0 <= self.slack <= 64):
             raise ConfigError(f"slack={self.slack!r}: must be an integer in 0..64 (0 = smallest first)")
+        if not (isinstance(self.local_max, (int, np.integer)) and self.local_max >= 0):
+            raise ConfigError(f"local_max={self.local_max!r}: must be an integer >= 0 (0 = off)")
         if not (isinstance(self.max_rounds, (int, np.integer)) and self.max_rounds >= 1):
             raise ConfigError(f"max_rounds={self.max_rounds!r}: must be a positive integer")
 
@@ -368,6 +377,7 @@ class CascadeBob:
         kcfg[K.C_CLEAN_FROM] = preset.clean_from
         kcfg[K.C_SLACK] = cfg.slack
         kcfg[K.C_MAXROUNDS] = cfg.max_rounds
+        kcfg[K.C_LOCAL] = cfg.local_max
         offs = np.zeros((2, N + 1), dtype=np.int64)
         frame_idx = np.arange(N, dtype=np.int64)
         try:
@@ -466,6 +476,7 @@ def reconcile_cascade(
     rtt_s: float = 0.0,
     preset: str = "option7",
     slack: int = 1,
+    local_max: int = 4096,
     max_rounds: int = 1_000_000,
 ) -> ReconcileResult:
     """Run both Cascade parties over an in-memory loopback channel.
@@ -481,7 +492,7 @@ def reconcile_cascade(
         Seed of the public permutations; None draws one from :mod:`secrets`.
     rtt_s : float
         Simulated round-trip time of the loopback channel, seconds.
-    preset, slack, max_rounds
+    preset, slack, local_max, max_rounds
         See :class:`CascadeConfig` and :data:`PRESETS`.
 
     Returns
@@ -501,7 +512,7 @@ def reconcile_cascade(
     b2 = b.reshape(1, -1) if one else b
     if a2.shape[1] == 0:
         raise InputError("alice_bits/bob_bits: frames are empty; give at least one bit per frame")
-    config = CascadeConfig(preset=preset, slack=slack, max_rounds=max_rounds)
+    config = CascadeConfig(preset=preset, slack=slack, local_max=local_max, max_rounds=max_rounds)
     alice = CascadeAlice({i: a2[i] for i in range(a2.shape[0])})
     channel = LoopbackChannel(Responder(alice.handlers()), rtt_s=rtt_s)
     res = CascadeBob(config, seed=seed).run(channel, np.arange(a2.shape[0]), b2, qber)
