@@ -1,5 +1,6 @@
-"""Session (device-wrapper API) and file runners with the toy stage kit on a simulated BBM92 link."""
+"""Session (device-wrapper API, toy stage kit) and the TCP runners (real stages) on simulated BBM92 links."""
 
+import sys
 import threading
 
 import numpy as np
@@ -9,13 +10,13 @@ from qkdpost.channel import LoopbackChannel
 from qkdpost.config import Config
 from qkdpost.errors import ConfigError, InputError
 from qkdpost.keystore import KeyStore
-from qkdpost.pipeline.run import run_bob, run_local, serve_alice
+from qkdpost.pipeline.run import run_bob, serve_alice
 from qkdpost.pipeline.session import Session
 from qkdpost.simulate import BBM92Config, generate, write_link
 
 from pipeline_kit import ToyKit
 
-DUR = 2.5
+DUR = 1.2
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def link_files(tmp_path_factory):
 
 
 def _cfg():
-    return Config().replace(block_bits=1 << 13, seed=3, timeout_s=20)
+    return Config().replace(block_bits=1 << 13, seed=3, timeout_s=20, acquisition_s=0.5)
 
 
 def _chunks(party, n=8):
@@ -74,21 +75,19 @@ def test_session_feed_validates_chunks(link, tmp_path):
         Session(_cfg(), role="carol", info=link.bob.info, store=tmp_path, kit=ToyKit())
 
 
-def test_run_local_files_and_rerun(link_files, tmp_path):
-    cfg = _cfg()
-    rep = run_local(link_files / "alice.arrow", link_files / "bob.arrow", tmp_path, cfg, kit=ToyKit())
-    sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
-    assert rep.totals()["blocks_ok"] >= 3 and sa.ids() == sb.ids() == sorted(sb.ids())
-    for bid in sb.ids():
-        assert (tmp_path / "alice/keys" / bid / "key.bin").read_bytes() == (tmp_path / "bob/keys" / bid / "key.bin").read_bytes()
-    assert (tmp_path / "report.json").exists() and (tmp_path / "report.png").stat().st_size > 1000
-    n = len(sb.ids())
-    rep2 = run_local(link_files / "alice.arrow", link_files / "bob.arrow", tmp_path, cfg, kit=ToyKit())
-    assert len(KeyStore(tmp_path / "bob").ids()) == n
-    assert rep2.totals()["drop_reasons"] == {"already_stored": n}
-
-
+@pytest.mark.slow  # the two-process smoke test in test_cli_run.py covers this path by default
 def test_tcp_two_parties_in_threads(link_files, tmp_path):
+    # Both parties share one interpreter here: hand the GIL over quickly at
+    # each blocking socket call (two real processes do not have this issue).
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        _tcp_in_threads(link_files, tmp_path)
+    finally:
+        sys.setswitchinterval(old)
+
+
+def _tcp_in_threads(link_files, tmp_path):
     cfg = _cfg()
     port = {}
     ready = threading.Event()
@@ -98,14 +97,15 @@ def test_tcp_two_parties_in_threads(link_files, tmp_path):
         ready.set()
 
     t = threading.Thread(target=serve_alice, args=(link_files / "alice.arrow", tmp_path / "alice", cfg),
-                         kwargs=dict(port=0, max_sessions=1, on_listen=on_listen, kit=ToyKit(), idle_timeout_s=30),
+                         kwargs=dict(port=0, max_sessions=1, on_listen=on_listen, idle_timeout_s=30, plot=False),
                          daemon=True)
     t.start()
     assert ready.wait(10)
-    rep = run_bob(link_files / "bob.arrow", tmp_path / "bob", ("127.0.0.1", port["p"]), cfg, kit=ToyKit())
+    rep = run_bob(link_files / "bob.arrow", tmp_path / "bob", ("127.0.0.1", port["p"]), cfg, plot=False)
     t.join(30)
     sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
-    assert rep.totals()["blocks_ok"] >= 3 and sa.ids() == sb.ids()
+    assert rep.totals()["blocks_ok"] >= 2 and sa.ids() == sb.ids()
     for bid in sb.ids():
         assert (tmp_path / "alice/keys" / bid / "key.bin").read_bytes() == (tmp_path / "bob/keys" / bid / "key.bin").read_bytes()
     assert (tmp_path / "alice/report.json").exists() and (tmp_path / "bob/report.json").exists()
+    assert not (tmp_path / "bob/report.png").exists()

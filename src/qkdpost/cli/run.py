@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         from ..pipeline.run import run_bob
         from ..transport import parse_address
 
-        rep = run_bob(args.bob, args.out, parse_address(args.peer), cfg, progress=progress, retries=args.retries)
+        rep = run_bob(args.bob, args.out, parse_address(args.peer), cfg, progress=progress, retries=args.retries,
+                      plot=not args.no_plot)
     print(rep.summary())
     print(f"report: {args.out}/report.json")
     return 0

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", type=int, default=None, metavar="N", help="stop after N Bob sessions")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
                    help="stop when no Bob connects for S seconds")
+    p.add_argument("--no-plot", action="store_true", help="skip report.png")
     add_config_arguments(p)
     p.set_defaults(func=run)
 
@@ -45,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     rep = serve_alice(args.input, args.out, cfg, host=host, port=port, max_sessions=args.sessions,
-                      idle_timeout_s=args.idle_timeout, on_listen=listening)
+                      idle_timeout_s=args.idle_timeout, on_listen=listening, plot=not args.no_plot)
     print(rep.summary())
     return 0

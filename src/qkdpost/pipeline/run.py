@@ -176,7 +176,7 @@ def run_local(alice: str | os.PathLike[str], bob: str | os.PathLike[str], out_di
 def serve_alice(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: Config | None = None, *,
                 host: str = "127.0.0.1", port: int = 0, max_sessions: int | None = None,
                 idle_timeout_s: float | None = None, on_listen: Callable[[int], None] | None = None,
-                kit: Any = None) -> Report:
+                kit: Any = None, plot: bool = True) -> Report:
     """Alice's server: answer Bob's sessions over TCP, each from the start of her file."""
     from ..transport import serve
 
@@ -203,13 +203,13 @@ def serve_alice(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
               on_listen=on_listen, on_session_end=ended, idle_timeout_s=idle_timeout_s)
     finally:
         report.finish()
-        report.write(out, plot=True)
+        report.write(out, plot=plot)
     return report
 
 
 def run_bob(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], peer: tuple[str, int],
             cfg: Config | None = None, *, progress: bool = False, retries: int = 3, retry_wait_s: float = 1.0,
-            kit: Any = None) -> Report:
+            kit: Any = None, plot: bool = True) -> Report:
     """Bob's side over TCP, reconnecting after a lost connection (up to ``retries`` times)."""
     from ..transport import TcpChannel
 
@@ -234,5 +234,5 @@ def run_bob(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], peer:
                 time.sleep(retry_wait_s)
     finally:
         report.finish()
-        report.write(out, plot=True)
+        report.write(out, plot=plot)
     return report
