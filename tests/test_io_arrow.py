@@ -264,3 +264,17 @@ def test_altered_metadata_is_caught(tmp_path):
     bad.write_bytes(data.replace(b'"party": "bob"', b'"party": "bab"'))
     with pytest.raises(FileFormatError, match="does not match its CRC-32"):
         read_stream(bad)
+
+
+def test_writer_does_not_keep_references_to_caller_buffers(tmp_path):
+    # a device wrapper reuses one buffer per chunk: the file must hold what was passed at each call
+    p = tmp_path / "r.arrow"
+    t = np.zeros(10, np.int64)
+    ch = np.zeros(10, np.uint8)
+    with StreamWriter(p, INFO, batch_events=25) as w:
+        for k in range(6):
+            t[:] = np.arange(10) + 10 * k
+            ch[:] = k
+            w.write(t, ch)
+    _, t2, ch2, _ = _read_all(p)
+    assert t2.tolist() == list(range(60)) and ch2.tolist() == [k for k in range(6) for _ in range(10)]

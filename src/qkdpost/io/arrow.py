@@ -181,6 +181,9 @@ class StreamWriter:
         self._pend_n += int(t.size)
         if self._pend_n >= self.batch_events:
             self._flush(final=False)
+        else:  # held until the batch is full: copy, the caller may reuse its buffers
+            self._pend_t[-1] = t.copy()
+            self._pend_ch[-1] = ch.copy()
 
     def _flush(self, final: bool) -> None:
         if not self._pend_n:
@@ -197,8 +200,8 @@ class StreamWriter:
         except BaseException:
             self.abort()
             raise
-        self._pend_t = [t[full:]] if full < len(t) else []
-        self._pend_ch = [ch[full:]] if full < len(t) else []
+        self._pend_t = [t[full:].copy()] if full < len(t) else []
+        self._pend_ch = [ch[full:].copy()] if full < len(t) else []
         self._pend_n = len(t) - full
 
     def close(self) -> int:
