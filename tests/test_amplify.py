@@ -237,3 +237,106 @@ def test_threaded_product_is_identical(threads):
         ) if n <= 5000 else None
     with pytest.raises(InputError, match="threads"):
         amplify.toeplitz_hash(np.ones(8, np.uint8), np.ones(11, np.uint8), 4, threads=0)
+
+
+# ---------------------------------------------------------------- additive FFT
+
+
+def _gf64():
+    import galois
+
+    return galois.GF(2**64, irreducible_poly=(1 << 64) | 0x1B, verify=False)
+
+
+def test_cantor_basis_property_and_rank():
+    GF = _gf64()
+    b = [int(v) for v in K.CANTOR_BASIS]
+    assert b[0] == 1
+    for i in range(1, 64):
+        x = GF(b[i])
+        assert int(x * x + x) == b[i - 1], i
+    # linearly independent over GF(2): rank 64
+    rows = list(b)
+    rank = 0
+    for bit in range(63, -1, -1):
+        piv = next((r for r in rows if (r >> bit) & 1), None)
+        if piv is None:
+            continue
+        rows = [r ^ piv if (r >> bit) & 1 else r for r in rows if r != piv]
+        rank += 1
+    assert rank == 64
+
+
+def test_gf64_mul_matches_galois():
+    GF = _gf64()
+    rng = np.random.default_rng(12)
+    for a, b in rng.integers(0, 2**64, (40, 2), dtype=np.uint64, endpoint=False):
+        want = int(GF(int(a)) * GF(int(b)))
+        for mode in [K.SW] + ([K.default_mode()] if K.has_pclmul() else []):
+            assert int(K.gf64_mul(a, b, mode)) == want
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 6])
+def test_afft_evaluates_at_subspace_points_and_inverts(L):
+    """F[u] after the forward transform is f(omega_u), omega_u = sum_i bit_i(u) beta_i."""
+    GF = _gf64()
+    rng = np.random.default_rng(L)
+    coeffs = rng.integers(0, 2**64, 1 << L, dtype=np.uint64, endpoint=False)
+    F = coeffs.copy()
+    lam, terms, tstart = K.afft_tables(L)
+    K.afft_forward(F, L, lam, terms, tstart, K.default_mode())
+    for u in range(1 << L):
+        w = 0
+        for i in range(L):
+            if (u >> i) & 1:
+                w ^= int(K.CANTOR_BASIS[i])
+        x = GF(w)
+        val = GF(0)
+        for c in coeffs[::-1]:
+            val = val * x + GF(int(c))
+        assert int(F[u]) == int(val), u
+    K.afft_inverse(F, L, lam, terms, tstart, K.default_mode())
+    np.testing.assert_array_equal(F, coeffs)
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (2, 1), (31, 5), (33, 33), (64, 1), (65, 64), (200, 100), (999, 500)])
+def test_afft_toeplitz_matches_explicit_matrix(n, m):
+    rng = np.random.default_rng(n + 3 * m)
+    x = _bits(rng, n)
+    s = _bits(rng, n + m - 1)
+    y = amplify.toeplitz_hash_packed(pack_bits(x), n, pack_bits(s), m, algorithm="afft")
+    np.testing.assert_array_equal(unpack_bits(y, m), oracle.toeplitz_hash(x, s, m))
+    if n > 1:
+        s2 = _bits(rng, n - 1)
+        y2 = amplify.modified_toeplitz_hash_packed(pack_bits(x), n, pack_bits(s2), m, algorithm="afft")
+        np.testing.assert_array_equal(unpack_bits(y2, m), oracle.modified_toeplitz_hash(x, s2, m))
+
+
+@pytest.mark.parametrize("n,m", [(70_001, 35_000), (300_000, 150_001), (2_100_000, 1_050_000)])
+def test_afft_and_karatsuba_agree(n, m):
+    rng = np.random.default_rng(n)
+    xw = pack_bits(_bits(rng, n))
+    sw = pack_bits(_bits(rng, n + m - 1))
+    a = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft")
+    b = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="karatsuba")
+    np.testing.assert_array_equal(a, b)
+    if n >= amplify.AFFT_THRESHOLD_BITS:
+        np.testing.assert_array_equal(amplify.toeplitz_hash_packed(xw, n, sw, m), a)  # auto picks afft
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_afft_is_gf2_linear(data):
+    n = data.draw(st.integers(1, 300))
+    m = data.draw(st.integers(1, n))
+    seed = np.array(data.draw(st.lists(st.integers(0, 1), min_size=n + m - 1, max_size=n + m - 1)), np.uint8)
+    a = np.array(data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), np.uint8)
+    b = np.array(data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), np.uint8)
+    f = lambda v: amplify.toeplitz_hash_packed(pack_bits(v), n, pack_bits(seed), m, algorithm="afft")  # noqa: E731
+    np.testing.assert_array_equal(f(a ^ b), f(a) ^ f(b))
+    np.testing.assert_array_equal(unpack_bits(f(a), m), oracle.toeplitz_hash(a, seed, m))
+
+
+def test_unknown_algorithm_is_rejected():
+    with pytest.raises(InputError, match="algorithm"):
+        amplify.toeplitz_hash_packed(np.ones(1, np.uint64), 10, np.ones(1, np.uint64), 5, algorithm="fft32")

@@ -50,6 +50,8 @@ __all__ = [
     "toeplitz_hash",
     "modified_toeplitz_hash",
     "toeplitz_hash_packed",
+    "ALGORITHMS",
+    "AFFT_THRESHOLD_BITS",
     "modified_toeplitz_hash_packed",
     "draw_seed",
     "AmplifyAlice",
@@ -90,13 +92,58 @@ def _mode() -> Any:
     return _k.default_mode()
 
 
-def _toeplitz_words(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, threads: int = 1) -> np.ndarray:
+#: Input length (bits) from which ``algorithm="auto"`` uses the additive FFT
+#: instead of the Karatsuba middle product (measured crossover, docs/amplify.md).
+AFFT_THRESHOLD_BITS = 2_000_000
+
+ALGORITHMS = ("auto", "karatsuba", "afft")
+
+
+def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int) -> np.ndarray:
+    """Packed core by the additive FFT over GF(2^64): full product S X, then bits n-1 .. n+m-2."""
+    mode = _mode()
+    sw_clean = np.zeros(((nseed + 63) >> 6) + 1, dtype=np.uint64)
+    _k.shift_down(sw, 0, nseed, sw_clean)
+    xw_clean = np.zeros(((n + 63) >> 6) + 1, dtype=np.uint64)
+    _k.shift_down(xw, 0, n, xw_clean)
+    ca = (nseed + 31) >> 5
+    cb = (n + 31) >> 5
+    L = max(1, (ca + cb - 1 - 1).bit_length())  # 2^L >= ca + cb - 1 product chunks
+    size = 1 << L
+    A = np.zeros(size, dtype=np.uint64)
+    A[:ca] = sw_clean.view(np.uint32)[:ca]
+    B = np.zeros(size, dtype=np.uint64)
+    B[:cb] = xw_clean.view(np.uint32)[:cb]
+    lam, terms, tstart = _k.afft_tables(L)
+    _k.afft_forward(A, L, lam, terms, tstart, mode)
+    _k.afft_forward(B, L, lam, terms, tstart, mode)
+    _k.afft_pointwise(A, B, mode)
+    del B
+    _k.afft_inverse(A, L, lam, terms, tstart, mode)
+    nprod = (nseed + n - 1 + 63) >> 6
+    P = np.empty(nprod, dtype=np.uint64)
+    _k.chunks32_to_words(A, nprod, P)
+    y = np.empty((m + 63) >> 6, dtype=np.uint64)
+    _k.shift_down(P, n - 1, m, y)
+    return y
+
+
+def _toeplitz_words(
+    xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, threads: int = 1, algorithm: str = "auto"
+) -> np.ndarray:
     """Packed core: y words (tail bits zero) for an m x n Toeplitz of seed ``sw``.
 
-    With ``threads > 1`` the columns are cut into ``threads`` blocks, each an
-    independent Toeplitz product (its own seed window and scratch) run on its
-    own thread (the kernels release the GIL); the partial outputs are XORed.
+    ``algorithm``: ``"karatsuba"`` (transposed Karatsuba middle product),
+    ``"afft"`` (additive FFT over GF(2^64), single-threaded) or ``"auto"``
+    (the additive FFT from ``AFFT_THRESHOLD_BITS`` input bits with one thread).
+    With ``threads > 1`` the Karatsuba columns are cut into ``threads`` blocks,
+    each an independent Toeplitz product run on its own thread (the kernels
+    release the GIL); the partial outputs are XORed.
     """
+    if algorithm not in ALGORITHMS:
+        raise InputError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}")
+    if algorithm == "afft" or (algorithm == "auto" and threads == 1 and n >= AFFT_THRESHOLD_BITS):
+        return _toeplitz_afft(xw, n, sw, nseed, m)
     Nc = (n + 63) >> 6
     M = (m + 63) >> 6
     d = 64 * Nc - n + 1
@@ -154,7 +201,9 @@ def _as_words(words: Any, nbits: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int, *, threads: int = 1) -> np.ndarray:
+def toeplitz_hash_packed(
+    x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int, *, threads: int = 1, algorithm: str = "auto"
+) -> np.ndarray:
     """Toeplitz hash on packed words (expert layer).
 
     Parameters
@@ -169,7 +218,9 @@ def toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m:
     m : int
         Output length, ``1 <= m <= n``.
     threads : int
-        Threads to spread the product over (column blocks; default 1).
+        Threads to spread the Karatsuba product over (column blocks; default 1).
+    algorithm : {"auto", "karatsuba", "afft"}
+        Product algorithm (all exact; ``"auto"`` picks by measured speed).
 
     Returns
     -------
@@ -179,10 +230,12 @@ def toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m:
     n, m = _check_nm(n, m, "toeplitz")
     xw = _as_words(x_words, n, "x_words")
     sw = _as_words(seed_words, n + m - 1, "seed_words")
-    return _toeplitz_words(xw, n, sw, n + m - 1, m, _check_threads(threads))
+    return _toeplitz_words(xw, n, sw, n + m - 1, m, _check_threads(threads), algorithm)
 
 
-def modified_toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int, *, threads: int = 1) -> np.ndarray:
+def modified_toeplitz_hash_packed(
+    x_words: np.ndarray, n: int, seed_words: np.ndarray, m: int, *, threads: int = 1, algorithm: str = "auto"
+) -> np.ndarray:
     """Modified Toeplitz hash ``[I_m | T'] x`` on packed words (expert layer).
 
     ``seed_words`` holds the packed ``(n - 1)``-bit seed; see
@@ -199,7 +252,7 @@ def modified_toeplitz_hash_packed(x_words: np.ndarray, n: int, seed_words: np.nd
     r = n - m
     tail = np.empty((r + 63) >> 6, dtype=np.uint64)
     _k.shift_down(xw, m, r, tail)
-    y = _toeplitz_words(tail, r, sw, n - 1, m, _check_threads(threads))
+    y = _toeplitz_words(tail, r, sw, n - 1, m, _check_threads(threads), algorithm)
     np.bitwise_xor(y, head, out=y)
     return y
 

@@ -652,6 +652,228 @@ def mask_tail(Y, nbits):
         Y[nw - 1] &= (np.uint64(1) << np.uint64(nbits & 63)) - np.uint64(1)
 
 
+# --------------------------------------------------------------------------
+# Additive FFT over GF(2^64) (large blocks)
+# --------------------------------------------------------------------------
+# Field GF(2^64) = GF(2)[x] / (x^64 + x^4 + x^3 + x + 1); elements are uint64,
+# bit i = coefficient of x^i.
+#
+# Product of two GF(2)[z] polynomials: cut both into 32-bit chunks, read each
+# chunk as a field element (degree < 32), multiply the two polynomials over
+# GF(2^64) by evaluation at the 2^L points of a subspace, pointwise products
+# and interpolation. Each chunk product has degree <= 62 < 64, so the field
+# reduction never acts on it and the GF(2^64) coefficients of the product are
+# the exact carry-less chunk products; overlap-adding them at 32-bit offsets
+# gives the GF(2)[z] product.
+#
+# Evaluation/interpolation is the additive FFT with a Cantor basis
+# (D. G. Cantor, "On arithmetical algorithms over finite fields", J. Combin.
+# Theory A 50, 285 (1989), doi:10.1016/0097-3165(89)90020-4; von zur Gathen
+# and Gerhard, "Arithmetic and factorization of polynomials over F_2",
+# ISSAC '96, doi:10.1145/236869.237081): with beta_0 = 1 and
+# beta_i^2 + beta_i = beta_(i-1), the subspace polynomial of
+# V_i = span(beta_0..beta_(i-1)) is s_i(x) = sum_j binom(i, j) x^(2^j) (mod 2)
+# and s_i(beta_i) = 1. A block of 2^l coefficients that must be evaluated on
+# the coset c + V_l is divided by s_(l-1)(x) + lam with lam = s_(l-1)(c): the
+# remainder r0 is the polynomial to evaluate on c + V_(l-1), and r0 + q (q the
+# quotient) the one for c + beta_(l-1) + V_(l-1) (there s_(l-1) takes the
+# value lam + 1). For block t of level l, lam = sum_k bit_k(t) beta_(k+1)
+# (since s_(l-1)(beta_i) = beta_(i-l+1)). The division by the sparse
+# s_(l-1)(x) + lam works on two chunks of H/2 coefficients (H = 2^(l-1)):
+# the terms x^(2^j), 2^j <= H/2, never feed back into the chunk being read,
+# so each chunk is a few whole-slice XORs plus one multiply-accumulate by lam.
+# Interpolation undoes the steps in reverse order.
+
+#: Cantor basis of GF(2^64) for the modulus above: beta_0 = 1,
+#: beta_i^2 + beta_i = beta_(i-1) (checked in tests/test_amplify.py with galois).
+CANTOR_BASIS = np.array([
+    0x0000000000000001,
+    0x19c9369f278adc02,
+    0xa181e7d66f5ff794,
+    0x5db84357ce785d08,
+    0xb973d466f5c9d0ca,
+    0x521ac889831a075e,
+    0x033ce8beddc8a656,
+    0xb5846c4e07b91010,
+    0x4087b8cbb37a32ec,
+    0x00d0d3888c0ae17c,
+    0xafd5ac70237f2222,
+    0xe3f5af99cc3aaaf8,
+    0x5a1db3b16a0b58b8,
+    0x09947c54fe7ee248,
+    0x0e8eaf0e0068f544,
+    0xa2a113500b4b4f5a,
+    0xe96f9805d6ce0bb0,
+    0x53496f8b5c9edd4c,
+    0xad325cb6f4ac2a9e,
+    0x4a8dcf8bd7ede826,
+    0xa3e9c552b6434210,
+    0x5fa92ad9c9bc7ed0,
+    0xa389f910cd7734de,
+    0xe916f3dfca4609d8,
+    0xf89578714bd28f96,
+    0x564dda59237a3352,
+    0xad33bc6cc75aed38,
+    0x57a3104fcd0e5f34,
+    0xb0f502e4cd60039a,
+    0xeb42e79f91f49f8c,
+    0x54e5bf3774b3f850,
+    0xb66864e6ec14b4d2,
+    0xed57ce778f0d6244,
+    0x523aaf9d6148ba24,
+    0xa8fcbfaac14940c6,
+    0xe503eacfcef77780,
+    0xf3746c7b5183a372,
+    0xec50d77d2f416218,
+    0xf9cdf54569fe87e6,
+    0xe576269915705e2c,
+    0xee2a197148fa8c72,
+    0x49e31453575f365a,
+    0xb86698d88add0bc0,
+    0x4f35fb218e7f37c0,
+    0xa306feea8a242832,
+    0x5e5f06a9daead6e6,
+    0xbe13089ecc784ea0,
+    0xfe1a10738739c892,
+    0xe2266ceb0c5bc774,
+    0xf490e6ed40d1dd1a,
+    0xf3f5f515077e92f0,
+    0x467c20312e7eb0f0,
+    0xb06caa4295d350c2,
+    0x5c5916d98a583c16,
+    0xa04de5b4c7a1ceac,
+    0x41430183d6e85ec0,
+    0xb361d8dabe3b3632,
+    0x4357375d88b88b56,
+    0xb057dcc8a19fbc9c,
+    0xf26e1791be4b37c2,
+    0xe9f744031bfe63e4,
+    0xe50803875e9ab776,
+    0x44ee098f4d56753e,
+    0x9dc338f8399031b4
+
+], dtype=np.uint64)
+
+_R64 = np.uint64(0x1B)  # x^64 = x^4 + x^3 + x + 1
+
+
+@kernel(None)
+def gf64_mul(a, b, mode):
+    """a * b in GF(2^64) = GF(2)[x]/(x^64 + x^4 + x^3 + x + 1)."""
+    lo, hi = clmul(a, b, mode)
+    l2, h2 = clmul(hi, _R64, mode)
+    l3, h3 = clmul(h2, _R64, mode)
+    return lo ^ l2 ^ l3
+
+
+@kernel(None)
+def _mul_acc(y, p, lam, mode):
+    """y[k] ^= p[k] * lam in GF(2^64)."""
+    for k in range(p.size):
+        y[k] ^= gf64_mul(p[k], lam, mode)
+
+
+@kernel(None)
+def _afft_divide(F, base, H, lam, terms, t0, t1, mode, inverse):
+    """Divide block F[base : base+2H] by s_(l-1)(x) + lam in place (or undo it)."""
+    G = H >> 1
+    for cc in range(2):
+        c = cc if inverse else 1 - cc
+        src = base + H + c * G
+        dst = src - H
+        s = F[src : src + G]
+        for q in range(t0, t1):
+            off = terms[q]
+            _xor_acc(F[dst + off : dst + off + G], s)
+        if lam != 0:
+            _mul_acc(F[dst : dst + G], s, lam, mode)
+
+
+@kernel(None)
+def afft_forward(F, L, lam, terms, tstart, mode):
+    """Evaluate the polynomial with coefficients F (2^L field elements) at
+    omega_u = sum_i bit_i(u) beta_i, in place: F[u] <- f(omega_u)."""
+    for l in range(L, 0, -1):
+        H = 1 << (l - 1)
+        t0 = tstart[l - 1]
+        t1 = tstart[l]
+        for t in range(1 << (L - l)):
+            base = t << l
+            lm = lam[t]
+            if H == 1:
+                if lm != 0:
+                    F[base] ^= gf64_mul(F[base + 1], lm, mode)
+                F[base + 1] ^= F[base]
+            else:
+                _afft_divide(F, base, H, lm, terms, t0, t1, mode, False)
+                _xor_acc(F[base + H : base + 2 * H], F[base : base + H])
+
+
+@kernel(None)
+def afft_inverse(F, L, lam, terms, tstart, mode):
+    """Inverse of :func:`afft_forward` (interpolation), in place."""
+    for l in range(1, L + 1):
+        H = 1 << (l - 1)
+        t0 = tstart[l - 1]
+        t1 = tstart[l]
+        for t in range(1 << (L - l)):
+            base = t << l
+            lm = lam[t]
+            if H == 1:
+                F[base + 1] ^= F[base]
+                if lm != 0:
+                    F[base] ^= gf64_mul(F[base + 1], lm, mode)
+            else:
+                _xor_acc(F[base + H : base + 2 * H], F[base : base + H])
+                _afft_divide(F, base, H, lm, terms, t0, t1, mode, True)
+
+
+@kernel(None)
+def afft_pointwise(A, B, mode):
+    """A[i] <- A[i] * B[i] in GF(2^64)."""
+    for i in range(A.size):
+        A[i] = gf64_mul(A[i], B[i], mode)
+
+
+@kernel(None)
+def chunks32_to_words(C, nwords, out):
+    """Overlap-add 64-bit chunk products at 32-bit offsets: out = sum_k C[k] z^(32k)."""
+    for w in range(nwords):
+        v = np.uint64(0)
+        if 2 * w < C.size:
+            v ^= C[2 * w]
+        if 2 * w + 1 < C.size:
+            v ^= C[2 * w + 1] << np.uint64(32)
+        if w > 0 and 2 * w - 1 < C.size:
+            v ^= C[2 * w - 1] >> np.uint64(32)
+        out[w] = v
+
+
+def afft_tables(L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lam, terms, tstart) for a transform of size 2^L.
+
+    ``lam[t] = sum_k bit_k(t) beta_(k+1)``; ``terms[tstart[l-1]:tstart[l]]``
+    are the offsets 2^j of the terms x^(2^j) of s_(l-1)(x) below the leading
+    one (j a proper bit-subset of l-1, Lucas' theorem).
+    """
+    if not 1 <= L <= 63:
+        raise ValueError(f"transform size 2^{L} out of range")
+    lam = np.zeros(1 << (L - 1), dtype=np.uint64)
+    size = 1
+    k = 0
+    while size < lam.size:
+        lam[size : 2 * size] = lam[:size] ^ CANTOR_BASIS[k + 1]
+        size *= 2
+        k += 1
+    terms: list[int] = []
+    tstart = [0]
+    for l in range(1, L + 1):
+        e = l - 1
+        terms.extend(1 << j for j in range(e) if (j & e) == j)
+        tstart.append(len(terms))
+    return lam, np.array(terms, dtype=np.int64), np.array(tstart, dtype=np.int64)
+
+
 def _warmup() -> None:
     """Compile the Toeplitz kernels for this machine's mode."""
     mode = default_mode()
@@ -660,6 +882,12 @@ def _warmup() -> None:
         B = np.zeros(2 * (M + Nc) + workspace_words(M, Nc), np.uint64)
         B[: 2 * Nc + M] = rng.integers(0, 2**63, 2 * Nc + M, dtype=np.uint64)
         toeplitz_words(B, 0, M + Nc, M + 2 * Nc, M, Nc, 2 * (M + Nc), mode)
+    lam, terms, tstart = afft_tables(4)
+    F = rng.integers(0, 2**63, 16, dtype=np.uint64)
+    afft_forward(F, 4, lam, terms, tstart, mode)
+    afft_pointwise(F, F.copy(), mode)
+    afft_inverse(F, 4, lam, terms, tstart, mode)
+    chunks32_to_words(F, 8, np.zeros(8, np.uint64))
     dst = np.zeros(3, np.uint64)
     shift_up(np.ones(2, np.uint64), 100, 5, dst)
     mask_tail(dst, 70)
