@@ -386,3 +386,18 @@ def test_qcrypto_fast_path_equals_careful_path(n, swap, keep, shift, kind, seed)
         k = fn(raw, swap, shift, keep, 1000, s, t_out, ch_out, 2)
         outs.append((k, s.tolist(), t_out[: max(k, 0)].tolist(), ch_out[: max(k, 0)].tolist()))
     assert outs[0] == outs[1]
+
+
+def test_ptu_records_at_an_unaligned_offset(tmp_path):
+    # a 5-byte string tag puts the records at an odd byte offset: decoded from an aligned copy
+    p = tmp_path / "odd.ptu"
+    odd = O._tag("File_Comment", O.TY_ANSI, 5, data=b"odd!\0")
+    recs = O.write_ptu(p, [("photon", 5, 1), ("sync", 70_000_000, 0), ("photon", 70_000_001, 2)], "GenericT2",
+                       extra_tags=[odd])
+    _, off = read_ptu_header(p)
+    assert off % 4 == 1
+    _, t, ch, _ = collect(read_ptu(p))
+    want_t, want_ch, _ = O.order_events(O.decode_ptu_t2(recs, "GenericT2"), 0)
+    assert t.tolist() == want_t.tolist() == [5, 70_000_000, 70_000_001] and ch.tolist() == want_ch.tolist()
+    pt_t, _, _ = _ptufile_expected(p)
+    assert pt_t.tolist() == t.tolist()

@@ -1,16 +1,22 @@
 """Streaming driver shared by the importers of fixed-size-record files.
 
-:class:`RecordStream` reads a block of records at a time into one reused
-buffer, hands it to a decoding kernel (which puts events that arrive
-slightly out of order into place), holds back the events that a later
-record could still precede, and yields the rest as :class:`Chunk` objects. Memory is bounded by one block plus the events
-inside the window, whatever the file size.
+:class:`RecordStream` memory-maps one block of records at a time (and unmaps
+it after decoding, so resident memory stays flat), hands it to a decoding
+kernel (which puts events that arrive slightly out of order into place),
+holds back the events that a later record could still precede, and yields
+the rest as :class:`Chunk` objects. Memory is bounded by one block plus the
+events inside the reordering window, whatever the file size.
+
+Like every memory-mapped reader (the native Arrow reader too), it must not
+read a file that another process truncates at the same time; a file that
+is still growing is fine (only the size seen at open is read).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -134,34 +140,46 @@ class RecordStream:
                    f"record type than its header says ({self.fmt})")
         raise FileFormatError(self.path, offset, msg)
 
+    def _block(self, f: Any, first: int, k: int) -> tuple[Any, np.ndarray]:
+        """Map records ``first .. first + k`` of the open file; returns (map, uint8 array)."""
+        rs = self.record_size
+        start = self.data_offset + first * rs
+        end = start + k * rs
+        size = os.fstat(f.fileno()).st_size
+        if size < end:
+            raise FileFormatError(self.path, size, f"file ended early (it shrank while being read?): expected "
+                                  f"{self.n_records} records of {rs} bytes")
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        # a private (copy-on-write) map: the decoders take writable arrays and never write
+        mm = mmap.mmap(f.fileno(), end - base, offset=base, access=mmap.ACCESS_COPY)
+        block = np.frombuffer(mm, dtype=np.uint8, offset=start - base, count=k * rs)
+        if block.ctypes.data % 8:  # records not 8-byte aligned in the file: decode from an aligned copy
+            block = block.copy()
+        return mm, block
+
     def _run(self) -> Iterator[Chunk]:
         rs = self.record_size
-        block = self.chunk_events
-        buf = np.empty(min(block, max(self.n_records, 1)) * rs, dtype=np.uint8)
+        block_records = self.chunk_events
         tail_t = np.zeros(0, np.int64)
         tail_ch = np.zeros(0, np.uint8)
         done = 0
         with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.data_offset)
             while done < self.n_records:
-                k = min(block, self.n_records - done)
-                view = memoryview(buf)[: k * rs]
-                got = 0
-                while got < k * rs:
-                    r = f.readinto(view[got:])
-                    if not r:
-                        break
-                    got += r
-                if got < k * rs:
-                    raise FileFormatError(self.path, self.data_offset + done * rs + got,
-                                          f"file ended early (it shrank while being read?): expected "
-                                          f"{self.n_records} records of {rs} bytes")
+                k = min(block_records, self.n_records - done)
                 m = len(tail_t)
                 t_out = np.empty(m + k, np.int64)
                 ch_out = np.empty(m + k, np.uint8)
                 t_out[:m] = tail_t
                 ch_out[:m] = tail_ch
-                total = self._decode(buf[: k * rs], self.state, t_out, ch_out, m)
+                mm, block = self._block(f, done, k)
+                try:
+                    total = self._decode(block, self.state, t_out, ch_out, m)
+                finally:
+                    del block  # release the buffer export before unmapping
+                    try:
+                        mm.close()
+                    except BufferError:  # pragma: no cover - a traceback still holds the block
+                        pass
                 if total < 0:
                     self._fail(done)
                 self.reordered = int(self.state[K.S_MOVED])
