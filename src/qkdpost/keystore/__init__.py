@@ -205,12 +205,10 @@ class KeyStore:
             shutil.rmtree(src, ignore_errors=True)
             raise InputError(f"block_id={block_id!r}: already in {area}/ of {str(self.path)!r}")
         os.rename(src, dst)
-        _fsync_dir(dst.parent)
-        _fsync_dir(src.parent)
+        _fsync_dir(dst.parent)  # the rename is durable once the new parent is synced
         journal = self._dir("started", block_id)
         if journal.is_dir():  # the block is now pending/final: the journal entry is done
-            journal.rmdir()
-            _fsync_dir(journal.parent)
+            journal.rmdir()  # not synced: a stale entry is harmless and removed on open
 
     def put(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> None:
         """Write a final key block atomically (one-phase)."""
