@@ -132,6 +132,7 @@ def _engine(bits, P):
         np.empty((N, P, (n + 1 + 63) // 64), dtype=np.uint64),
         np.full((N, P), -1, dtype=np.int64),
         np.zeros((N, n + 1), dtype=np.int32),
+        np.zeros(2 * K.PEEL_STACK, dtype=np.int64),
     )
 
 

@@ -179,7 +179,7 @@ def _par_range(eng, pi, f, q, s, e, nflips):
     snapshot (Bob's flip log; Alice never flips); the snapshot is rebuilt
     when more than ``REBUILD`` flips have accumulated.
     """
-    bits, packed, pref, snap, flog = eng
+    bits, packed, pref, snap, flog, _stk = eng
     if e - s <= BIG_RANGE:
         if q == 0:
             p = np.uint8(0)
@@ -221,7 +221,7 @@ def alice_range_parities(eng, pi, qf, qq, qs, qe, out):
     Parameters
     ----------
     eng : tuple (bits uint8[N, n], packed uint64[N, W], pref uint64[N, P, W1],
-          snap int64[N, P], flog int32[N, 1])
+          snap int64[N, P], flog int32[N, 1], scratch int64[2 * PEEL_STACK])
         Alice's bits and her lazily built per-pass prefix parities.
     pi : int32[2, P, n]
         Permutations (row 0); inverses are not needed on her side.
@@ -377,17 +377,17 @@ def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
     "peeling" of LDPC decoding applied to Cascade's disclosed parities).
     """
     n = eng[0].shape[1]
-    sx = np.empty(PEEL_STACK, dtype=np.int64)
-    sf = np.empty(PEEL_STACK, dtype=np.bool_)
-    sx[0] = x0
-    sf[0] = flip0
+    stk = eng[5]  # scratch: position, flip flag, position, flip flag, ...
+    cap = stk.shape[0] // 2
+    stk[0] = x0
+    stk[1] = 1 if flip0 else 0
     top = 1
     while top > 0:
         top -= 1
-        x = sx[top]
+        x = stk[2 * top]
         if _kpos_get(kpos, f, x) != 0:
             continue
-        if sf[top]:
+        if stk[2 * top + 1] != 0:
             _flip(eng, tree, kpos, pend, st, pi, geo, f, x)
         _kpos_set(kpos, f, x)
         for q in range(st[f, S_PASS]):
@@ -414,11 +414,11 @@ def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
                 else:
                     s = m
                     h = 2 * h + 1
-            if dv >= 0 and 1 < de - ds <= PEEL_MAX and top < PEEL_STACK:
+            if dv >= 0 and 1 < de - ds <= PEEL_MAX and top < cap:
                 z = _single_unknown(kpos, pi, f, q, ds, de)
                 if z >= 0:
-                    sx[top] = z
-                    sf[top] = _get(tree, f, 1, dv) != 0
+                    stk[2 * top] = z
+                    stk[2 * top + 1] = _get(tree, f, 1, dv)
                     top += 1
                     st[f, S_INFERRED] += 1
 
@@ -697,7 +697,7 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
     ``par`` holds every parity of the round (uint8 0/1); frame f's range
     answers are ``par[offs[0, f] : offs[0, f + 1]]`` and its top-level
     answers ``par[offs[1, f] : offs[1, f + 1]]``. ``eng`` is Bob's tuple
-    (bits, packed, pref, snap, flog); ``masks``/``maskk`` as in
+    (bits, packed, pref, snap, flog, scratch); ``masks``/``maskk`` as in
     :func:`alice_block_parities`.
     """
     bits = eng[0]
