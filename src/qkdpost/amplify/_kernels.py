@@ -761,9 +761,13 @@ _R64 = np.uint64(0x1B)  # x^64 = x^4 + x^3 + x + 1
 def gf64_mul(a, b, mode):
     """a * b in GF(2^64) = GF(2)[x]/(x^64 + x^4 + x^3 + x + 1)."""
     lo, hi = clmul(a, b, mode)
-    l2, h2 = clmul(hi, _R64, mode)
-    l3, h3 = clmul(h2, _R64, mode)
-    return lo ^ l2 ^ l3
+    # hi * x^64 = hi * (1 + x + x^3 + x^4); the bits shifted out (degree < 4)
+    # fold once more and then fit in 8 bits.
+    one, three, four = np.uint64(1), np.uint64(3), np.uint64(4)
+    r = hi ^ (hi << one) ^ (hi << three) ^ (hi << four)
+    t = (hi >> np.uint64(63)) ^ (hi >> np.uint64(61)) ^ (hi >> np.uint64(60))
+    r ^= t ^ (t << one) ^ (t << three) ^ (t << four)
+    return lo ^ r
 
 
 @kernel(None)
