@@ -84,7 +84,7 @@ def test_throughput_qkdpost_n1e4_q2(benchmark):
 # ---------------------------------------------------------------- curves and throughput scripts
 
 
-def measure(preset, n, q, frames, batch, seed0, slack):
+def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096):
     fs, fails, rts, leaks, cpu, rounds = [], 0, [], [], 0.0, []
     done = 0
     b_i = 0
@@ -93,7 +93,7 @@ def measure(preset, n, q, frames, batch, seed0, slack):
         rng = np.random.default_rng([seed0, int(q * 1e6), n, b_i])
         a, b = bsc_pair(rng, N, n, q)
         t0 = time.process_time()
-        res = reconcile_cascade(a, b, qber=q, seed=seed0 + b_i, preset=preset, slack=slack)
+        res = reconcile_cascade(a, b, qber=q, seed=seed0 + b_i, preset=preset, slack=slack, local_max=local_max)
         cpu += time.process_time() - t0
         qt = (a != b).mean(axis=1)
         ok = (res.bits == a).all(axis=1)
@@ -110,6 +110,7 @@ def measure(preset, n, q, frames, batch, seed0, slack):
         "n": n,
         "qber": q,
         "slack": slack,
+        "local_max": local_max,
         "frames": frames,
         "batch": batch,
         "f_mean": float(fs.mean()),
@@ -135,6 +136,7 @@ def main(argv=None):
     c.add_argument("--presets", default=",".join(sorted(PRESETS)))
     c.add_argument("--qbers", default="0.01,0.02,0.05,0.08")
     c.add_argument("--slack", type=int, default=1)
+    c.add_argument("--local-max", type=int, default=4096)
     c.add_argument("--seed", type=int, default=2026)
     c.add_argument("--out", required=True)
     t = sub.add_parser("throughput")
@@ -143,13 +145,14 @@ def main(argv=None):
     t.add_argument("--qber", type=float, default=0.02)
     t.add_argument("--rtt", type=float, default=0.0)
     t.add_argument("--slack", type=int, default=1)
+    t.add_argument("--local-max", type=int, default=4096)
     t.add_argument("--fresh-seed", action="store_true", help="new permutations (seed) for the timed run")
     args = ap.parse_args(argv)
     if args.cmd == "curves":
         rows = []
         for preset in args.presets.split(","):
             for q in (float(x) for x in args.qbers.split(",")):
-                r = measure(preset, args.n, q, args.frames, args.batch, args.seed, args.slack)
+                r = measure(preset, args.n, q, args.frames, args.batch, args.seed, args.slack, args.local_max)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
         meta = {
@@ -165,7 +168,9 @@ def main(argv=None):
         reconcile_cascade(a[:1], b[:1], qber=args.qber, seed=11, slack=args.slack)  # JIT + permutations
         seed = None if args.fresh_seed else 11
         w0, c0 = time.perf_counter(), time.process_time()
-        res = reconcile_cascade(a, b, qber=args.qber, seed=seed, slack=args.slack, rtt_s=args.rtt)
+        res = reconcile_cascade(
+            a, b, qber=args.qber, seed=seed, slack=args.slack, local_max=args.local_max, rtt_s=args.rtt
+        )
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         nbits = args.frames * args.n
         out = {
@@ -174,6 +179,7 @@ def main(argv=None):
             "qber": args.qber,
             "rtt_s": args.rtt,
             "slack": args.slack,
+            "local_max": args.local_max,
             "fresh_permutations": bool(args.fresh_seed),
             "all_reconciled": bool((res.bits == a).all()),
             "round_trips_batch": res.round_trips,
