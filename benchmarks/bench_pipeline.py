@@ -1,0 +1,182 @@
+"""The pipeline end to end: sifted key -> final key, and files -> keys.
+
+Run:  /tmp/venv/bin/pytest benchmarks/bench_pipeline.py --benchmark-only -q \
+          --benchmark-columns=min,mean,rounds --benchmark-sort=name
+
+Issue 6 goal: >= 20 Mbit/s of sifted key processed into final key at
+Q = 2-5 % with 10^6-bit blocks, one process, loopback channel, 2 cores.
+
+- ``pipeline``: :class:`~qkdpost.pipeline.engine.BobEngine` driving
+  :class:`~qkdpost.pipeline.engine.AliceEngine` over a serialising loopback
+  channel: reconcile -> verify -> finite-key length -> amplify -> two-phase
+  key store (fsync) on both sides, journal, report; back half in its own
+  thread.
+- ``direct``: the simple reference in the same run -- the same stage
+  functions called one after the other on both parties' arrays
+  (``qkdpost.reconcile.reconcile`` over its own loopback, tags compared in
+  place, ``finitekey.tomamichel2012``, ``amplify.toeplitz_hash`` on both
+  sides), no journal, no key store, no report: the floor the stages set.
+- ``no_ec``: the pipeline with reconciliation replaced by a stand-in that
+  returns Bob's (already equal) bits and charges 0.12 n bits of leakage:
+  everything the pipeline does around error correction (verify, length,
+  PA on both sides, journal, two-phase fsync'd store, report), i.e. the
+  ceiling the orchestration itself sets.
+- ``files``: a simulated BBM92 link (timestamps in Arrow files) through
+  ``run_local``; throughput in detections/s.
+
+Throughput is in ``benchmark.extra_info`` (``sifted_Mbps``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qkdpost.channel import LoopbackChannel
+from qkdpost.config import Config
+from qkdpost.keystore import KeyStore
+from qkdpost.pipeline.engine import AliceEngine, BobEngine
+from qkdpost.pipeline.segments import Segment
+from qkdpost.report import Report
+
+N = 10**6
+BLOCKS = 4
+
+
+def _blocks(q, k, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(k):
+        a = rng.integers(0, 2, N, dtype=np.uint8)
+        b = a ^ (rng.random(N) < q).astype(np.uint8)
+        out.append((a, b, {"n_test": N, "test_errors": int(rng.binomial(N, q))}))
+    return out
+
+
+class _NoEcKit:
+    """Stand-in reconciliation for the ceiling measurement (inputs already equal)."""
+
+    def __new__(cls):
+        from qkdpost.pipeline.kit import QkdpostKit
+        from qkdpost.reconcile.result import ReconcileResult
+
+        class K(QkdpostKit):
+            def reconcile_alice(self, method, frames, cfg):
+                return {}
+
+            def reconcile_bob(self, channel, method, ids, bits, qber, cfg, *, seed):
+                n = bits.shape[0]
+                return ReconcileResult(bits=bits.copy(), leaked_bits=np.full(n, int(0.12 * bits.shape[1])),
+                                       success=np.ones(n, bool), errors_corrected=np.zeros(n, np.int64),
+                                       round_trips=0, bytes_sent=0, method="none")
+
+        return K()
+
+
+def _pipeline(data, cfg, tmp, kit=None):
+    sa, sb = KeyStore(tmp / "a"), KeyStore(tmp / "b")
+    ra, rb = Report("alice", {}), Report("bob", {})
+    alice = AliceEngine(cfg, sa, ra, stream_id=f"A{tmp.name}", kit=kit)
+    bob = BobEngine(cfg, LoopbackChannel(alice), sb, rb, stream_id=f"B{tmp.name}", kit=kit)
+    bob.start()
+    for a, b, st in data:
+        alice.push(Segment(a))
+        bob.push(Segment(b, st))
+    bob.finish()
+    return rb.totals()
+
+
+def _direct(data, method, q):
+    from qkdpost import finitekey
+    from qkdpost.amplify import draw_seed, toeplitz_hash
+    from qkdpost.reconcile import reconcile
+    from qkdpost.verify import draw_key, key_words, tags, tags_equal
+
+    final = 0
+    for a, b, st in data:
+        r = reconcile(a, b, method=method, qber=q)
+        key = draw_key(N, 64).reshape(1, key_words(N, 64))
+        ok = tags_equal(tags(a.reshape(1, -1), key, 64)[0], tags(r.bits.reshape(1, -1), key, 64)[0])
+        ell = finitekey.tomamichel2012(N, st["n_test"], st["test_errors"], leak_ec=r.leaked_total, tag_bits=64,
+                                       eps_cor=2.0**-64).length
+        if ok and ell > 0:
+            seed = draw_seed(N + ell - 1)
+            ka, kb = toeplitz_hash(a, seed, ell), toeplitz_hash(r.bits, seed, ell)
+            final += int(np.array_equal(ka, kb)) * ell
+    return final
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm():
+    """Compile every kernel on small inputs first."""
+    from qkdpost.reconcile import reconcile
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2, 20000, dtype=np.uint8)
+    b = a ^ (rng.random(20000) < 0.03).astype(np.uint8)
+    reconcile(a, b, method="cascade", qber=0.03, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        _pipeline([(a, b, {"n_test": 20000, "test_errors": 600})],
+                  Config().replace(block_bits=20000), Path(tmp))
+
+
+@pytest.mark.parametrize("q", [0.02, 0.05])
+@pytest.mark.parametrize("impl", ["pipeline", "direct"])
+def test_sifted_to_final(benchmark, impl, q):
+    data = _blocks(q, BLOCKS, 3)
+    cfg = Config().replace(block_bits=N, batch_blocks=2, ec_method="cascade")
+    if impl == "pipeline":
+        def go():
+            with tempfile.TemporaryDirectory() as tmp:
+                return _pipeline(data, cfg, Path(tmp))["final_bits"]
+    else:
+        def go():
+            return _direct(data, "cascade", q)
+    final = benchmark.pedantic(go, rounds=1, iterations=1)
+    sec = benchmark.stats.stats.min
+    benchmark.extra_info.update(sifted_Mbps=BLOCKS * N / sec / 1e6, final_bits=int(final), blocks=BLOCKS,
+                                block_bits=N, qber=q, method="cascade")
+
+
+def test_no_ec_ceiling(benchmark):
+    k = 16
+    rng = np.random.default_rng(4)
+    data = []
+    for _ in range(k):
+        a = rng.integers(0, 2, N, dtype=np.uint8)
+        data.append((a, a.copy(), {"n_test": N, "test_errors": int(0.02 * N)}))
+    cfg = Config().replace(block_bits=N, batch_blocks=2)
+
+    def go():
+        with tempfile.TemporaryDirectory() as tmp:
+            return _pipeline(data, cfg, Path(tmp), kit=_NoEcKit())
+
+    t = benchmark.pedantic(go, rounds=1, iterations=1)
+    sec = benchmark.stats.stats.min
+    benchmark.extra_info.update(sifted_Mbps=k * N / sec / 1e6, final_bits=t["final_bits"], blocks=k,
+                                time_per_stage_s=t["time_per_stage_s"])
+
+
+def test_files_to_keys(benchmark):
+    from qkdpost.pipeline.run import run_local
+    from qkdpost.simulate import BBM92Config, write_link
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        write_link(BBM92Config(duration_s=6.0), d / "link", seed=2)
+        cfg = Config().replace(block_bits=1 << 18)
+        k = [0]
+
+        def go():
+            k[0] += 1
+            return run_local(d / "link/alice.arrow", d / "link/bob.arrow", d / f"out{k[0]}", cfg, plot=False)
+
+        rep = benchmark.pedantic(go, rounds=1, iterations=1)
+        t = rep.totals()
+        sec = benchmark.stats.stats.min
+        benchmark.extra_info.update(detections_per_s=t.get("detections_bob", 0) / sec,
+                                    sifted_Mbps=t["sifted_bits_in_blocks"] / sec / 1e6,
+                                    final_bits=t["final_bits"], link_s=6.0)
