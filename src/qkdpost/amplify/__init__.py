@@ -18,10 +18,12 @@ Theory 62, 2213 (2016), doi:10.1109/TIT.2016.2526018) is
 ``T'[i, j] = s[i - j + n - m - 1]`` of an ``(n - 1)``-bit seed: a universal_2
 family with a shorter seed and a smaller product.
 
-Both are computed exactly on packed 64-bit words by a carry-less
-(GF(2)[z]) middle product, transposed Karatsuba above ``LEAF_WORDS`` words
-and PCLMULQDQ leaves when the CPU has the instruction, otherwise a portable
-carry-less loop with identical output (:mod:`qkdpost.amplify._kernels`).
+Both are computed exactly on packed 64-bit words: below
+``AFFT_THRESHOLD_BITS`` by a carry-less (GF(2)[z]) middle product,
+transposed Karatsuba above ``LEAF_WORDS`` words with PCLMULQDQ leaves; above
+it by an additive FFT over GF(2^64) with a Cantor basis (32-bit chunks, so
+the field never reduces a chunk product). Without PCLMULQDQ a portable
+carry-less loop gives identical output (:mod:`qkdpost.amplify._kernels`).
 
 Public API
 ----------
@@ -135,14 +137,15 @@ def _toeplitz_words(
 
     ``algorithm``: ``"karatsuba"`` (transposed Karatsuba middle product),
     ``"afft"`` (additive FFT over GF(2^64), single-threaded) or ``"auto"``
-    (the additive FFT from ``AFFT_THRESHOLD_BITS`` input bits with one thread).
+    (the additive FFT from ``AFFT_THRESHOLD_BITS`` input bits, where it is
+    faster even than two Karatsuba threads).
     With ``threads > 1`` the Karatsuba columns are cut into ``threads`` blocks,
     each an independent Toeplitz product run on its own thread (the kernels
     release the GIL); the partial outputs are XORed.
     """
     if algorithm not in ALGORITHMS:
         raise InputError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}")
-    if algorithm == "afft" or (algorithm == "auto" and threads == 1 and n >= AFFT_THRESHOLD_BITS):
+    if algorithm == "afft" or (algorithm == "auto" and n >= AFFT_THRESHOLD_BITS):
         return _toeplitz_afft(xw, n, sw, nseed, m)
     Nc = (n + 63) >> 6
     M = (m + 63) >> 6
