@@ -18,10 +18,10 @@ Theory 62, 2213 (2016), doi:10.1109/TIT.2016.2526018) is
 ``T'[i, j] = s[i - j + n - m - 1]`` of an ``(n - 1)``-bit seed: a universal_2
 family with a shorter seed and a smaller product.
 
-Both are computed exactly on packed 64-bit words: below
-``AFFT_THRESHOLD_BITS`` by a carry-less (GF(2)[z]) middle product,
+Both are computed exactly on packed 64-bit words: for outputs shorter
+than ``AFFT_THRESHOLD_BITS`` by a carry-less (GF(2)[z]) middle product,
 transposed Karatsuba above ``LEAF_WORDS`` words with PCLMULQDQ leaves; above
-it by an additive FFT over GF(2^64) with a Cantor basis (32-bit chunks, so
+that by an additive FFT over GF(2^64) with a Cantor basis (32-bit chunks, so
 the field never reduces a chunk product). Without PCLMULQDQ a portable
 carry-less loop gives identical output (:mod:`qkdpost.amplify._kernels`).
 
@@ -94,9 +94,11 @@ def _mode() -> Any:
     return _k.default_mode()
 
 
-#: Input length (bits) from which ``algorithm="auto"`` uses the additive FFT
-#: instead of the Karatsuba middle product (measured crossover, docs/amplify.md).
-AFFT_THRESHOLD_BITS = 2_000_000
+#: ``algorithm="auto"`` uses the additive FFT when the output has at least
+#: ``AFFT_THRESHOLD_BITS`` bits (measured crossover, docs/amplify.md); thinner
+#: products (short outputs, verification tags) cost Karatsuba only
+#: ``O(n m^0.585)`` and stay there.
+AFFT_THRESHOLD_BITS = 1_500_000
 
 ALGORITHMS = ("auto", "karatsuba", "afft")
 
@@ -137,15 +139,15 @@ def _toeplitz_words(
 
     ``algorithm``: ``"karatsuba"`` (transposed Karatsuba middle product),
     ``"afft"`` (additive FFT over GF(2^64), single-threaded) or ``"auto"``
-    (the additive FFT from ``AFFT_THRESHOLD_BITS`` input bits, where it is
-    faster even than two Karatsuba threads).
+    (the additive FFT when ``m >= AFFT_THRESHOLD_BITS``, where it is faster
+    even than two Karatsuba threads).
     With ``threads > 1`` the Karatsuba columns are cut into ``threads`` blocks,
     each an independent Toeplitz product run on its own thread (the kernels
     release the GIL); the partial outputs are XORed.
     """
     if algorithm not in ALGORITHMS:
         raise InputError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}")
-    if algorithm == "afft" or (algorithm == "auto" and n >= AFFT_THRESHOLD_BITS):
+    if algorithm == "afft" or (algorithm == "auto" and m >= AFFT_THRESHOLD_BITS):
         return _toeplitz_afft(xw, n, sw, nseed, m)
     Nc = (n + 63) >> 6
     M = (m + 63) >> 6

@@ -43,6 +43,7 @@ variants are cached separately (Numba caches per signature).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -84,22 +85,23 @@ ST_WORKSPACE = -1
 ST_STACK = -2
 
 
-def _cpu_features() -> set[str]:
-    """CPU features Numba compiles for (honours NUMBA_CPU_NAME / NUMBA_CPU_FEATURES)."""
+@functools.lru_cache(maxsize=1)
+def _cpu_features() -> frozenset[str]:
+    """CPU features Numba compiles for (honours NUMBA_CPU_NAME / NUMBA_CPU_FEATURES; read once)."""
     import numba
 
     feats = numba.config.CPU_FEATURES
     name = numba.config.CPU_NAME
     if feats is not None:
-        return {f[1:] for f in feats.split(",") if f.startswith("+")}
+        return frozenset(f[1:] for f in feats.split(",") if f.startswith("+"))
     if name not in (None, "host"):
-        return set()  # a named generic target: assume nothing
+        return frozenset()  # a named generic target: assume nothing
     try:
         import llvmlite.binding as llb
 
-        return {k for k, v in llb.get_host_cpu_features().items() if v}
+        return frozenset(k for k, v in llb.get_host_cpu_features().items() if v)
     except Exception:  # pragma: no cover - exotic llvmlite builds
-        return set()
+        return frozenset()
 
 
 def has_pclmul() -> bool:
