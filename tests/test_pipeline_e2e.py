@@ -110,10 +110,31 @@ def test_corrupt_input_stops_with_clear_error_and_keeps_earlier_keys(benign, tmp
     _same_stores(tmp_path / "out")
 
 
-def test_decoy_slot_logs_are_refused_clearly(tmp_path):
-    write_link(DecoyConfig(duration_s=0.05), tmp_path, seed=1)
-    with pytest.raises(ConfigError, match="prepare-and-measure"):
-        run_local(tmp_path / "alice.arrow", tmp_path / "bob.arrow", tmp_path / "out", _cfg(), plot=False)
+def test_decoy_link_runs_end_to_end_with_lim2014(tmp_path):
+    """Decoy BB84 (Alice's slot log, Bob's timestamps + sync): blocks go through every
+    stage and the two-decoy bound of Lim et al. 2014 on per-intensity counts. With
+    a 2^16-bit block the statistical terms leave no key (positive keys need ~4e6-bit
+    blocks at these intensities, see docs/pipeline.md): the block is dropped on both
+    sides with the bound's reason."""
+    write_link(DecoyConfig(duration_s=0.05, loss_db=10), tmp_path / "link", seed=1)
+    cfg = _cfg(block_bits=1 << 16, decoy_mu="0.5,0.1,0.0002", decoy_p_mu="0.7,0.2,0.1")
+    rep = run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out", cfg, plot=False)
+    assert rep.info["front"]["topology"] == "decoy" and len(rep.blocks) >= 1
+    b = rep.blocks[0]
+    assert b.bound == "lim2014" and b.errors_corrected > 0 and b.leak_ec > 0
+    fk = b.extra["finitekey"]
+    assert {"s0", "s1", "v1_test", "phi"} <= set(fk) and fk["leak_ec"] == b.leak_ec
+    assert b.status == "dropped" and b.reason == "no_secure_length"
+    _same_stores(tmp_path / "out")
+    # the intensities are configuration; without them the bound cannot run
+    with pytest.raises(ConfigError, match="decoy_mu=''"):
+        run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "o2", _cfg(block_bits=1 << 16),
+                  plot=False)
+
+
+def test_topology_mismatch_is_a_config_error(benign, tmp_path):
+    with pytest.raises(ConfigError, match="topology='decoy' needs Alice's emission log"):
+        run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, _cfg(topology="decoy"), plot=False)
 
 
 def test_rerun_and_report_plot(benign, tmp_path):

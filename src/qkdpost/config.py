@@ -249,15 +249,34 @@ class FiniteKeyConfig:
         decoy BB84.
     eps_sec : float
         Secrecy parameter.
+    decoy_mu, decoy_p_mu : str
+        Decoy BB84: the intensities (mean photon numbers, signal first) and
+        their probabilities, comma-separated, e.g. ``"0.5,0.1,0.0002"`` and
+        ``"0.7,0.2,0.1"``; public protocol parameters the bound needs.
     """
 
     bound: str = "auto"
     eps_sec: float = 1e-10
+    decoy_mu: str = ""
+    decoy_p_mu: str = ""
 
     def __post_init__(self) -> None:
         _check(self.bound in ("auto", "tomamichel2012", "lim2014", "rusca2018"), "bound", self.bound,
                "must be 'auto', 'tomamichel2012', 'lim2014' or 'rusca2018'")
         _check(0 < self.eps_sec < 1, "eps_sec", self.eps_sec, "must be in (0, 1)")
+        for name in ("decoy_mu", "decoy_p_mu"):
+            try:
+                vals = self.floats(name)
+            except ValueError:
+                vals = [-1.0]
+            _check(all(math.isfinite(v) and v >= 0 for v in vals), name, getattr(self, name),
+                   "must be empty or a comma-separated list of non-negative numbers", "e.g. '0.5,0.1,0.0002'")
+        _check(len(self.floats("decoy_mu")) == len(self.floats("decoy_p_mu")), "decoy_p_mu", self.decoy_p_mu,
+               f"needs one probability per intensity in decoy_mu={self.decoy_mu!r}")
+
+    def floats(self, name: str) -> list[float]:
+        """A comma-separated field as floats ([] when empty)."""
+        return [float(x) for x in str(getattr(self, name)).split(",") if x.strip()]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,13 +45,23 @@ def sift_config(cfg: Config) -> Any:
     )
 
 
-def _check_topology(cfg: Config, info: StreamInfo, who: str) -> None:
+def topology_of(cfg: Config, info: StreamInfo, who: str) -> str:
+    """``"bbm92"`` or ``"decoy"`` for this party's stream.
+
+    ``topology="auto"`` decides from the party's own stream: Alice's slot log
+    (``kind="slots"``) or a Bob stream with a ``"sync"`` channel means decoy.
+    """
     topo = cfg.sift.topology
-    if topo == "decoy" or info.kind == "slots":
-        raise ConfigError(
-            f"topology={topo!r} ({who}'s stream kind={info.kind!r}): the pipeline sifts BBM92 timestamp "
-            "streams; prepare-and-measure (slot log) sifting is not available in this version"
-        )
+    if topo == "auto":
+        decoy = info.kind == "slots" or (who == "Bob" and "sync" in dict(info.channel_map).values())
+        topo = "decoy" if decoy else "bbm92"
+    if topo == "bbm92" and info.kind == "slots":
+        raise ConfigError(f"topology='bbm92' but {who}'s stream is a slot log (kind='slots'); use "
+                          "topology='decoy' (or 'auto')")
+    if topo == "decoy" and who == "Alice" and info.kind != "slots":
+        raise ConfigError("topology='decoy' needs Alice's emission log (a kind='slots' stream); "
+                          f"her stream has kind={info.kind!r}")
+    return topo
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -60,9 +70,19 @@ def _writable(a: np.ndarray) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
-def _segment(blk: Any, t_end_s: float) -> Segment:
-    return Segment(bits=blk.key, stats={"n_test": int(blk.n_test), "test_errors": int(blk.test_errors)},
-                   t_end_s=t_end_s)
+def _segment(blk: Any, t_end_s: float, prev: dict[str, int] | None = None, sift: Any = None) -> Segment:
+    stats: dict[str, Any] = {"n_test": int(blk.n_test), "test_errors": int(blk.test_errors)}
+    labels = getattr(blk, "key_class", None)
+    if labels is not None and sift is not None and prev is not None:
+        # decoy: test-basis detections and errors per intensity class since the last segment,
+        # from the sifting stage's cumulative counts (public: both parties learn them)
+        test_name = "X" if sift.config.key_basis == "Z" else "Z"
+        for c, per_basis in sift.stats.per_class.items():
+            e = per_basis[test_name]
+            for key, val in ((f"n_test_c{c}", int(e["sifted"])), (f"m_test_c{c}", int(e["test_errors"]))):
+                stats[key] = val - prev.get(key, 0)
+                prev[key] = val
+    return Segment(bits=blk.key, stats=stats, t_end_s=t_end_s, labels=labels)
 
 
 class BobFront:
@@ -80,12 +100,24 @@ class BobFront:
     """
 
     def __init__(self, cfg: Config, info: StreamInfo, channel: Channel, *, random_bits: Any = None):
-        from ..sift import BobSift
-
-        _check_topology(cfg, info, "Bob")
+        self.topology = topology_of(cfg, info, "Bob")
         self.info = info
         self.channel = channel
-        self.sift = BobSift(info, sift_config(cfg), random_bits=random_bits)
+        self._prev: dict[str, int] = {}
+        if self.topology == "decoy":
+            from ..sift.decoy import BobDecoySift
+
+            if cfg.finitekey.bound in ("auto", "lim2014") and len(cfg.finitekey.floats("decoy_mu")) != 3:
+                raise ConfigError(
+                    f"decoy_mu={cfg.finitekey.decoy_mu!r}: decoy BB84 needs the three intensities for the "
+                    "two-decoy bound (lim2014), signal first, e.g. --decoy-mu 0.5,0.1,0.0002 "
+                    "--decoy-p-mu 0.7,0.2,0.1")
+
+            self.sift: Any = BobDecoySift(info, sift_config(cfg), random_bits=random_bits)
+        else:
+            from ..sift import BobSift
+
+            self.sift = BobSift(info, sift_config(cfg), random_bits=random_bits)
         self._t0: int | None = None
         self._t_last = 0
         self.events = 0
@@ -102,21 +134,26 @@ class BobFront:
             self.events += len(t)
         self.sift.feed(_writable(t), _writable(ch))
         self.sift.step(self.channel)
-        return _segment(self.sift.take(), self._t_end_s())
+        return self.take()
+
+    def take(self) -> Segment:
+        """Bob's bits sifted since the last call, as a segment."""
+        return _segment(self.sift.take(), self._t_end_s(), self._prev, self.sift)
 
     def finish(self) -> Segment:
         """End of Bob's stream: sift to the end of both streams."""
         self.sift.finish()
         self.sift.run(self.channel)
-        return _segment(self.sift.take(), self._t_end_s())
+        return self.take()
 
     def summary(self) -> dict[str, Any]:
         st = self.sift.result().as_dict()
-        al = self.sift.alignment
+        al = getattr(self.sift, "alignment", None)
         return {
+            "topology": self.topology,
             "sift": st,
             "alignment": al.as_dict() if al is not None else None,
-            "coincidence_window_ticks": int(self.sift.window_ticks),
+            "coincidence_window_ticks": int(getattr(self.sift, "window_ticks", 0)),
         }
 
 
@@ -137,12 +174,18 @@ class AliceFront:
 
     def __init__(self, cfg: Config, info: StreamInfo, *, chunks: Iterator[Chunk] | None = None,
                  emit: Callable[[Segment], None], random_bits: Any = None):
-        from ..sift import AliceSift
-
-        _check_topology(cfg, info, "Alice")
+        self.topology = topology_of(cfg, info, "Alice")
         self.info = info
         self.cfg = cfg
-        self.sift = AliceSift(info, sift_config(cfg), random_bits=random_bits)
+        self._prev: dict[str, int] = {}
+        if self.topology == "decoy":
+            from ..sift.decoy import AliceDecoySift
+
+            self.sift: Any = AliceDecoySift(info, sift_config(cfg))
+        else:
+            from ..sift import AliceSift
+
+            self.sift = AliceSift(info, sift_config(cfg), random_bits=random_bits)
         self._chunks = chunks
         self._emit = emit
         self._first: int | None = None
@@ -182,6 +225,8 @@ class AliceFront:
     # -- protocol
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         inner = self.sift.handlers()
+        if self.topology == "decoy":
+            return {kind: self._decoy_handler(fn) for kind, fn in inner.items()}
 
         def hello(body: dict[str, Any]) -> dict[str, Any]:
             if self._chunks is not None:
@@ -198,11 +243,26 @@ class AliceFront:
 
         return {"sift.hello": hello, "sift.step": step}
 
+    def _decoy_handler(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def handle(body: dict[str, Any]) -> dict[str, Any]:
+            if self._chunks is not None and self._first is None:
+                self._pull_one()
+            reply = fn(body)
+            # the log is pulled on demand: while Alice's answer is "not ready" and
+            # her file has more, read on and answer again
+            while reply.get("ready") is False and self._pull_one():
+                reply = fn(body)
+            return self._after(reply)
+
+        return handle
+
     def _after(self, reply: dict[str, Any]) -> dict[str, Any]:
         blk = self.sift.take()
         if blk.key.size or blk.n_test:
             t_end = float("nan") if self._first is None else ((self._last or 0) - self._first) * self.info.tick_s
-            self._emit(_segment(blk, t_end))
+            if self.topology == "decoy" and self._first is not None:
+                t_end *= self.info.slot_period_ticks
+            self._emit(_segment(blk, t_end, self._prev, self.sift))
         return reply
 
     def summary(self) -> dict[str, Any]:

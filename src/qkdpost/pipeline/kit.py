@@ -165,23 +165,40 @@ def _secure_length(finitekey: Any, stats: Mapping[str, Any], n: int, leak_ec: in
                    eps_cor: float, cfg: Config) -> tuple[int, str, dict[str, Any]]:
     """Evaluate the configured finite-key bound on a block's public counts.
 
-    BBM92 blocks (the timestamp front half) carry ``n_test`` and
-    ``test_errors``: the bound is Tomamichel et al. 2012 (Nat. Commun. 3,
-    634, Eqs. 2-3), with the actual EC leakage and the verification tag
-    length. The decoy bounds need per-intensity counts, which only a
-    prepare-and-measure front half provides.
+    BBM92 blocks carry ``n_test`` and ``test_errors``: Tomamichel et al. 2012
+    (Nat. Commun. 3, 634, Eqs. 2-3). Decoy blocks also carry per-intensity
+    counts (``n_key_c*`` exact per block, ``n_test_c*``/``m_test_c*``
+    shared from the sifting windows, errors rounded up): Lim et al. 2014
+    (PRA 89, 022307, Eqs. 1-5) with the intensities of the config. Both get
+    the actual EC leakage and the verification tag length.
     """
+    decoy = "n_key_c0" in stats
     bound = cfg.finitekey.bound
     if bound == "auto":
-        bound = "tomamichel2012"
-    if bound != "tomamichel2012":
-        raise InputError(f"bound={bound!r}: needs decoy-state counts per intensity, which BBM92 blocks do not "
-                         "have; use bound='tomamichel2012' (or 'auto')")
-    k = int(stats.get("n_test", 0))
-    e = int(stats.get("test_errors", 0))
-    if k < 1:
-        return 0, bound, {"reason": "no test-basis bits in this block: the phase error cannot be bounded"}
-    res = finitekey.tomamichel2012(n, k, e, leak_ec=float(leak_ec), eps_sec=cfg.finitekey.eps_sec,
-                                   eps_cor=float(eps_cor), tag_bits=int(leak_verify))
+        bound = "lim2014" if decoy else "tomamichel2012"
+    if decoy and bound == "lim2014":
+        mu, p = cfg.finitekey.floats("decoy_mu"), cfg.finitekey.floats("decoy_p_mu")
+        if len(mu) != 3:
+            raise InputError(f"decoy_mu={cfg.finitekey.decoy_mu!r}: the two-decoy bound (lim2014) needs the three "
+                             "intensities, signal first, e.g. --decoy-mu 0.5,0.1,0.0002 --decoy-p-mu 0.7,0.2,0.1")
+        nk = [int(stats.get(f"n_key_c{c}", 0)) for c in range(3)]
+        nt = [int(stats.get(f"n_test_c{c}", 0)) for c in range(3)]
+        mt = [min(int(stats.get(f"m_test_c{c}", 0)), nt[c]) for c in range(3)]
+        if sum(nk) != n:
+            raise InputError(f"block of {n} bits has key counts per intensity summing to {sum(nk)}")
+        res = finitekey.lim2014(nk, nt, mt, mu=mu, p_mu=p, leak_ec=float(leak_ec), eps_sec=cfg.finitekey.eps_sec,
+                                eps_cor=float(eps_cor), tag_bits=int(leak_verify))
+    elif not decoy and bound == "tomamichel2012":
+        k = int(stats.get("n_test", 0))
+        e = int(stats.get("test_errors", 0))
+        if k < 1:
+            return 0, bound, {"reason": "no test-basis bits in this block: the phase error cannot be bounded"}
+        res = finitekey.tomamichel2012(n, k, e, leak_ec=float(leak_ec), eps_sec=cfg.finitekey.eps_sec,
+                                       eps_cor=float(eps_cor), tag_bits=int(leak_verify))
+    else:
+        kind = "decoy BB84 (per-intensity counts)" if decoy else "BBM92 (no intensities)"
+        raise InputError(f"bound={bound!r} does not apply to {kind} blocks; use bound='auto', 'lim2014' for "
+                         "two-decoy BB84 or 'tomamichel2012' for BBM92 (one-decoy rusca2018 is not wired: it "
+                         "needs key-basis errors per intensity)")
     details = {"reason": res.reason, "value": res.value, **{k_: v for k_, v in res.bounds.items()}}
     return int(res.length), res.bound, details

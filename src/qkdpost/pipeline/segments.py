@@ -33,6 +33,7 @@ class Segment:
     bits: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
     t_end_s: float = float("nan")
+    labels: np.ndarray | None = None  # per-bit class (decoy intensity), counted exactly per block
 
 
 def qber_from_stats(stats: dict[str, Any]) -> float:
@@ -62,7 +63,7 @@ class BlockCutter:
     bounded by one block plus one segment.
     """
 
-    _ROUND_UP = ("test_errors",)
+    _ROUND_UP = ("test_errors", "m_test")  # error counters: shares rounded up (prefix match)
 
     def __init__(self, block_bits: int):
         if block_bits <= 0:
@@ -91,7 +92,12 @@ class BlockCutter:
             stats = dict(self._loose)
             self._loose = {}
             self._merge(stats, seg.stats)
-            self._segs.append([bits, stats])
+            labels = None
+            if seg.labels is not None:
+                labels = np.ascontiguousarray(seg.labels, dtype=np.uint8)
+                if labels.shape != bits.shape:
+                    raise InputError(f"segment labels: shape {labels.shape} != bits shape {bits.shape}")
+            self._segs.append([bits, stats, labels])
             self._have += bits.size
             self.total_bits += bits.size
         else:
@@ -104,11 +110,13 @@ class BlockCutter:
         while self._have >= self.block_bits:
             need = self.block_bits
             parts: list[np.ndarray] = []
+            lparts: list[np.ndarray | None] = []
             stats: dict[str, Any] = {}
             while need:
-                bits, sstats = self._segs[0]
+                bits, sstats, labels = self._segs[0]
                 if bits.size <= need:  # whole (rest of the) segment
                     parts.append(bits)
+                    lparts.append(labels)
                     need -= bits.size
                     self._merge(stats, sstats)
                     self._segs.pop(0)
@@ -117,7 +125,8 @@ class BlockCutter:
                 share: dict[str, Any] = {}
                 for k, v in sstats.items():
                     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-                        share[k] = int(np.floor(v * frac)) if k not in self._ROUND_UP else int(np.ceil(v * frac))
+                        up = k.startswith(self._ROUND_UP)
+                        share[k] = int(np.ceil(v * frac)) if up else int(np.floor(v * frac))
                     elif isinstance(v, (float, np.floating)):
                         share[k] = float(v) * frac
                     else:
@@ -128,13 +137,20 @@ class BlockCutter:
                     if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
                         sstats[k] = sstats[k] - v
                 # errors handed out rounded up may leave the remainder short: never below 0
-                if sstats.get("test_errors", 0) < 0:
-                    sstats["test_errors"] = 0
+                for k in list(sstats):
+                    if k.startswith(self._ROUND_UP) and sstats[k] < 0:
+                        sstats[k] = 0
                 self._merge(stats, share)
                 parts.append(bits[:need])
+                lparts.append(None if labels is None else labels[:need])
                 self._segs[0][0] = bits[need:]
+                self._segs[0][2] = None if labels is None else labels[need:]
                 need = 0
             block = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+            if all(lp is not None for lp in lparts):
+                lab = np.concatenate(lparts)  # type: ignore[arg-type]
+                for c, cnt in enumerate(np.bincount(lab, minlength=3).tolist()):
+                    stats[f"n_key_c{c}"] = int(cnt)
             self._have -= self.block_bits
             start = self.offset
             self.offset += self.block_bits

@@ -215,9 +215,7 @@ class Session:
                     raise ProtocolError("Bob's stream ended but Alice's did not within the timeout; "
                                         "call close() on Alice's session too")
                 time.sleep(0.05)
-        from .front import _segment
-
-        keys = self._bob.push(_segment(sift.take(), self._front_b._t_end_s()))
+        keys = self._bob.push(self._front_b.take())
         keys += self._bob.finish()
         self.report.finish()
         return keys
