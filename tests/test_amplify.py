@@ -340,3 +340,25 @@ def test_afft_is_gf2_linear(data):
 def test_unknown_algorithm_is_rejected():
     with pytest.raises(InputError, match="algorithm"):
         amplify.toeplitz_hash_packed(np.ones(1, np.uint64), 10, np.ones(1, np.uint64), 5, algorithm="fft32")
+
+
+def test_vectorised_multiply_accumulate_matches_scalar():
+    from qkdpost._jit import kernel
+
+    @kernel(None)
+    def call(y, p, lam, mode):
+        K._mul_acc(y, p, lam, mode)
+
+    rng = np.random.default_rng(77)
+    modes = [K.SW] + ([K.HW] if K.has_pclmul() else []) + ([K.HW2] if K.has_vpclmul() else [])
+    for n in (0, 1, 3, 4, 5, 17, 1000):
+        p = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+        y = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+        lam = rng.integers(0, 2**64, dtype=np.uint64, endpoint=False)
+        want = y.copy()
+        for k in range(n):
+            want[k] ^= K.gf64_mul(p[k], lam, K.SW)
+        for mode in modes:
+            got = y.copy()
+            call(got, p, lam, mode)
+            np.testing.assert_array_equal(got, want, err_msg=str(mode.dtype))

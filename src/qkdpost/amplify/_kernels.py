@@ -772,11 +772,120 @@ def gf64_mul(a, b, mode):
     return lo ^ r
 
 
+@intrinsic
+def _vmul_acc(typingctx, Y, P, lam):
+    """y[k] ^= p[k] * lam in GF(2^64) for k < P.size, four at a time with VPCLMULQDQ.
+
+    Lanes hold (p[k], p[k+1]) and (p[k+2], p[k+3]); immediates 0x00 and 0x01
+    multiply the low and the high element of each lane by lam; the 128-bit
+    products are split into low and high words and the high words folded with
+    x^64 = 1 + x + x^3 + x^4 by vector shifts (as in :func:`gf64_mul`).
+    """
+    from llvmlite import ir
+
+    sig = types.void(Y, P, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        yary = context.make_array(signature.args[0])(context, builder, args[0])
+        pary = context.make_array(signature.args[1])(context, builder, args[1])
+        lamv = args[2]
+        n = pary.nitems
+        i8 = ir.IntType(8)
+        i32 = ir.IntType(32)
+        i64 = ir.IntType(64)
+        v2 = ir.VectorType(i64, 2)
+        v4 = ir.VectorType(i64, 4)
+        p4 = v4.as_pointer()
+        fn4 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v4, [v4, v4, i8]), "llvm.x86.pclmulqdq.256")
+        fn2 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v2, [v2, v2, i8]), "llvm.x86.pclmulqdq")
+
+        def splat(c):
+            return ir.Constant(v4, [c] * 4)
+
+        lam4 = ir.Constant(v4, ir.Undefined)
+        for lane in range(4):
+            lam4 = builder.insert_element(lam4, lamv if lane % 2 == 0 else ir.Constant(i64, 0), ir.Constant(i32, lane))
+        n4 = builder.and_(n, ir.Constant(i64, -4))
+        pre = builder.block
+        head = builder.append_basic_block("vma.head")
+        body = builder.append_basic_block("vma.body")
+        thead = builder.append_basic_block("vma.thead")
+        tbody = builder.append_basic_block("vma.tbody")
+        done = builder.append_basic_block("vma.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        k = builder.phi(i64)
+        k.add_incoming(ir.Constant(i64, 0), pre)
+        builder.cbranch(builder.icmp_signed("<", k, n4), body, thead)
+        builder.position_at_end(body)
+        pp = builder.bitcast(builder.gep(pary.data, [k]), p4)
+        yp = builder.bitcast(builder.gep(yary.data, [k]), p4)
+        pv = builder.load(pp, align=8)
+        r0 = builder.call(fn4, [pv, lam4, ir.Constant(i8, 0x00)])
+        r1 = builder.call(fn4, [pv, lam4, ir.Constant(i8, 0x01)])
+        lo = builder.shuffle_vector(r0, r1, ir.Constant(ir.VectorType(i32, 4), [0, 4, 2, 6]))
+        hi = builder.shuffle_vector(r0, r1, ir.Constant(ir.VectorType(i32, 4), [1, 5, 3, 7]))
+        r = builder.xor(builder.xor(hi, builder.shl(hi, splat(1))), builder.xor(builder.shl(hi, splat(3)), builder.shl(hi, splat(4))))
+        t = builder.xor(builder.xor(builder.lshr(hi, splat(63)), builder.lshr(hi, splat(61))), builder.lshr(hi, splat(60)))
+        r = builder.xor(r, builder.xor(builder.xor(t, builder.shl(t, splat(1))), builder.xor(builder.shl(t, splat(3)), builder.shl(t, splat(4)))))
+        yv = builder.load(yp, align=8)
+        builder.store(builder.xor(yv, builder.xor(lo, r)), yp, align=8)
+        k.add_incoming(builder.add(k, ir.Constant(i64, 4)), body)
+        builder.branch(head)
+        # scalar remainder
+        builder.position_at_end(thead)
+        tk = builder.phi(i64)
+        tk.add_incoming(k, head)
+        builder.cbranch(builder.icmp_signed("<", tk, n), tbody, done)
+        builder.position_at_end(tbody)
+        zero32 = ir.Constant(i32, 0)
+        undef2 = ir.Constant(v2, ir.Undefined)
+        pa = builder.gep(pary.data, [tk])
+        ya = builder.gep(yary.data, [tk])
+        va = builder.insert_element(undef2, builder.load(pa), zero32)
+        vb = builder.insert_element(undef2, lamv, zero32)
+        rr = builder.call(fn2, [va, vb, ir.Constant(i8, 0)])
+        slo = builder.extract_element(rr, zero32)
+        shi = builder.extract_element(rr, ir.Constant(i32, 1))
+        c1, c3, c4 = ir.Constant(i64, 1), ir.Constant(i64, 3), ir.Constant(i64, 4)
+        sr = builder.xor(builder.xor(shi, builder.shl(shi, c1)), builder.xor(builder.shl(shi, c3), builder.shl(shi, c4)))
+        st_ = builder.xor(builder.xor(builder.lshr(shi, ir.Constant(i64, 63)), builder.lshr(shi, ir.Constant(i64, 61))),
+                          builder.lshr(shi, ir.Constant(i64, 60)))
+        sr = builder.xor(sr, builder.xor(builder.xor(st_, builder.shl(st_, c1)), builder.xor(builder.shl(st_, c3), builder.shl(st_, c4))))
+        builder.store(builder.xor(builder.load(ya), builder.xor(slo, sr)), ya)
+        tk.add_incoming(builder.add(tk, ir.Constant(i64, 1)), tbody)
+        builder.branch(thead)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @kernel(None)
-def _mul_acc(y, p, lam, mode):
-    """y[k] ^= p[k] * lam in GF(2^64)."""
+def _mul_acc_loop(y, p, lam, mode):
+    """y[k] ^= p[k] * lam in GF(2^64) (scalar loop)."""
     for k in range(p.size):
         y[k] ^= gf64_mul(p[k], lam, mode)
+
+
+def _mul_acc(y, p, lam, mode):
+    """y[k] ^= p[k] * lam in GF(2^64); ``mode`` type picks the method (pure Python: loop)."""
+    return _mul_acc_loop(y, p, lam, mode)
+
+
+@overload(_mul_acc)
+def _mul_acc_overload(y, p, lam, mode):
+    if isinstance(mode, types.Integer) and mode.bitwidth == 16 and not mode.signed:
+
+        def impl_v(y, p, lam, mode):
+            _vmul_acc(y, p, lam)
+
+        return impl_v
+
+    def impl(y, p, lam, mode):
+        _mul_acc_loop(y, p, lam, mode)
+
+    return impl
 
 
 @kernel(None)
