@@ -60,6 +60,23 @@ def llr_for(y, q, mask=None, vals=None):
     return out
 
 
+def decode_one(code, llr, syn, max_iter):
+    """Cold-start decode of one frame: (iterations or negative, hard decision)."""
+    L = np.array(llr, dtype=np.float32)
+    R = np.zeros(code.n_edges, np.float32)
+    it = K.decode_frame(code.row_ptr, code.col_idx, syn, max_iter, L, R, K.PHI_LUT)
+    return int(it), (L < 0).astype(np.uint8)
+
+
+def decode_many(code, llr, syn, max_iter):
+    L = np.array(llr, dtype=np.float32)
+    R = np.zeros((L.shape[0], code.n_edges), np.float32)
+    it = np.empty(L.shape[0], np.int64)
+    K.decode_batch(code.row_ptr, code.col_idx, np.ascontiguousarray(syn), max_iter, L, R,
+                   np.arange(L.shape[0], dtype=np.int64), it)
+    return it, (L < 0).astype(np.uint8)
+
+
 # --------------------------------------------------------------------- codes
 def test_degree_counts_sum_and_match_distribution():
     for name, d in DISTRIBUTIONS.items():
@@ -216,12 +233,9 @@ def test_decoder_agrees_with_brute_force_ml_on_tiny_code():
         y = x.copy()
         y[rng.integers(0, 16)] ^= 1
         syn = oracle.dense_syndrome(h, x)
-        L = np.empty(16, np.float32)
-        R = np.empty(code.n_edges, np.float32)
-        it = K.decode_frame(code.row_ptr, code.col_idx, llr_for(y, 0.05), syn, 50, L, R, K.PHI_LUT)
+        it, dec = decode_one(code, llr_for(y, 0.05), syn, 50)
         ml = oracle.ml_decode(h, syn, y)
         if it >= 0:
-            dec = (L < 0).astype(np.uint8)
             assert np.array_equal(oracle.dense_syndrome(h, dec), syn)
             if ml is not None:
                 assert np.array_equal(dec, ml)
@@ -233,10 +247,9 @@ def test_decoder_zero_errors_returns_immediately():
     code = load_code("mm2012-r0.50-n16384")
     x = np.random.default_rng(3).integers(0, 2, code.n, dtype=np.uint8)
     syn = code.syndrome(x[None])[0]
-    L = np.empty(code.n, np.float32)
-    R = np.empty(code.n_edges, np.float32)
-    assert K.decode_frame(code.row_ptr, code.col_idx, llr_for(x, 0.03), syn, 10, L, R, K.PHI_LUT) == 0
-    assert np.array_equal((L < 0).astype(np.uint8), x)
+    it, dec = decode_one(code, llr_for(x, 0.03), syn, 10)
+    assert it == 0
+    assert np.array_equal(dec, x)
 
 
 def test_decoder_matches_float64_flooding_oracle():
@@ -251,9 +264,7 @@ def test_decoder_matches_float64_flooding_oracle():
         syn = code.syndrome(x[None])[0]
         llr = llr_for(y, 0.03)
         ref, ok_ref = oracle.flooding_sum_product(h, llr, syn, 40)
-        out = np.empty((1, code.n), np.uint8)
-        it = np.empty(1, np.int64)
-        K.decode_batch(code.row_ptr, code.col_idx, llr[None], syn[None], 40, out, it)
+        it, out = decode_many(code, llr[None], syn[None], 40)
         if ok_ref:
             assert it[0] >= 0
             assert np.array_equal(out[0], ref)
@@ -270,9 +281,7 @@ def test_punctured_bits_decode():
     mask = np.zeros(code.n, np.uint8)
     mask[code.punct_order[: code.n // 20]] = 2
     syn = code.syndrome(x[None])
-    out = np.empty((1, code.n), np.uint8)
-    it = np.empty(1, np.int64)
-    K.decode_batch(code.row_ptr, code.col_idx, llr_for(y, 0.04, mask)[None], syn, 60, out, it)
+    it, out = decode_many(code, llr_for(y, 0.04, mask)[None], syn, 60)
     assert it[0] > 0
     assert np.array_equal(out[0], x)
 
@@ -284,14 +293,29 @@ def test_batch_equals_single_frames():
     y = bsc(rng, x, 0.045)
     syn = code.syndrome(x)
     llr = np.stack([llr_for(y[i], 0.045) for i in range(4)])
-    out = np.empty_like(x)
-    it = np.empty(4, np.int64)
-    K.decode_batch(code.row_ptr, code.col_idx, llr, syn, 40, out, it)
+    it, out = decode_many(code, llr, syn, 40)
     for i in range(4):
-        L = np.empty(code.n, np.float32)
-        R = np.empty(code.n_edges, np.float32)
-        assert K.decode_frame(code.row_ptr, code.col_idx, llr[i], syn[i], 40, L, R, K.PHI_LUT) == it[i]
-        assert np.array_equal((L < 0).astype(np.uint8), out[i])
+        it1, out1 = decode_one(code, llr[i], syn[i], 40)
+        assert it1 == it[i]
+        assert np.array_equal(out1, out[i])
+
+
+def test_warm_start_continues_where_it_stopped():
+    """Two calls of k and j iterations equal one call of k + j (state is the messages)."""
+    code = load_code("mm2012-r0.70-n16384")
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 2, code.n, dtype=np.uint8)
+    y = bsc(rng, x, 0.05)
+    syn = code.syndrome(x[None])[0]
+    L1 = llr_for(y, 0.05)
+    L2 = L1.copy()
+    R1 = np.zeros(code.n_edges, np.float32)
+    R2 = np.zeros(code.n_edges, np.float32)
+    a = K.decode_frame(code.row_ptr, code.col_idx, syn, 3, L1, R1, K.PHI_LUT)
+    assert a < 0
+    K.decode_frame(code.row_ptr, code.col_idx, syn, 4, L1, R1, K.PHI_LUT)
+    K.decode_frame(code.row_ptr, code.col_idx, syn, 7, L2, R2, K.PHI_LUT)
+    assert np.array_equal(L1, L2) and np.array_equal(R1, R2)
 
 
 # ----------------------------------------------------------------- protocol
@@ -357,7 +381,7 @@ def test_failed_frames_reported_and_left_unchanged():
     rng = np.random.default_rng(9)
     a, b = _frames(rng, 3, 14746, 0.05)
     b[1] = rng.integers(0, 2, 14746, dtype=np.uint8)  # uncorrelated frame: cannot decode
-    res = reconcile_ldpc(a, b, qber=0.05, seed=3, max_rounds=3)
+    res = reconcile_ldpc(a, b, qber=0.05, seed=3)
     assert not res.success[1]
     assert np.array_equal(res.bits[1], b[1])
     assert res.errors_corrected[1] == 0

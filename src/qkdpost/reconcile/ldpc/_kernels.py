@@ -310,7 +310,7 @@ def _phi(x, lut):
 
 
 @kernel()
-def decode_frame(row_ptr, col_idx, llr, syn, max_iter, L, R, lut):
+def decode_frame(row_ptr, col_idx, syn, max_iter, L, R, lut):
     """Layered (row-by-row) sum-product decoding of one frame with side information.
 
     Syndrome decoding for Slepian-Wolf coding (Liveris, Xiong, Georghiades,
@@ -321,13 +321,17 @@ def decode_frame(row_ptr, col_idx, llr, syn, max_iter, L, R, lut):
     with integer arithmetic, not branches (random signs defeat the branch
     predictor: 2x measured).
 
+    The state (L, R) is caller-owned and persists: start with L = channel
+    LLRs and R = 0; to continue after a blind round, add the change of the
+    channel LLR of the revealed positions to L and call again (warm start).
+
     Parameters
     ----------
-    llr : float32 (n,)      channel LLRs (0 for punctured, +-LLR_KNOWN for known bits)
     syn : uint8 (m,)        Alice's syndrome
     max_iter : int
-    L : float32 (n,)        work/out: posterior LLRs (hard decision L < 0 -> 1)
-    R : float32 (E,)        work: check-to-variable messages in row order
+    L : float32 (n,)        in/out: posterior LLRs (hard decision L < 0 -> 1);
+                            channel LLR 0 for punctured, +-LLR_KNOWN for known bits
+    R : float32 (E,)        in/out: check-to-variable messages in row order
     lut : float32           PHI_LUT
 
     Returns
@@ -335,7 +339,6 @@ def decode_frame(row_ptr, col_idx, llr, syn, max_iter, L, R, lut):
     int64 : iterations used if decoded (>= 0, 0 when the input already
     matched), else ``-(max_iter + 1)``.
     """
-    n = llr.shape[0]
     m = row_ptr.shape[0] - 1
     maxdeg = 0
     for j in range(m):
@@ -345,10 +348,6 @@ def decode_frame(row_ptr, col_idx, llr, syn, max_iter, L, R, lut):
     T = np.empty(maxdeg, np.float32)
     P = np.empty(maxdeg, np.float32)
     SG = np.empty(maxdeg, np.int32)
-    for v in range(n):
-        L[v] = llr[v]
-    for e in range(R.shape[0]):
-        R[e] = np.float32(0.0)
     if _syndrome_ok(row_ptr, col_idx, L, syn):
         return np.int64(0)
     for it in range(max_iter):
@@ -390,23 +389,18 @@ def _syndrome_ok(row_ptr, col_idx, L, syn):
 
 
 @kernel(parallel=True)
-def decode_batch(row_ptr, col_idx, llr, syn, max_iter, bits_out, iters_out):
-    """Decode N frames (``prange`` over frames).
+def decode_batch(row_ptr, col_idx, syn, max_iter, L, R, which, iters_out):
+    """Decode frames ``which`` of a batch (``prange`` over them), state in caller-owned buffers.
 
-    llr : float32 (N, n); syn : uint8 (N, m); bits_out : uint8 (N, n) out;
-    iters_out : int64 (N,) out, as returned by :func:`decode_frame`
-    (negative = not decoded). Work buffers are allocated per frame.
+    syn : uint8 (N, m); L : float32 (N, n) in/out; R : float32 (N, E) in/out;
+    which : int64 (K,) frame indices; iters_out : int64 (K,) out, as returned
+    by :func:`decode_frame` (negative = not decoded). See
+    :func:`decode_frame` for cold and warm start.
     """
-    nf = llr.shape[0]
-    n = llr.shape[1]
-    ne = col_idx.shape[0]
     lut = PHI_LUT
-    for f in prange(nf):
-        L = np.empty(n, np.float32)
-        R = np.empty(ne, np.float32)
-        iters_out[f] = decode_frame(row_ptr, col_idx, llr[f], syn[f], max_iter, L, R, lut)
-        for v in range(n):
-            bits_out[f, v] = 1 if L[v] < 0 else 0
+    for i in prange(which.shape[0]):
+        f = which[i]
+        iters_out[i] = decode_frame(row_ptr, col_idx, syn[f], max_iter, L[f], R[f], lut)
 
 
 @kernel()
@@ -450,4 +444,5 @@ def _warmup() -> None:
     llr = np.empty((2, 12), np.float32)
     for f in range(2):
         bsc_llr(x[f], 0.05, np.zeros(12, np.uint8), np.zeros(12, np.uint8), llr[f])
-    decode_batch(row_ptr, col_idx, llr, s, 5, np.empty((2, 12), np.uint8), np.empty(2, np.int64))
+    decode_batch(row_ptr, col_idx, s, 5, llr, np.zeros((2, col_idx.shape[0]), np.float32),
+                 np.arange(2, dtype=np.int64), np.empty(2, np.int64))

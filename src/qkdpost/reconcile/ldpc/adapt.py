@@ -29,11 +29,13 @@ from ...bits import binary_entropy
 from ...errors import InputError
 from .codes import available_codes
 
-__all__ = ["FramePlan", "plan_frame", "DEFAULT_F_START", "MAX_PUNCT_FRACTION", "MAX_F_START"]
+__all__ = ["FramePlan", "plan_frame", "DEFAULT_F_START", "DEFAULT_F_STEP", "MAX_PUNCT_FRACTION", "MAX_F_START"]
 
 # First-attempt efficiency by code length, set from measured first-round
 # FER (docs/ldpc.md): longer codes work closer to capacity.
-DEFAULT_F_START = {2**14: 1.10, 2**16: 1.06, 2**18: 1.03}
+DEFAULT_F_START = {2**14: 1.12, 2**16: 1.08, 2**18: 1.05}
+# Efficiency added per blind round, by code length.
+DEFAULT_F_STEP = {2**14: 0.04, 2**16: 0.02, 2**18: 0.015}
 # Puncturing is kept to at most this fraction of the frame (issue 4).
 MAX_PUNCT_FRACTION = 0.10
 # Frames shorter than this fraction of a code's length are not placed in it
@@ -82,16 +84,18 @@ def plan_frame(
     qber: float,
     *,
     f_start: float | None = None,
-    f_step: float = 0.03,
-    max_rounds: int = 4,
+    f_step: float | None = None,
+    max_rounds: int = 6,
     code: str | None = None,
 ) -> FramePlan:
     """Choose mother code, puncturing and shortening for frames of ``n_key`` bits.
 
     Among shipped codes with 0.75 n <= n_key <= n, the shortest length that can reach
     the target leak m - p = f_start * n_key * h(qber) with
-    0 <= p <= min(untainted positions, 10 % of n, n - n_key) is used, and at
-    that length the code with the fewest checks (least puncturing). If no
+    0 <= p <= min(untainted positions, 10 % of n, n - n_key) is used; at
+    that length, the code with the fewest checks among those whose punctured
+    positions cover the blind rounds (max_rounds * step), else the one with
+    the fewest checks (least puncturing). If no
     code reaches the target exactly, the one with the smallest start leak
     that is still >= the target is used.
 
@@ -107,7 +111,7 @@ def plan_frame(
         raise InputError(f"frame length {n_key}: must be at least 1 bit")
     if max_rounds < 0:
         raise InputError(f"max_rounds={max_rounds!r}: must be >= 0")
-    if not (0.0 < f_step < 1.0):
+    if f_step is not None and not (0.0 < f_step < 1.0):
         raise InputError(f"f_step={f_step!r}: must be in (0, 1)")
     entries = available_codes()
     if code is not None:
@@ -126,6 +130,7 @@ def plan_frame(
     for e in sorted(fitting, key=lambda e: (e["n"], e["m"])):
         n, m = e["n"], e["m"]
         fs = f_start if f_start is not None else DEFAULT_F_START.get(n, 1.05)
+        fst = f_step if f_step is not None else DEFAULT_F_STEP.get(n, 0.02)
         target = fs * n_key * h
         p_hi = min(e["untainted_max"], int(MAX_PUNCT_FRACTION * n), n - n_key)
         p = max(0, min(p_hi, m - int(math.ceil(target))))
@@ -133,7 +138,11 @@ def plan_frame(
         if leak < target:
             continue  # code too weak for this QBER even without puncturing
         exact = m - int(math.ceil(target)) <= p_hi  # target reached, not clipped
-        key = (0 if exact else 1, n, leak, m)
+        # blind rounds reveal punctured bits first (1 bit of information per
+        # bit disclosed, a key bit gives only h(Q)): prefer a code that holds
+        # the whole blind budget in punctured positions, then the least puncturing.
+        budget = min(p_hi, max_rounds * max(1, int(round(fst * n_key * h))))
+        key = (0 if exact else 1, n, 0 if p >= budget else 1, leak, m)
         if best is None or key < best[0]:
             best = (key, e, p, fs)
     if best is None:
@@ -141,8 +150,9 @@ def plan_frame(
                          f"{n_key} bits (needs more than the lowest-rate code discloses); use Cascade")
     _, e, p, fs = best
     n, m = e["n"], e["m"]
+    fst = f_step if f_step is not None else DEFAULT_F_STEP.get(n, 0.02)
     plan = FramePlan(code=e["name"], n=n, m=m, n_key=n_key, n_punct=p, n_short=n - n_key - p,
-                     step=max(1, int(round(f_step * n_key * h))), max_rounds=max_rounds)
+                     step=max(1, int(round(fst * n_key * h))), max_rounds=max_rounds)
     if plan.efficiency_start(qber) > max(MAX_F_START, fs):
         raise InputError(f"qber={qber:.4g}: too low for the shipped LDPC codes at frame length {n_key} "
                          f"(first attempt would leak f={plan.efficiency_start(qber):.2f}); use Cascade "

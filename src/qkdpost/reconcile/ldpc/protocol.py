@@ -170,24 +170,39 @@ class LdpcBob:
     f_start : float, optional
         Target efficiency of the first attempt (default by code length,
         :data:`adapt.DEFAULT_F_START`).
-    f_step : float
+    f_step : float, optional
         Efficiency added per blind round (positions revealed per round =
-        round(f_step * n_key * h(qber))).
+        round(f_step * n_key * h(qber))); default by code length,
+        :data:`adapt.DEFAULT_F_STEP`.
     max_rounds : int
         Blind rounds after the first attempt; frames still failing are
         reported (``success=False``) and left as Bob had them.
     max_iter : int
-        Decoder iterations per attempt.
+        Decoder iterations of the first attempt.
+    max_iter_blind : int, optional
+        Further iterations after each blind round (the decoder continues
+        from its state if ``warm``, else restarts; default ``max_iter``).
+    warm : bool
+        Continue decoding from the failed attempt's messages after a blind
+        round instead of restarting (measured at n = 2^16, Q = 5 %: same f,
+        7 % fewer iterations).
     code : str, optional
         Force a mother code (name from :func:`available_codes`).
     seed : int, optional
         Seed for the public layout; None draws it from ``secrets``.
     """
 
-    def __init__(self, *, f_start: float | None = None, f_step: float = 0.03, max_rounds: int = 4,
-                 max_iter: int = 60, code: str | None = None, seed: int | None = None):
+    def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int = 6,
+                 max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
+                 code: str | None = None, seed: int | None = None):
         if max_iter < 1:
             raise InputError(f"max_iter={max_iter!r}: must be >= 1")
+        if max_iter_blind is not None and max_iter_blind < 1:
+            raise InputError(f"max_iter_blind={max_iter_blind!r}: must be >= 1")
+        self.warm = bool(warm)
+        if max_iter_blind is None:
+            max_iter_blind = max_iter
+        self.max_iter_blind = int(max_iter_blind)
         if f_start is not None and not (0.5 < f_start < 3.0):
             raise InputError(f"f_start={f_start!r}: must be in (0.5, 3)")
         self.f_start = f_start
@@ -232,14 +247,18 @@ class LdpcBob:
         vals[:, lay.short_pos] = lay.short_vals
         word = np.zeros((nf, code.n), dtype=np.uint8)
         word[:, lay.key_pos] = y
-        masks = np.repeat(mask[None, :], nf, axis=0)
 
-        out = np.empty((nf, code.n), dtype=np.uint8)
+        # Decoder state per frame (warm-started across blind rounds).
+        llr0 = np.empty((nf, code.n), dtype=np.float32)
+        for f in range(nf):
+            K.bsc_llr(word[f], qber, mask, vals[f], llr0[f])
+        L = llr0.copy()
+        R = np.zeros((nf, code.n_edges), dtype=np.float32)
         iters = np.zeros(nf, dtype=np.int64)
         rounds = np.zeros(nf, dtype=np.int64)
         revealed = np.zeros(nf, dtype=np.int64)
         status = np.full(nf, -1, dtype=np.int64)
-        todo = np.arange(nf)
+        todo = np.arange(nf, dtype=np.int64)
         cursor = 0
         for rnd in range(plan.max_rounds + 1):
             if rnd > 0:
@@ -249,28 +268,30 @@ class LdpcBob:
                 rep = channel.request("ldpc.reveal", {"frame_ids": ids[todo], "start": cursor, "stop": stop})
                 got = _unpack(rep["values"], stop - cursor).reshape(todo.shape[0], stop - cursor)
                 pos = lay.reveal_order[cursor:stop]
-                masks[np.ix_(todo, pos)] = 1
-                vals[np.ix_(todo, pos)] = got
+                new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
+                sel = np.ix_(todo, pos)
+                if self.warm:
+                    L[sel] += new - llr0[sel]
+                    llr0[sel] = new
+                else:
+                    llr0[sel] = new
+                    L[todo] = llr0[todo]
+                    R[todo] = 0.0
                 revealed[todo] += stop - cursor
                 rounds[todo] = rnd
                 cursor = stop
-            llr = np.empty((todo.shape[0], code.n), dtype=np.float32)
-            for i, f in enumerate(todo.tolist()):
-                K.bsc_llr(word[f], qber, masks[f], vals[f], llr[i])
-            sub_out = np.empty((todo.shape[0], code.n), dtype=np.uint8)
             sub_it = np.empty(todo.shape[0], dtype=np.int64)
-            K.decode_batch(code.row_ptr, code.col_idx, llr, np.ascontiguousarray(syn[todo]), self.max_iter,
-                           sub_out, sub_it)
+            budget = self.max_iter if rnd == 0 else self.max_iter_blind
+            K.decode_batch(code.row_ptr, code.col_idx, syn, budget, L, R, todo, sub_it)
             iters[todo] += np.abs(sub_it)
             status[todo] = sub_it
-            out[todo] = sub_out
             todo = todo[sub_it < 0]
             if todo.shape[0] == 0:
                 break
 
         success = status >= 0
         bits = y.copy()
-        bits[success] = out[success][:, lay.key_pos]
+        bits[success] = (L[success][:, lay.key_pos] < 0).astype(np.uint8)
         leaked = np.full(nf, plan.leak_start, dtype=np.int64) + revealed
         corrected = np.count_nonzero(bits != y, axis=1).astype(np.int64)
         rt1, by1 = channel.stats.snapshot()

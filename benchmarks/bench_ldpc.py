@@ -1,0 +1,229 @@
+"""LDPC reconciliation: decoder speed and efficiency/FER curves.
+
+pytest-benchmark part (``pytest benchmarks/bench_ldpc.py``): the layered
+float32 LUT decoder against a simple reference (layered sum-product with the
+exact tanh rule in float64, O(d^2) per check) on the same frames, after a
+warm-up; throughput and edge updates per second in ``extra_info``.
+
+Curve part (``python benchmarks/bench_ldpc.py --curves``): runs
+``reconcile_ldpc`` (both parties over the loopback channel) over a grid of
+code lengths and QBERs, one Numba thread, and writes ``data/ldpc_curves.json``
+(f, FER with its denominator, undetected errors, iterations, rounds,
+throughput per core). ``tests/test_ldpc_curves.py`` replays it.
+
+Frames: Alice's bits uniform, Bob's = Alice's with exactly round(Q n_key)
+flipped positions (fixed-weight BSC), so f = leaked / (n_key h(Q)) uses the
+true error fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from qkdpost.bits import binary_entropy
+from qkdpost.reconcile.ldpc import _kernels as K
+from qkdpost.reconcile.ldpc import load_code, reconcile_ldpc
+
+ROOT = Path(__file__).resolve().parent.parent
+CURVES = ROOT / "data" / "ldpc_curves.json"
+
+
+def fixed_weight_frames(rng: np.random.Generator, nf: int, n_key: int, qber: float) -> tuple[np.ndarray, np.ndarray]:
+    a = rng.integers(0, 2, (nf, n_key), dtype=np.uint8)
+    b = a.copy()
+    k = int(round(qber * n_key))
+    for i in range(nf):
+        b[i, rng.choice(n_key, k, replace=False)] ^= 1
+    return a, b
+
+
+@numba.njit(cache=True, error_model="numpy")
+def reference_decode(row_ptr, col_idx, syn, max_iter, L, R):  # pragma: no cover - benchmark reference
+    """Layered sum-product, exact tanh rule, float64, O(d^2) per check: the yardstick."""
+    m = row_ptr.shape[0] - 1
+    T = np.empty(128)
+    TH = np.empty(128)
+    for it in range(max_iter):
+        for j in range(m):
+            lo = row_ptr[j]
+            hi = row_ptr[j + 1]
+            for e in range(lo, hi):
+                t = L[col_idx[e]] - R[e]
+                T[e - lo] = t
+                TH[e - lo] = math.tanh(max(min(t, 40.0), -40.0) / 2.0)
+            for e in range(lo, hi):
+                p = -1.0 if syn[j] else 1.0
+                for e2 in range(lo, hi):
+                    if e2 != e:
+                        p *= TH[e2 - lo]
+                p = max(min(p, 1 - 1e-12), -1 + 1e-12)
+                r = 2.0 * math.atanh(p)
+                R[e] = r
+                L[col_idx[e]] = T[e - lo] + r
+        ok = True
+        for j in range(m):
+            s = syn[j]
+            for e in range(row_ptr[j], row_ptr[j + 1]):
+                s ^= L[col_idx[e]] < 0
+            if s:
+                ok = False
+                break
+        if ok:
+            return it + 1
+    return -(max_iter + 1)
+
+
+def _decoder_case(name: str, qber: float, nf: int):
+    code = load_code(name)
+    rng = np.random.default_rng(1)
+    x, y = fixed_weight_frames(rng, nf, code.n, qber)
+    syn = code.syndrome(x)
+    z = np.zeros(code.n, np.uint8)
+    llr = np.empty((nf, code.n), np.float32)
+    for i in range(nf):
+        K.bsc_llr(y[i], qber, z, z, llr[i])
+    return code, x, syn, llr
+
+
+# ------------------------------------------------------------- pytest-benchmark
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.mark.parametrize("impl", ["ours", "reference"])
+    @pytest.mark.parametrize("name,qber", [("mm2012-r0.70-n16384", 0.042), ("mm2012-r0.70-n65536", 0.042)])
+    def test_decoder_throughput(benchmark, impl, name, qber):
+        nf = 4
+        code, x, syn, llr = _decoder_case(name, qber, nf)
+        iters = np.zeros(nf, np.int64)
+
+        def ours():
+            L = llr.copy()
+            R = np.zeros((nf, code.n_edges), np.float32)
+            K.decode_batch(code.row_ptr, code.col_idx, syn, 60, L, R, np.arange(nf, dtype=np.int64), iters)
+            return L
+
+        def reference():
+            out = np.empty((nf, code.n))
+            for i in range(nf):
+                L = llr[i].astype(np.float64)
+                R = np.zeros(code.n_edges)
+                iters[i] = reference_decode(code.row_ptr, code.col_idx, syn[i], 60, L, R)
+                out[i] = L
+            return out
+
+        fn = ours if impl == "ours" else reference
+        fn()  # JIT warm-up
+        L = benchmark.pedantic(fn, rounds=3, iterations=1)
+        secs = benchmark.stats.stats.mean
+        ok = iters >= 0
+        assert np.array_equal((L[ok] < 0).astype(np.uint8), x[ok])
+        benchmark.extra_info.update({
+            "frames": nf, "n": code.n, "qber": qber, "threads": numba.get_num_threads(),
+            "mbit_per_s": nf * code.n / secs / 1e6,
+            "edge_updates_per_s": float(np.abs(iters).sum() * code.n_edges / secs),
+            "mean_iterations": float(np.abs(iters).mean()), "fer": float(1 - ok.mean()),
+        })
+
+    @pytest.mark.parametrize("qber", [0.02, 0.05, 0.08])
+    def test_reconcile_ldpc_2_16(benchmark, qber):
+        n_key = 58982
+        rng = np.random.default_rng(2)
+        a, b = fixed_weight_frames(rng, 4, n_key, qber)
+        reconcile_ldpc(a[:1], b[:1], qber=qber, seed=0)  # warm-up
+        res = benchmark.pedantic(lambda: reconcile_ldpc(a, b, qber=qber, seed=1), rounds=1, iterations=1)
+        secs = benchmark.stats.stats.mean
+        benchmark.extra_info.update({
+            "mbit_per_s": a.size / secs / 1e6, "f": float(np.mean(res.leaked_bits) / (n_key * binary_entropy(qber))),
+            "fer": float(1 - res.success.mean()), "code": res.preset,
+        })
+
+
+# ------------------------------------------------------------------ curves
+def measure(n_key: int, qber: float, frames: int, seed: int, chunk: int = 8, **options) -> dict:
+    """Run reconcile_ldpc on ``frames`` frames and summarise (CPU time of this process)."""
+    rng = np.random.default_rng([seed, n_key, int(qber * 1e6)])
+    h = float(binary_entropy(round(qber * n_key) / n_key))
+    f_all, ok_all, undet, iters, rounds, leaked = [], [], 0, [], [], []
+    cpu = 0.0
+    edges = None
+    code = None
+    reconcile_ldpc(*fixed_weight_frames(rng, 1, n_key, qber), qber=qber, seed=seed, **options)  # warm-up
+    done = 0
+    while done < frames:
+        k = min(chunk, frames - done)
+        a, b = fixed_weight_frames(rng, k, n_key, qber)
+        t0 = time.process_time()
+        res = reconcile_ldpc(a, b, qber=qber, seed=seed + done, **options)
+        cpu += time.process_time() - t0
+        correct = np.all(res.bits == a, axis=1)
+        undet += int(np.sum(res.success & ~correct))
+        ok_all.extend((res.success & correct).tolist())
+        f_all.extend((res.leaked_bits / (n_key * h)).tolist())
+        iters.extend(res.extra["iterations"].tolist())
+        rounds.extend(res.extra["rounds"].tolist())
+        leaked.extend(res.leaked_bits.tolist())
+        edges = res.extra["edges"]
+        code = res.preset
+        done += k
+    f = np.array(f_all)
+    ok = np.array(ok_all)
+    it = np.array(iters)
+    return {
+        "n_key": n_key, "qber": qber, "code": code, "frames": frames,
+        "f_mean": round(float(f.mean()), 5), "f_std": round(float(f.std()), 5),
+        "fer": float(1 - ok.mean()), "failed": int((~ok).sum()), "undetected": undet,
+        "mean_iterations": round(float(it.mean()), 2), "mean_rounds": round(float(np.mean(rounds)), 3),
+        "mbit_per_s_per_core": round(frames * n_key / cpu / 1e6, 4),
+        "edge_updates_per_s": round(float(it.sum() * edges / cpu), 0),
+        "options": options,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--curves", action="store_true", help="measure and write data/ldpc_curves.json")
+    ap.add_argument("--frames", type=int, default=32)
+    ap.add_argument("--n-key", type=int, action="append", default=[], help="frame lengths (default 14746, 58982)")
+    ap.add_argument("--qber", type=float, action="append", default=[])
+    ap.add_argument("--out", type=Path, default=CURVES)
+    args = ap.parse_args(argv)
+    if not args.curves:
+        ap.print_help()
+        return 2
+    if numba.get_num_threads() != 1:
+        print("note: set NUMBA_NUM_THREADS=1 for per-core figures", file=sys.stderr)
+    lengths = args.n_key or [14746, 58982]
+    qbers = args.qber or [0.02, 0.03, 0.05, 0.07, 0.08, 0.10]
+    old = json.loads(args.out.read_text()) if args.out.exists() else {"points": []}
+    points = {(p["n_key"], p["qber"]): p for p in old["points"]}
+    for n_key in lengths:
+        for q in qbers:
+            p = measure(n_key, q, args.frames, seed=7)
+            points[(n_key, q)] = p
+            print(json.dumps(p), flush=True)
+            out = {
+                "what": "reconcile_ldpc default options, fixed-weight BSC frames, 1 Numba thread, CPU time",
+                "command": "NUMBA_NUM_THREADS=1 python benchmarks/bench_ldpc.py --curves --frames N",
+                "threads_env": os.environ.get("NUMBA_NUM_THREADS", ""),
+                "points": sorted(points.values(), key=lambda p: (p["n_key"], p["qber"])),
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
