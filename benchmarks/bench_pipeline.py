@@ -180,3 +180,51 @@ def test_files_to_keys(benchmark):
         benchmark.extra_info.update(detections_per_s=t.get("detections_bob", 0) / sec,
                                     sifted_Mbps=t["sifted_bits_in_blocks"] / sec / 1e6,
                                     final_bits=t["final_bits"], link_s=6.0)
+
+
+def _rss_mb(field="VmRSS"):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_memory_one_hour_stream(benchmark):
+    """RSS over a long simulated stream fed slice by slice through qkdpost.Session.
+
+    ``QKD_MEM_SECONDS`` (default 3600) simulated seconds of a BBM92 link at
+    1e5 pairs/s (about 16k detections/s at Bob), 1 s slices, 2^18-bit blocks,
+    both parties in this process over a loopback channel. RSS samples every
+    300 simulated seconds go to ``extra_info["rss_mb"]``.
+    """
+    import os
+
+    import qkdpost
+    from qkdpost.simulate import BBM92Config, simulate
+
+    dur = float(os.environ.get("QKD_MEM_SECONDS", 3600))
+    samples = []
+
+    def go():
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            sim = simulate(BBM92Config(duration_s=dur, pair_rate_hz=1e5, slice_s=1.0), seed=8)
+            cfg = Config().replace(block_bits=1 << 18)
+            alice = qkdpost.Session(cfg, role="alice", info=sim.alice_info, store=d / "a", stream_id="memA")
+            bob = qkdpost.Session(cfg, role="bob", info=sim.bob_info, store=d / "b", stream_id="memB",
+                                  channel=LoopbackChannel(alice.responder))
+            bits = 0
+            for i, sl in enumerate(sim):
+                alice.feed(sl.alice.t, sl.alice.ch)
+                bits += sum(k.bits.size for k in bob.feed(sl.bob.t, sl.bob.ch))
+                if i % 300 == 0:
+                    samples.append((i, round(_rss_mb(), 1), bits))
+            alice.close()
+            bits += sum(k.bits.size for k in bob.close())
+            samples.append((dur, round(_rss_mb(), 1), bits))
+            return bob.report.totals()
+
+    t = benchmark.pedantic(go, rounds=1, iterations=1)
+    benchmark.extra_info.update(stream_s=dur, rss_mb=samples, peak_rss_mb=round(_rss_mb("VmHWM"), 1),
+                                final_bits=t["final_bits"], blocks_ok=t["blocks_ok"])

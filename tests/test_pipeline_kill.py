@@ -79,31 +79,32 @@ def _finish(proc, timeout=120):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["toy", "real"])
 @pytest.mark.parametrize("victim", ["bob", "alice"])
-def test_kill_9_and_restart_keeps_stores_equal(link, tmp_path, victim):
+def test_kill_9_and_restart_keeps_stores_equal(link, tmp_path, victim, kind):
     a_dir, b_dir = tmp_path / "alice", tmp_path / "bob"
     portfile = tmp_path / "port"
-    alice = _start("alice", link, a_dir, portfile)
+    alice = _start("alice", link, a_dir, portfile, kind)
     port = _wait_port(portfile, alice)
-    bob = _start("bob", link, b_dir, port)
+    bob = _start("bob", link, b_dir, port, kind)
     try:
         _wait_keys(b_dir, 2, bob)
         target = bob if victim == "bob" else alice
         os.kill(target.pid, signal.SIGKILL)
         target.wait(10)
         if victim == "bob":
-            bob = _start("bob", link, b_dir, port)
+            bob = _start("bob", link, b_dir, port, kind)
         else:
             portfile.unlink()
             # Alice comes back on a new port: Bob's reconnects go to the old one, so
             # restart Bob too once his retries are exhausted is not wanted; instead
             # restart Alice on the same port.
-            alice = _start("alice", link, a_dir, f"{portfile}")
+            alice = _start("alice", link, a_dir, f"{portfile}", kind)
             newport = _wait_port(portfile, alice)
             if newport != port:
                 os.kill(bob.pid, signal.SIGKILL)
                 bob.wait(10)
-                bob = _start("bob", link, b_dir, newport)
+                bob = _start("bob", link, b_dir, newport, kind)
         rc, out = _finish(bob)
         assert rc == 0, out[-3000:]
     finally:
@@ -118,9 +119,9 @@ def test_kill_9_and_restart_keeps_stores_equal(link, tmp_path, victim):
     # a third run over the same inputs adds nothing
     before = sb.ids()
     portfile.unlink(missing_ok=True)
-    alice = _start("alice", link, a_dir, portfile)
+    alice = _start("alice", link, a_dir, portfile, kind)
     port = _wait_port(portfile, alice)
-    bob = _start("bob", link, b_dir, port)
+    bob = _start("bob", link, b_dir, port, kind)
     rc, out = _finish(bob)
     alice.send_signal(signal.SIGTERM)
     alice.wait(10)
