@@ -25,16 +25,17 @@ dropped block is dropped on both sides with its reason in both reports.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..channel import Channel
 from ..config import Config
-from ..errors import ChannelError, InputError, ProtocolError
+from ..errors import ChannelError, ProtocolError
 from ..keystore import KeyStore
 from ..report import BlockRecord, Report, versions
 from . import stages
@@ -296,10 +297,8 @@ class BobBlocks:
                 r.final_length = int(finals[j].size)
                 metas[ids[i]] = self._meta(r, live[i])
             with clock("store"):
-                import json as _json
-
                 self.channel.request("pipe.prepare", {
-                    "ids": " ".join(metas), "metas": _json.dumps(metas, sort_keys=True),
+                    "ids": " ".join(metas), "metas": json.dumps(metas, sort_keys=True),
                 })
                 for j, i in enumerate(keep):
                     self.store.put(ids[i], finals[j], metas[ids[i]])
@@ -479,9 +478,7 @@ class AliceBlocks:
         return {}
 
     def _prepare(self, body: dict[str, Any]) -> dict[str, Any]:
-        import json as _json
-
-        metas = _json.loads(body["metas"])
+        metas = json.loads(body["metas"])
         if self._outputs is None:
             raise ProtocolError("pipe.prepare before amplification; Bob's side is out of step")
         for bid in body["ids"].split():

@@ -19,12 +19,12 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .. import __version__
-from ..channel import Channel, ChannelStats
+from ..channel import Channel
 from ..config import Config
 from ..errors import ConfigError, ProtocolError, QkdpostError
 from ..keystore import KeyBlock, KeyStore

@@ -24,13 +24,12 @@ from typing import Any, Callable, Iterator
 
 from ..channel import Channel, LoopbackChannel
 from ..config import Config
-from ..errors import ChannelError, FileFormatError, PeerDisconnected, ProtocolError
+from ..errors import FileFormatError, PeerDisconnected
 from ..io.model import Chunk, StreamInfo
 from ..keystore import KeyBlock, KeyStore
 from ..report import Report
 from .engine import AliceEngine, BobEngine
 from .front import AliceFront, BobFront
-from .segments import Segment
 
 __all__ = ["run_local", "serve_alice", "run_bob", "stream_id", "open_input"]
 
