@@ -362,3 +362,13 @@ def test_vectorised_multiply_accumulate_matches_scalar():
             got = y.copy()
             call(got, p, lam, mode)
             np.testing.assert_array_equal(got, want, err_msg=str(mode.dtype))
+
+
+def test_afft_with_two_threads_is_identical():
+    rng = np.random.default_rng(5)
+    n, m = 40_000, 20_001
+    xw, sw = pack_bits(_bits(rng, n)), pack_bits(_bits(rng, n + m - 1))
+    one = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft")
+    two = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft", threads=2)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="karatsuba"))

@@ -103,8 +103,11 @@ AFFT_THRESHOLD_BITS = 1_500_000
 ALGORITHMS = ("auto", "karatsuba", "afft")
 
 
-def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int) -> np.ndarray:
-    """Packed core by the additive FFT over GF(2^64): full product S X, then bits n-1 .. n+m-2."""
+def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, threads: int = 1) -> np.ndarray:
+    """Packed core by the additive FFT over GF(2^64): full product S X, then bits n-1 .. n+m-2.
+
+    With ``threads >= 2`` the two forward transforms run concurrently.
+    """
     mode = _mode()
     sw_clean = np.zeros(((nseed + 63) >> 6) + 1, dtype=np.uint64)
     _k.shift_down(sw, 0, nseed, sw_clean)
@@ -119,8 +122,16 @@ def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int) -
     B = np.zeros(size, dtype=np.uint64)
     B[:cb] = xw_clean.view(np.uint32)[:cb]
     lam, terms, tstart = _k.afft_tables(L)
-    _k.afft_forward(A, L, lam, terms, tstart, mode)
-    _k.afft_forward(B, L, lam, terms, tstart, mode)
+    if threads >= 2:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(_k.afft_forward, F, L, lam, terms, tstart, mode) for F in (A, B)]
+            for job in jobs:
+                job.result()
+    else:
+        _k.afft_forward(A, L, lam, terms, tstart, mode)
+        _k.afft_forward(B, L, lam, terms, tstart, mode)
     _k.afft_pointwise(A, B, mode)
     del B
     _k.afft_inverse(A, L, lam, terms, tstart, mode)
@@ -143,12 +154,13 @@ def _toeplitz_words(
     even than two Karatsuba threads).
     With ``threads > 1`` the Karatsuba columns are cut into ``threads`` blocks,
     each an independent Toeplitz product run on its own thread (the kernels
-    release the GIL); the partial outputs are XORed.
+    release the GIL), and the partial outputs are XORed; the additive FFT runs
+    its two forward transforms on two threads.
     """
     if algorithm not in ALGORITHMS:
         raise InputError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}")
     if algorithm == "afft" or (algorithm == "auto" and m >= AFFT_THRESHOLD_BITS):
-        return _toeplitz_afft(xw, n, sw, nseed, m)
+        return _toeplitz_afft(xw, n, sw, nseed, m, threads)
     Nc = (n + 63) >> 6
     M = (m + 63) >> 6
     d = 64 * Nc - n + 1
@@ -223,7 +235,8 @@ def toeplitz_hash_packed(
     m : int
         Output length, ``1 <= m <= n``.
     threads : int
-        Threads to spread the Karatsuba product over (column blocks; default 1).
+        Threads (Karatsuba: column blocks; additive FFT: the two forward
+        transforms); default 1.
     algorithm : {"auto", "karatsuba", "afft"}
         Product algorithm (all exact; ``"auto"`` picks by measured speed).
 
