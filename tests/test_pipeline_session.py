@@ -109,3 +109,34 @@ def _tcp_in_threads(link_files, tmp_path):
         assert (tmp_path / "alice/keys" / bid / "key.bin").read_bytes() == (tmp_path / "bob/keys" / bid / "key.bin").read_bytes()
     assert (tmp_path / "alice/report.json").exists() and (tmp_path / "bob/report.json").exists()
     assert not (tmp_path / "bob/report.png").exists()
+
+
+def test_session_over_tcp_alice_serves_in_background(link, tmp_path):
+    """The documented device-wrapper setup: Alice serves from a thread, Bob connects over TCP."""
+    from qkdpost.transport import TcpChannel
+
+    cfg, kit = _cfg(), ToyKit()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # both parties share this interpreter here
+    try:
+        alice = Session(cfg, role="alice", info=link.alice.info, store=tmp_path / "a", stream_id="tA", kit=kit)
+        port = alice.serve_in_background("127.0.0.1", 0)
+        keys_a, keys_b = [], []
+        chunks_a = list(_chunks(link.alice, 4))
+        for ta, ca in chunks_a:  # Alice's device runs ahead here; Bob's requests wait for nothing
+            keys_a += alice.feed(ta, ca)
+        with TcpChannel("127.0.0.1", port, timeout_s=20) as chan:
+            bob = Session(cfg, role="bob", info=link.bob.info, store=tmp_path / "b", stream_id="tB", kit=kit,
+                          channel=chan)
+            for tb, cb in _chunks(link.bob, 4):
+                keys_b += bob.feed(tb, cb)
+            keys_a += alice.close(timeout_s=0)
+            keys_b += bob.close()
+        keys_a += alice.close(timeout_s=20)  # joins the server thread once Bob hung up
+    finally:
+        sys.setswitchinterval(old)
+    sa, sb = KeyStore(tmp_path / "a"), KeyStore(tmp_path / "b")
+    assert sb.ids() and sa.ids() == sb.ids() == [k.block_id for k in keys_b]
+    assert sorted(k.block_id for k in keys_a) == sa.ids()
+    for k in keys_b:
+        np.testing.assert_array_equal(k.bits, sa.read(k.block_id).bits)
