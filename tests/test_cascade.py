@@ -131,7 +131,7 @@ def _engine(bits, P):
         _pack(bits),
         np.empty((N, P, (n + 1 + 63) // 64), dtype=np.uint64),
         np.full((N, P), -1, dtype=np.int64),
-        np.zeros((N, n + 1), dtype=np.int32),
+        np.zeros((N, P, (n + 63) // 64), dtype=np.uint64),
         np.zeros(2 * K.PEEL_STACK, dtype=np.int64),
     )
 
@@ -158,26 +158,35 @@ def test_range_parities_match_naive(n):
 
 
 def test_bob_range_parity_follows_flips_after_snapshot():
-    # long ranges use a prefix snapshot plus the flip log; flips after the snapshot must count
+    # Bob's ranges use a prefix snapshot plus a bitset of the flips made since; both must count
     rng = np.random.default_rng(3)
-    n, P = 20000, 2
+    n, P = 5000, 2
     bits = rng.integers(0, 2, size=(1, n), dtype=np.uint8)
     pi = np.empty((2, P, n), dtype=np.int32)
     for q in range(P):
         K.fill_permutation(np.uint64(4), np.int64(q), pi[0, q])
         K.fill_inverse(pi[0, q], pi[1, q])
     eng = _engine(bits, P)
-    nflips = 0
-    for step in range(3 * K.REBUILD):
-        s = int(rng.integers(0, n // 2))
-        e = int(s + K.BIG_RANGE + 1 + rng.integers(0, n // 2 - K.BIG_RANGE - 1))
-        got = K._par_range(eng, pi, 0, 1, s, e, nflips)
-        assert got == oracle.parity(bits[0], pi[0, 1, s:e])
+    eng[4][:] = np.uint64(12345)  # garbage: must be cleared when the snapshot is built
+    for step in range(300):
+        s = int(rng.integers(0, n))
+        e = int(min(n, s + 1 + rng.integers(0, 70 if step % 2 else n)))
+        for q in range(P):
+            assert K._par_range(eng, pi, 0, q, s, e, True) == oracle.parity(bits[0], pi[0, q, s:e])
         x = int(rng.integers(0, n))
         bits[0, x] ^= 1
         eng[1][0, x >> 6] ^= np.uint64(1) << np.uint64(x & 63)
-        eng[4][0, nflips] = x
-        nflips += 1
+        for q in range(P):
+            j = int(pi[1, q, x])
+            eng[4][0, q, j >> 6] ^= np.uint64(1) << np.uint64(j & 63)
+
+
+@pytest.mark.parametrize("s,e", [(0, 1), (0, 64), (3, 64), (63, 65), (5, 200), (64, 128), (1, 191)])
+def test_bitset_range_parity_matches_naive(s, e):
+    rng = np.random.default_rng(s * 1000 + e)
+    bits = rng.integers(0, 2, size=(1, 1, 256), dtype=np.uint8)
+    words = _pack(bits.reshape(1, -1)).reshape(1, 1, -1)
+    assert K._bitset_range_parity(words, 0, 0, s, e) == bits[0, 0, s:e].sum() % 2
 
 
 def test_block0_mask_parity_matches_naive():

@@ -65,10 +65,8 @@ SMALL_NODE = 16
 # nodes up to this size are checked for a single position not known to be correct
 PEEL_MAX = 8
 PEEL_STACK = 1024
-# ranges longer than this use prefix-parity snapshots instead of a gather
+# passes of two blocks with k above this get a packed block-0 mask
 BIG_RANGE = 4096
-# flips accumulated since a snapshot before Bob rebuilds it
-REBUILD = 64
 
 _ONE = np.uint64(1)
 
@@ -171,36 +169,51 @@ def _prefix_bit(pref, f, q, j):
 
 
 @kernel()
-def _par_range(eng, pi, f, q, s, e, nflips):
+def _bitset_range_parity(arr, f, q, s, e):
+    """Parity of bits s..e-1 of the bitset ``arr[f, q]`` (uint64 words, LSB first)."""
+    if e <= s:
+        return np.uint8(0)
+    ws = s >> 6
+    we = (e - 1) >> 6
+    x = arr[f, q, ws] >> np.uint64(s & 63)
+    if ws == we:
+        nb = e - s
+        if nb < 64:
+            x &= (_ONE << np.uint64(nb)) - _ONE
+        return _word_parity(x)
+    for w in range(ws + 1, we):
+        x ^= arr[f, q, w]
+    last = arr[f, q, we]
+    nb = e - (we << 6)
+    if nb < 64:
+        last &= (_ONE << np.uint64(nb)) - _ONE
+    return _word_parity(x ^ last)
+
+
+@kernel()
+def _par_range(eng, pi, f, q, s, e, track):
     """Parity of ``bits[f, perm[q, s:e]]`` (a party's current bits, permuted order of pass q).
 
-    Short ranges are gathered. Long ranges use a prefix-parity snapshot of
-    the pass (built once, O(n)) corrected by the flips made since the
-    snapshot (Bob's flip log; Alice never flips); the snapshot is rebuilt
-    when more than ``REBUILD`` flips have accumulated.
+    O(1) from a prefix-parity snapshot of the pass (built on first use, one
+    O(n) gather), corrected, when ``track`` (Bob), by the parity of the bits
+    flipped since the snapshot inside [s, e): ``eng[4][f, q]`` is a bitset
+    over the pass's permuted positions that every flip toggles, so the
+    correction costs O((e - s) / 64). Alice's bits never change (``track``
+    False).
     """
-    bits, packed, pref, snap, flog, _stk = eng
-    if e - s <= BIG_RANGE:
-        if q == 0:
-            p = np.uint8(0)
-            for j in range(s, e):
-                p ^= bits[f, j]
-            return p
-        x = np.uint64(0)
-        for j in range(s, e):
-            y = pi[0, q, j]
-            x ^= packed[f, y >> 6] >> np.uint64(y & 63)
-        return np.uint8(x & _ONE)
-    sn = snap[f, q]
-    if sn < 0 or nflips - sn > REBUILD:
+    packed = eng[1]
+    pref = eng[2]
+    snap = eng[3]
+    flips = eng[4]
+    if snap[f, q] < 0:
         _build_prefix(packed, pi[0], pref, f, q)
-        snap[f, q] = nflips
-        sn = nflips
+        snap[f, q] = 0
+        if track:
+            for w in range(flips.shape[2]):
+                flips[f, q, w] = np.uint64(0)
     p = _prefix_bit(pref, f, q, e) ^ _prefix_bit(pref, f, q, s)
-    for i in range(sn, nflips):
-        j = pi[1, q, flog[f, i]]
-        if s <= j and j < e:
-            p ^= np.uint8(1)
+    if track:
+        p ^= _bitset_range_parity(flips, f, q, s, e)
     return p
 
 
@@ -221,7 +234,7 @@ def alice_range_parities(eng, pi, qf, qq, qs, qe, out):
     Parameters
     ----------
     eng : tuple (bits uint8[N, n], packed uint64[N, W], pref uint64[N, P, W1],
-          snap int64[N, P], flog int32[N, 1], scratch int64[2 * PEEL_STACK])
+          snap int64[N, P], flips uint64[N, 1, 1] (unused), scratch int64[2])
         Alice's bits and her lazily built per-pass prefix parities.
     pi : int32[2, P, n]
         Permutations (row 0); inverses are not needed on her side.
@@ -230,7 +243,7 @@ def alice_range_parities(eng, pi, qf, qq, qs, qe, out):
     out : uint8[m]
     """
     for i in range(qf.shape[0]):
-        out[i] = _par_range(eng, pi, qf[i], qq[i], qs[i], qe[i], 0)
+        out[i] = _par_range(eng, pi, qf[i], qq[i], qs[i], qe[i], False)
 
 
 @kernel()
@@ -254,7 +267,7 @@ def alice_block_parities(eng, pi, masks, maskk, treq, toff, out):
             continue
         for b in range(c):
             s = b * k
-            out[o + b] = _par_range(eng, pi, f, q, s, min(s + k, n), 0)
+            out[o + b] = _par_range(eng, pi, f, q, s, min(s + k, n), False)
 
 
 @kernel()
@@ -445,18 +458,15 @@ def _flip(eng, tree, kpos, pend, st, pi, geo, f, x):
     """
     bits = eng[0]
     packed = eng[1]
-    flog = eng[4]
+    flips = eng[4]
     n = bits.shape[1]
-    if st[f, S_FLIPS] >= flog.shape[1]:
-        st[f, S_DONE] = 2
-        return
     bits[f, x] ^= np.uint8(1)
     packed[f, x >> 6] ^= _ONE << np.uint64(x & 63)
-    flog[f, st[f, S_FLIPS]] = x
     st[f, S_FLIPS] += 1
     st[f, S_BTOT] ^= 1
     for q in range(st[f, S_PASS]):
         j = pi[1, q, x]
+        flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
         k = geo[G_K, q]
         b = j // k
         s = b * k
@@ -697,7 +707,7 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
     ``par`` holds every parity of the round (uint8 0/1); frame f's range
     answers are ``par[offs[0, f] : offs[0, f + 1]]`` and its top-level
     answers ``par[offs[1, f] : offs[1, f + 1]]``. ``eng`` is Bob's tuple
-    (bits, packed, pref, snap, flog, scratch); ``masks``/``maskk`` as in
+    (bits, packed, pref, snap, flips uint64[N, P, W], scratch); ``masks``/``maskk`` as in
     :func:`alice_block_parities`.
     """
     bits = eng[0]
@@ -714,7 +724,7 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
                 v = pend[f, i]
                 q, s, e, h = node_locate(v, geo, n)
                 m = s + (e - s + 1) // 2
-                dl = np.uint64(par[o + i] ^ _par_range(eng, pi, f, q, s, m, st[f, S_FLIPS]))
+                dl = np.uint64(par[o + i] ^ _par_range(eng, pi, f, q, s, m, True))
                 dv = _get(tree, f, 1, v)
                 vl = v - h + 2 * h
                 _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
@@ -751,7 +761,7 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
                     if count == 1 and maskk[q] == k:
                         bp = _par_block0(eng, masks, f, q)
                     else:
-                        bp = _par_range(eng, pi, f, q, s, e, st[f, S_FLIPS])
+                        bp = _par_range(eng, pi, f, q, s, e, True)
                     d = np.uint64(par[o + b] ^ bp)
                     acc ^= d
                 else:

@@ -235,7 +235,7 @@ class CascadeAlice:
             _pack(abits),
             np.empty((N, passes, (n + 1 + 63) // 64), dtype=np.uint64),
             np.full((N, passes), -1, dtype=np.int64),
-            np.zeros((N, 1), dtype=np.int32),
+            np.zeros((N, 1, 1), dtype=np.uint64),
             np.zeros(2, dtype=np.int64),
         )
         self._sessions[sid] = {"eng": eng, "ids": ids, "passes": passes, "perms": self._perms.get(seed, n)}
@@ -366,7 +366,7 @@ class CascadeBob:
             _pack(bits),
             np.empty((N, P, (n + 1 + 63) // 64), dtype=np.uint64),
             np.full((N, P), -1, dtype=np.int64),
-            np.empty((N, n + 1), dtype=np.int32),
+            np.empty((N, P, (n + 63) // 64), dtype=np.uint64),
             np.empty(2 * K.PEEL_STACK, dtype=np.int64),
         )
         tree = np.zeros((N, 3, (M + 63) // 64), dtype=np.uint64)
