@@ -138,11 +138,12 @@ def test_alignment_recovers_truth_within_jitter(offset_s, freq, tick_b, seed):
     assert al.n_pairs > 0.8 * link.n_pairs_both * (2.2 - abs(offset_s)) / 2.2 * 1.5 / 2.2
 
 
-def test_alignment_against_simulator_truth():
+@pytest.mark.parametrize("offset_s, freq_ppm, drift", [(-0.3141592653, -71.0, 0.05), (0.5, 100.0, 0.001)])
+def test_alignment_against_simulator_truth(offset_s, freq_ppm, drift):
     from qkdpost.simulate import BBM92Config, generate
 
-    cfg = BBM92Config(duration_s=2.0, pair_rate_hz=2e6, bob_offset_s=-0.3141592653, bob_freq_ppm=-71.0,
-                      bob_drift_ppm_per_s=0.05)
+    cfg = BBM92Config(duration_s=2.0, pair_rate_hz=2e6, bob_offset_s=offset_s, bob_freq_ppm=freq_ppm,
+                      bob_drift_ppm_per_s=drift)
     link = generate(cfg, seed=11)
     al = find_alignment(link.alice.t, link.bob.t, tick_a_s=cfg.tick_s, tick_b_s=cfg.tick_s)
     m = al.model
@@ -154,7 +155,7 @@ def test_alignment_against_simulator_truth():
     assert abs(m.offset_s(m.a_ref) - true_off) < jitter
     true_f = clock["freq_ppm"] + clock["drift_ppm_per_s"] * t_m
     assert abs(m.freq_ppm - true_f) < 1e-3
-    assert al.drift_ppm_per_s == pytest.approx(0.05, abs=0.005)
+    assert al.drift_ppm_per_s == pytest.approx(drift, abs=0.005)
     assert al.sigma_ticks * cfg.tick_s < 2 * jitter  # the peak is not smeared by the drift
 
 
@@ -224,3 +225,20 @@ def test_drift_tracker_follows_a_frequency_ramp():
     assert worst * tick < 250e-12
     assert tr.model.freq_ppm == pytest.approx(20 + 0.5 * 5, abs=0.05)
     assert len(tr.history) == 100
+
+
+# --------------------------------------------------------------------------- statistics (slow)
+
+
+@pytest.mark.slow
+def test_alignment_statistics_sparse_links_and_unrelated_pairs():
+    """Sparse links (20 k pairs/s, 5 % heralding to each side's 100 k/s singles) always align;
+    unrelated stream pairs never do (no false peak above the threshold)."""
+    for seed in range(20):
+        link = synth_bbm92(duration_s=2.0, pair_rate=40e3, eta_a=0.5, eta_b=0.5, bg_rate=80e3,
+                           offset_s=(seed - 10) * 0.049, freq=(seed - 10) * 9.7e-6, seed=100 + seed)
+        al = find_alignment(link.t_a, link.t_b, tick_a_s=1e-12, tick_b_s=1e-12)
+        assert abs(al.model.offset_s(0) - link.offset_s) < 300e-12, seed
+        other = synth_bbm92(duration_s=2.0, pair_rate=40e3, eta_a=0.5, eta_b=0.5, bg_rate=80e3, seed=500 + seed)
+        with pytest.raises(AlignmentError):
+            find_alignment(link.t_a, other.t_b, tick_a_s=1e-12, tick_b_s=1e-12)

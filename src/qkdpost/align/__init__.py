@@ -269,7 +269,9 @@ class Alignment:
 # --------------------------------------------------------------------------- cross-correlation
 
 
-def xcorr_peak(hist_a: np.ndarray, hist_b: np.ndarray) -> tuple[float, float, np.ndarray]:
+def xcorr_peak(
+    hist_a: np.ndarray, hist_b: np.ndarray, max_lag: int | None = None
+) -> tuple[float, float, np.ndarray]:
     """Circular cross-correlation peak of two folded histograms.
 
     ``C[k] = sum_i A'[i] B'[i + k]``, computed by FFT, where ``A'`` and ``B'``
@@ -277,6 +279,8 @@ def xcorr_peak(hist_a: np.ndarray, hist_b: np.ndarray) -> tuple[float, float, np
     the global mean; a running mean also removes the steps where one party's
     data starts or ends inside the folded period, which would otherwise
     dominate the correlation).
+
+    ``max_lag`` (bins) restricts the peak search to ``|lag| <= max_lag``.
 
     Returns
     -------
@@ -294,7 +298,13 @@ def xcorr_peak(hist_a: np.ndarray, hist_b: np.ndarray) -> tuple[float, float, np
     fa = np.fft.rfft(a)
     fb = np.fft.rfft(b)
     corr = np.fft.irfft(np.conj(fa) * fb, n)
-    k = int(np.argmax(corr))
+    if max_lag is not None and 2 * max_lag + 1 < n:
+        # only lags within +-max_lag bins are candidates
+        allowed = np.concatenate([corr[: max_lag + 1], corr[n - max_lag:]])
+        j = int(np.argmax(allowed))
+        k = j if j <= max_lag else n - max_lag + (j - max_lag - 1)
+    else:
+        k = int(np.argmax(corr))
     sd = float(corr.std())
     sig = float((corr[k] - corr.mean()) / sd) if sd > 0 else 0.0
     # centroid of the peak and its neighbours above the mean (sub-bin lag)
@@ -307,6 +317,9 @@ def xcorr_peak(hist_a: np.ndarray, hist_b: np.ndarray) -> tuple[float, float, np
 
 
 _FINE_BINS = 1 << 17
+#: Below this peak significance the data count as sparse: the acquisition adds
+#: a second frequency grid and lets fine windows fold less (2^20 bins).
+_SPARSE_SIG = 15.0
 
 
 def _highpass(h: np.ndarray, half: int = 16) -> np.ndarray:
@@ -422,7 +435,9 @@ def find_alignment(
 
     # ---- stage 1: coarse, grid of trial frequencies --------------------------------
     r1 = max(1, int(round(cfg.coarse_bin_s * sec)))
-    n1 = _next_pow2(1.25 * (2 * max_off + 2 * r1) / r1)
+    # period long enough that Bob's searched range (span + 2 max_off) is not
+    # folded onto itself: folding would double his background per bin
+    n1 = _next_pow2((span + 2 * max_off + 8 * r1) / r1)
     step = r1 / max(span, 1)  # freq step: smear <= r1/2 over the span
     fmax = cfg.max_freq_ppm * 1e-6
     n_half = int(math.ceil(fmax / step)) if fmax > 0 else 0
@@ -434,8 +449,8 @@ def find_alignment(
     for f in trial_freqs:
         m = ClockModel.anchored(a0, b_anchor, tick_b_s / tick_a_s / (1.0 + f), tick_a_s, tick_b_s)
         hist_b = _fold_b(t_b, m, lo_b, hi_b, a0, r1, n1)
-        lag, sig, corr = xcorr_peak(hist_a, hist_b)
-        peak = float(corr.max())
+        lag, sig, corr = xcorr_peak(hist_a, hist_b, max_lag=max_off // r1 + 2)
+        peak = float(corr[int(round(lag)) % n1])
         if best is None or peak > best[0]:
             best = (peak, f, lag, sig, m)
     assert best is not None
@@ -455,7 +470,6 @@ def find_alignment(
     u_t = float(r1)
     u_f = step / 2 + 1e-12
 
-    # ---- stage 2..: early/late windows at finer bins -------------------------------
     r_fine = max(1, int(round(cfg.fine_bin_s * sec)))
     r = r1
     b_first = model.to_alice(t_b[:1])[0]
@@ -467,6 +481,46 @@ def find_alignment(
             f"the parties' data overlap for only {(ov_hi - ov_lo) * tick_a_s:.3f} s of the "
             f"{span * tick_a_s:.3f} s acquisition window; give both parties' streams from the same period"
         )
+
+    # ---- stage 2 (sparse data only): a finer frequency grid over the whole overlap ----
+    # The first early/late windows can only be as long as the coarse frequency
+    # step allows, which caps their significance near eta * sqrt(span / r1),
+    # the coarse stage's own. When that was weak (< _SPARSE_SIG), a second grid at
+    # r1 / 16 over the whole overlap narrows the frequency 16-fold first.
+    r2 = max(r_fine, r1 // 16)
+    if r2 < r1 and sig1 < _SPARSE_SIG:
+        ov = ov_hi - ov_lo
+        step2 = r2 / max(ov, 1)
+        half = u_f + step2
+        n2 = int(math.ceil(half / step2))
+        pad = int(u_t + half * ov) + 2 * r2
+        cap = 1 << 20  # sparse data: fold less (see below)
+        nb = min(_next_pow2(max(4 * pad / r2 + 8, (ov + 2 * pad) / r2)), cap)
+        ha = _fold_a(t_a, ov_lo, ov_hi, ov_lo, r2, nb)
+        b_at = model.to_bob(ov_lo)
+        best2 = None
+        for k in range(-n2, n2 + 1):
+            f = f1 + k * step2
+            m = ClockModel.anchored(ov_lo, b_at, tick_b_s / tick_a_s / (1.0 + f), tick_a_s, tick_b_s)
+            hb = _fold_b(t_b, m, ov_lo - pad, ov_hi + pad, ov_lo, r2, nb)
+            lag, sig, corr = xcorr_peak(ha, hb)
+            peak = float(corr.max())
+            if best2 is None or peak > best2[0]:
+                best2 = (peak, lag, sig, m)
+        assert best2 is not None
+        _, lag2, sig2, m2 = best2
+        stages.append(StageResult("frequency grid", r2, nb, lag2 * r2, sig2, ov))
+        if sig2 < cfg.min_significance:
+            raise AlignmentError(
+                f"coincidence peak lost at bin {r2 * tick_a_s * 1e9:.3g} ns over the whole overlap: significance "
+                f"{sig2:.1f} < {cfg.min_significance}; the data may be too sparse (use a longer acquisition_s)"
+            )
+        model = m2.corrected(lag2 * r2, 0.0, ov_lo)
+        u_t = float(r2)
+        u_f = step2 / 2 + 1e-12
+        r = r2
+
+    # ---- stage 3..: early/late windows at finer bins -------------------------------
     while r > r_fine:
         r = max(r_fine, r // 128)
         t_w = int(min(r / (2 * u_f), (ov_hi - ov_lo) / 3))
@@ -476,7 +530,10 @@ def find_alignment(
         # bin holds many events; 2^17 bins (pfind's size) give eta * 360.
         t_w = max(t_w, 64 * r)
         pad = int(u_t + u_f * t_w) + 2 * r
-        nb = min(_next_pow2(max(4 * pad / r + 8, (t_w + 2 * pad) / r)), _FINE_BINS)
+        # Sparse data (weak peaks so far) get up to 2^20 bins, so a window folds
+        # less and its significance can reach eta * sqrt(window / bin).
+        cap = _FINE_BINS if min(st.significance for st in stages) >= _SPARSE_SIG else 1 << 20
+        nb = min(_next_pow2(max(4 * pad / r + 8, (t_w + 2 * pad) / r)), cap)
         lags = []
         centres = []
         for w_lo in (ov_lo, ov_hi - t_w):
@@ -507,10 +564,19 @@ def find_alignment(
     # is returned, together with the drift.
     model, sigma, n_pairs, dslope = _track_fit(model, t_a, t_b, ov_lo, ov_hi, int(max(8 * r, 4 * u_t)) + 1,
                                                max(int(0.05 * sec), 64 * r))
-    if n_pairs < 16:
+    # The final peak must stand out of the accidentals expected in its width
+    # (guards against a chain of stages that locked onto noise).
+    n_a = int(np.searchsorted(t_a, ov_hi) - np.searchsorted(t_a, ov_lo))
+    n_b = int(np.searchsorted(t_b, math.ceil(model.to_bob(ov_hi))) - np.searchsorted(t_b, math.floor(model.to_bob(ov_lo))))
+    width = 2.0 * 4.0 * (sigma if math.isfinite(sigma) else 0.0) + 1.0
+    n_acc = n_a * n_b * width / max(ov_hi - ov_lo, 1)
+    z_final = (n_pairs - n_acc) / math.sqrt(n_acc + 1.0)
+    stages.append(StageResult("fit", 1, 0, 0.0, z_final, ov_hi - ov_lo))
+    if n_pairs < 16 or z_final < cfg.min_significance:
         raise AlignmentError(
-            f"only {n_pairs} coincidences found after the fine search; "
-            f"the data are too sparse to align (use a longer acquisition_s)"
+            f"only {n_pairs} coincidences found after the fine search where {n_acc:.0f} accidentals are "
+            f"expected (significance {z_final:.1f}); the data are too sparse to align (use a longer "
+            f"acquisition_s) or the files are unrelated"
         )
     dur = (ov_hi - ov_lo) * tick_a_s
     # a residual slope growing by dslope per tick: Bob's clock gains frequency at that rate
