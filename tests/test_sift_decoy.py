@@ -122,3 +122,13 @@ def test_decoy_bad_inputs(decoy_link):
         BobDecoySift(no_every)
     with pytest.raises(ConfigError, match="slot log"):
         sift_streams(decoy_link.alice.info, iter([]), decoy_link.bob.info, iter([]), SiftConfig(topology="bbm92"))
+
+
+def test_decoy_bob_longer_than_alice_log(decoy_link):
+    """Bob's detections past the end of Alice's log are announced but never match."""
+    half = decoy_link.alice.t.size // 2
+    full = _run(decoy_link)
+    cut = _run(decoy_link, alice_t=decoy_link.alice.t[:half], alice_ch=decoy_link.alice.ch[:half])
+    assert cut.alice.key.size == cut.bob.key.size
+    assert 0.4 * full.bob.key.size < cut.bob.key.size < 0.6 * full.bob.key.size
+    assert np.mean(cut.alice.key != cut.bob.key) < 0.03

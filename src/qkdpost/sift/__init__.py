@@ -948,6 +948,7 @@ class SiftRun:
     channel: dict[str, Any]
     duration_s: float
     topology: str = "bbm92"
+    test_basis: str = "X"
 
     def report(self) -> dict[str, Any]:
         """JSON-ready summary: rates, offset, drift, counts, QBER, traffic."""
@@ -989,7 +990,7 @@ class SiftRun:
         # per intensity class and basis (Alice's counts: her basis is the prepared one)
         per_class = {str(c): {bn: dict(e) for bn, e in d.items()} for c, d in sorted(a.per_class.items())}
         qber_by_class = {
-            str(c): qber_estimate(d[self._test_basis]["test_errors"], d[self._test_basis]["sifted"]).as_dict()
+            str(c): qber_estimate(d[self.test_basis]["test_errors"], d[self.test_basis]["sifted"]).as_dict()
             for c, d in sorted(a.per_class.items())
         }
         return {
@@ -1008,9 +1009,6 @@ class SiftRun:
             "channel": self.channel,
         }
 
-    @property
-    def _test_basis(self) -> str:
-        return getattr(self, "test_basis_name", "X")
 
 
 def iter_sift(
@@ -1128,11 +1126,10 @@ def sift_streams(
                                 for f in ("key", "key_class", "test", "test_class")),
                               sum(x.test_errors for x in blocks))
 
-        run = SiftRun(alice=cat(blocks_a), bob=cat(blocks_b), alice_stats=sa, bob_stats=sb, alignment=None,
-                      model=None, drift=[], coincidence_window_ticks=0, channel=channel.stats.as_dict(),
-                      duration_s=bob.duration_s, topology="decoy")
-        run.test_basis_name = BASIS_NAMES[1 - bob.config.key_basis_index]  # type: ignore[attr-defined]
-        return run
+        return SiftRun(alice=cat(blocks_a), bob=cat(blocks_b), alice_stats=sa, bob_stats=sb, alignment=None,
+                       model=None, drift=[], coincidence_window_ticks=0, channel=channel.stats.as_dict(),
+                       duration_s=bob.duration_s, topology="decoy",
+                       test_basis=BASIS_NAMES[1 - bob.config.key_basis_index])
     for blk_a, blk_b in zip(blocks_a, blocks_b):
         keys_a.append(blk_a.key)
         keys_b.append(blk_b.key)
@@ -1153,6 +1150,7 @@ def sift_streams(
         coincidence_window_ticks=bob.window_ticks,
         channel=channel.stats.as_dict(),
         duration_s=bob.duration_s,
+        test_basis=BASIS_NAMES[1 - bob.config.key_basis_index],
     )
 
 

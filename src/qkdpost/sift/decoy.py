@@ -255,9 +255,12 @@ class AliceDecoySift:
             raise ProtocolError("decoy.step: announced slots must be increasing and inside the window")
         first = self._first if self._first is not None else 0
         idx = slots - first
-        if n and (idx[0] < 0 or idx[-1] >= self._packed.size):
-            raise ProtocolError("decoy.step: an announced slot is outside Alice's log")
-        bit_a, basis_a, cls = unpack_slot(self._packed[idx])
+        if n and idx[0] < 0:
+            raise ProtocolError("decoy.step: an announced slot precedes the window Alice still holds")
+        inside = idx < self._packed.size  # slots past the end of her log never match (class 3)
+        bit_a, basis_a, cls = unpack_slot(self._packed[np.where(inside, idx, 0)])
+        basis_a = np.where(inside, basis_a, 255).astype(np.uint8)
+        cls = np.where(inside, cls, 3).astype(np.uint8)
         basis_b = _unpack(body["basis"], n, "Bob's bases")
         test_basis = 1 - self.config.key_basis_index
         b_test = basis_b == test_basis
@@ -415,12 +418,14 @@ class BobDecoySift:
         steps = np.maximum(1, np.rint(gaps / med)).astype(np.int64)
         return np.concatenate([[0], np.cumsum(steps)]) * self.every
 
-    def _map(self) -> tuple[np.ndarray, int]:
-        """Relative slot of each buffered detection (-1 where not bracketed by sync ticks)."""
+    def _map(self, n_det: int | None = None, nums: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Relative slot of the first ``n_det`` buffered detections (-1 where not bracketed by sync ticks)."""
         from ._kernels import map_slots
 
-        out = np.empty(self._det_t.size, np.int64)
-        n = map_slots(self._det_t, self._sync_t, self._sync_numbers(), float(self._delta or 0.0), out)
+        t = self._det_t if n_det is None else self._det_t[:n_det]
+        out = np.empty(t.size, np.int64)
+        nums = self._sync_numbers() if nums is None else nums
+        n = map_slots(t, self._sync_t, nums, float(self._delta or 0.0), out)
         return out, n
 
     # -- protocol
@@ -505,19 +510,24 @@ class BobDecoySift:
         assert self._offset is not None and self._alice is not None
         period_s = float(self._alice["slot_period_s"])
         wslots = max(1, int(self.config.window_s / period_s))
-        rel, _ = self._map()
-        unm = rel < 0
-        slots = np.where(unm, -1, rel + self._offset)
+        nums = self._sync_numbers()
         if self._lo is None:
-            ok = slots[~unm]
+            rel, _ = self._map(nums=nums)
+            ok = rel[rel >= 0] + self._offset
             self._lo = int(ok[0]) if ok.size else 0
             self._lo -= self._lo % wslots
         lo = self._lo
         hi = lo + wslots
         # Bob's mapping must cover [lo, hi): the last sync tick maps past hi
-        covered = int(self._sync_numbers()[-1]) + self._offset if self._sync_t.size else -1
+        covered = int(nums[-1]) + self._offset if nums.size else -1
         if not self._finished and covered < hi:
             return False
+        # only detections before the first sync tick past hi can map below hi
+        jh = int(np.searchsorted(nums, hi - self._offset + self.every))
+        n_lim = int(np.searchsorted(self._det_t, self._sync_t[jh])) if jh < nums.size else self._det_t.size
+        rel, _ = self._map(n_lim, nums)
+        unm = rel < 0
+        slots = np.where(unm, -1, rel + self._offset)
         in_win = (~unm) & (slots >= lo) & (slots < hi)
         # detections before lo that could not be mapped are dropped as unmapped
         idx = np.flatnonzero(in_win)
@@ -538,11 +548,13 @@ class BobDecoySift:
                 keep[i] = False
             self.stats.same_slot_merged += int(dup.size)
             s_w, basis, bits = s_w[keep], basis[keep], bits[keep]
-        done = self._finished and not np.any((~unm) & (slots >= hi))
+        beyond = (~unm) & (slots >= hi)
+        done = self._finished and n_lim == self._det_t.size and not np.any(beyond)
         test_basis = 1 - self.config.key_basis_index
         n = int(s_w.size)
+        ds = np.diff(s_w) if n else np.empty(0, np.int64)
         body = {"lo": lo, "hi": hi, "n": n, "s0": int(s_w[0]) if n else 0,
-                "ds": np.diff(s_w).astype(np.uint32) if n else np.empty(0, np.uint32),
+                "ds": ds.astype(np.uint32) if (ds.size == 0 or ds.max() < 1 << 32) else ds,
                 "basis": _pack(basis), "test_bits": _pack(bits[basis == test_basis])}
         rep = channel.request("decoy.step", body)
         if not rep.get("ready"):
@@ -567,15 +579,18 @@ class BobDecoySift:
         s.add_class(cls, basis, match, full_err, test_basis)
         self._out.add(bits[key_m], cls[key_m], test_b, cls[test_m], int(err.sum()))
         # drop everything before hi
-        keep_from = int(np.flatnonzero((~unm) & (slots >= hi))[0]) if np.any((~unm) & (slots >= hi)) else (
-            self._det_t.size if self._finished else int(np.flatnonzero(~unm)[-1]) + 1 if np.any(~unm) else 0)
+        # detections considered and below hi (or never mappable) are done with
+        keep_from = int(np.flatnonzero(beyond)[0]) if beyond.any() else n_lim
         s.unmapped += int(np.count_nonzero(unm[:keep_from]))
         self._det_t = self._det_t[keep_from:]
         self._det_basis = self._det_basis[keep_from:]
         self._det_bit = self._det_bit[keep_from:]
         # keep the sync ticks still needed to bracket the remaining detections
-        if self._det_t.size and self._sync_t.size > 2:
-            js = max(0, int(np.searchsorted(self._sync_t, self._det_t[0], side="right")) - 2)
+        if self._sync_t.size > 2:
+            if self._det_t.size:
+                js = max(0, int(np.searchsorted(self._sync_t, self._det_t[0], side="right")) - 2)
+            else:
+                js = self._sync_t.size - 2
             if js:
                 base = self._sync_numbers()[js]
                 self._sync_t = self._sync_t[js:]
