@@ -15,9 +15,10 @@ Pass geometry lives in one int64 array ``geo`` of shape (4, P + 1):
 indices per block (``2 * next_pow2(k)``), ``geo[G_BASE]`` first global node id
 of the pass (``geo[G_BASE, P]`` is the total node count M).
 
-Bob's per-frame knowledge is two bitsets over the M nodes, ``tree[f, 0]``
-("Alice's parity of this node is known": asked, or inferred for free) and
-``tree[f, 1]`` (the *error parity*: Alice's parity XOR Bob's current parity).
+Bob's per-frame knowledge is three bitsets over the M nodes, ``tree[f, 0]``
+("Alice's parity of this node is known": asked, or inferred for free),
+``tree[f, 1]`` (the *error parity*: Alice's parity XOR Bob's current parity)
+and ``tree[f, 2]`` (the node is on the pending list, to keep it unique).
 Every flip of Bob's bit toggles the error parity of all known nodes containing
 it; a known node without known children and with odd error parity (a
 *frontier odd node*) is exactly a block that still has to be searched. This is
@@ -25,6 +26,15 @@ Cascade's "cascade" step and the sub-block reuse of Martinez-Mateo et al.
 (QIC 15, 2015, Sec. 4, options 4/7/8) in one structure.
 
 Per-frame scalars live in ``st`` (int64, shape (N, NST)), columns ``S_*``.
+``kpos[f, 0]`` is a bitset over positions Bob knows to be correct (a known
+leaf, a corrected bit, or peeled); ``kpos[f, 1]`` is scratch for scheduling.
+The pending list ``pend[f, :st[f, S_NPEND]]`` holds candidate frontier odd
+nodes; after ``bob_plan`` its first ``st[f, S_NSEL]`` entries are the nodes
+whose left half is asked this round.
+
+A party's bits travel as the tuple ``eng = (bits uint8[N, n], packed
+uint64[N, ceil(n/64)], pref uint64[N, P, ceil((n+1)/64)], snap int64[N, P],
+flips uint64[N, P, ceil(n/64)] (Bob) or [N, 1, 1] (Alice), scratch int64[.])``.
 """
 
 from __future__ import annotations
@@ -671,10 +681,13 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
 def bob_plan(eng, tree, kpos, pend, st, pi, geo, cfg):
     """Advance every running frame to the point where it must ask Alice something.
 
-    Applies pending flips (leaves), drops stale or duplicate pending nodes,
-    and chooses this round's requests: the smallest pending nodes (within
-    ``cfg[C_SLACK]`` tree levels of the smallest) or the top-level parities
-    of the next pass. Sets ``st[f, S_ACTION]``.
+    Applies pending flips (leaves) and free inferences, drops stale pending
+    nodes, and chooses this round's requests: pending nodes that no smaller
+    pending node overlaps (nodes up to ``cfg[C_LOCAL]`` bits), larger ones
+    within ``cfg[C_SLACK]`` tree levels of the smallest, or else the
+    top-level parities of the next pass. Sets ``st[f, S_ACTION]``;
+    ``st[f, S_DONE]`` becomes 1 when the frame is finished, 2 if it had to
+    be given up (pending list full, round cap, no progress).
     """
     for f in range(st.shape[0]):
         if st[f, S_DONE] == 0:
