@@ -258,7 +258,8 @@ class AliceDecoySift:
         if n and idx[0] < 0:
             raise ProtocolError("decoy.step: an announced slot precedes the window Alice still holds")
         inside = idx < self._packed.size  # slots past the end of her log never match (class 3)
-        bit_a, basis_a, cls = unpack_slot(self._packed[np.where(inside, idx, 0)])
+        src = self._packed if self._packed.size else np.zeros(1, np.uint8)
+        bit_a, basis_a, cls = unpack_slot(src[np.where(inside, idx, 0)])
         basis_a = np.where(inside, basis_a, 255).astype(np.uint8)
         cls = np.where(inside, cls, 3).astype(np.uint8)
         basis_b = _unpack(body["basis"], n, "Bob's bases")
