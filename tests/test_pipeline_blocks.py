@@ -144,8 +144,8 @@ def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tm
             got += p_bob.push(Segment(b[i * BLOCK:(i + 1) * BLOCK]))
         got += p_bob.finish()
     alice.abandon("peer_disconnected")
-    lost = rb.blocks[-1]
-    assert lost.index == 1 and lost.reason in ("peer_disconnected", "")
+    lost = [r.block_id for r in rb.blocks if r.reason == "peer_disconnected"]
+    assert lost or kind == "pipe.commit"  # a lost commit leaves Bob's key final: nothing is dropped
     # Restart both parties from the beginning of their inputs (new session).
     ra2, rb2 = Report("alice", {}), Report("bob", {})
     alice2 = AliceEngine(cfg, sa, ra2, stream_id="A", kit=kit)
@@ -155,18 +155,23 @@ def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tm
         alice2.push(Segment(a[i * BLOCK:(i + 1) * BLOCK]))
         got += bob2.push(Segment(b[i * BLOCK:(i + 1) * BLOCK]))
     got += bob2.finish()
-    # The interrupted block was either completed on both sides before the loss
-    # (lost only the commit message) or is gone from both; never one side only.
+    # Every block is final on both sides or on neither; an interrupted block is
+    # dropped on both sides unless only its commit message was lost.
     assert sa.ids() == sb.ids()
     assert sa.ids("pending") == []
     for bid in sb.ids():
         np.testing.assert_array_equal(sa.read(bid).bits, sb.read(bid).bits)
-    b1 = f"{bob2.run_id}-0000001"
-    if kind in ("pipe.commit",):
-        assert sb.state(b1) == "final" and sa.state(b1) == "final"
-    else:
-        assert sb.state(b1) == "dropped" and sa.state(b1) == "dropped"
-    assert {f"{bob2.run_id}-{i:07d}" for i in (0, 2, 3)} <= set(sb.ids())
+    all_ids = [f"{bob2.run_id}-{i:07d}" for i in range(4)]
+    for bid in all_ids:
+        final_a, final_b = sa.state(bid) == "final", sb.state(bid) == "final"
+        assert final_a == final_b, (bid, sa.state(bid), sb.state(bid))
+    for bid in lost:
+        assert sb.state(bid) in ("dropped", "started") and sa.state(bid) in ("dropped", "started", None)
+    # only the blocks in flight are lost (with the store in its own thread, up to
+    # one batch being stored and one being computed)
+    assert len(sb.ids()) == 4 - len(lost) and len(lost) <= 2
+    if kind != "pipe.commit":
+        assert lost
 
 
 def test_config_mismatch_refused_at_hello(tmp_path):

@@ -82,6 +82,21 @@ class SiftedBlock:
     stream_time_s: float = float("nan")
 
 
+@dataclass
+class StoreJob:
+    """A batch after amplification, waiting for the two-phase store.
+
+    ``items`` are (block id, Bob's final key, metadata) of the blocks that
+    produced a key; the other blocks of ``batch`` already carry their drop
+    reason in ``recs``.
+    """
+
+    batch: list[SiftedBlock]
+    recs: dict[str, Any]
+    clock: Any
+    items: list[tuple[str, np.ndarray, dict[str, Any]]]
+
+
 def _seed_for(cfg: Config, index: int, stage: int) -> int | None:
     s = cfg.pipeline.seed
     return None if s < 0 else (s * 1_000_003 + index * 16 + stage) % (1 << 62)
@@ -140,13 +155,18 @@ class BobBlocks:
         Recorded in every key's metadata (run id, inputs).
     kit : StageKit, optional
         The stage implementations (default: qkdpost's own).
+    store_channel : Channel, optional
+        Channel (view) for the two-phase store when it runs in its own thread
+        (:meth:`process` with ``defer_store=True``, then :meth:`store_batch`).
     """
 
     def __init__(self, cfg: Config, channel: Channel, store: KeyStore, report: Report,
-                 run_info: Mapping[str, Any] | None = None, kit: "stages.StageKit | None" = None):
+                 run_info: Mapping[str, Any] | None = None, kit: "stages.StageKit | None" = None,
+                 store_channel: Channel | None = None):
         self.kit = kit if kit is not None else stages.default_kit()
         self.cfg = cfg
         self.channel = channel
+        self.store_channel = store_channel if store_channel is not None else channel
         self.store = store
         self.report = report
         self.run_info = dict(run_info or {})
@@ -164,15 +184,17 @@ class BobBlocks:
         return {"commit": commit, "abort": abort}
 
     # -- one batch -----------------------------------------------------------
-    def process(self, batch: list[SiftedBlock]) -> list[tuple[BlockRecord, np.ndarray | None]]:
+    def process(self, batch: list[SiftedBlock], *, defer_store: bool = False) -> Any:
         """Run a batch of blocks through reconcile → … → store.
 
         Returns one (record, Bob's final key or None) per block. Channel
         failures drop the affected blocks (reason ``peer_disconnected``) and
         are re-raised after the records are made, so the caller can
-        reconnect and go on with the next block.
+        reconnect and go on with the next block. With ``defer_store`` the
+        batch stops after amplification and a :class:`StoreJob` is returned
+        for :meth:`store_batch` (run by another thread, so the store's fsyncs
+        overlap the next batch's computation).
         """
-        cfg = self.cfg
         clock = _Clock(self.channel)
         recs = {
             b.block_id: BlockRecord(
@@ -181,8 +203,6 @@ class BobBlocks:
             )
             for b in batch
         }
-        keys: dict[str, np.ndarray] = {}
-        live = list(batch)
 
         def drop(blocks: list[SiftedBlock], reason: str, tell_alice: bool = True) -> None:
             for b in blocks:
@@ -192,138 +212,168 @@ class BobBlocks:
             if tell_alice and blocks:
                 self.channel.request("pipe.drop", {"ids": " ".join(b.block_id for b in blocks), "reason": reason})
 
+        try:
+            job = self._stages(batch, recs, clock, drop)
+        except (ChannelError, ProtocolError) as exc:
+            self._fail(batch, recs, exc, self.channel)
+            self._finish(batch, recs, {}, clock)
+            raise
+        return self._handoff(job, defer_store)
+
+    def _stages(self, batch: list[SiftedBlock], recs: dict[str, BlockRecord], clock: "_Clock",
+                drop: Callable[..., None]) -> "StoreJob":
+        """Skip/journal, reconcile, verify, length, amplify; returns the store job."""
+        cfg = self.cfg
+        live = list(batch)
+        # 1. skip blocks either side already knows; journal the rest as started
+        mine = [b for b in live if self.store.known(b.block_id)]
+        for b in mine:
+            st = self.store.state(b.block_id)
+            recs[b.block_id].status = "dropped"
+            recs[b.block_id].reason = "already_stored" if st in ("final", "consumed") else "interrupted_earlier"
+        live = [b for b in live if b not in mine]
+        too_noisy = [b for b in live if b.qber_estimate > cfg.estimate.qber_abort]  # NaN: unknown, not aborted
+        live = [b for b in live if b not in too_noisy]
+        for b in live + too_noisy:
+            self.store.mark_started(b.block_id)
+        qs = [b.qber_estimate for b in live if np.isfinite(b.qber_estimate)]
+        qber = max([cfg.reconcile.ec_qber_floor] + qs)
+        method = _choose_method(cfg, qber)
+        with clock("reconcile"):
+            reply = self.channel.request("pipe.batch", {
+                "ids": " ".join(b.block_id for b in live),
+                "starts": np.array([b.start for b in live], dtype=np.int64),
+                "lengths": np.array([b.bits.size for b in live], dtype=np.int64),
+                "skip": " ".join(b.block_id for b in mine),
+                "noisy": " ".join(b.block_id for b in too_noisy),
+                "method": method,
+            })
+        drop(too_noisy, "qber_abort", tell_alice=False)  # Alice dropped them from the batch message
+        known_alice = set(reply["known"].split())
+        if known_alice:
+            gone = [b for b in live if b.block_id in known_alice]
+            for b in gone:
+                recs[b.block_id].status, recs[b.block_id].reason = "dropped", "interrupted_earlier"
+                self.store.mark_dropped(b.block_id, "interrupted_earlier")
+            live = [b for b in live if b.block_id not in known_alice]
+        if not live:
+            return StoreJob(batch, recs, clock, [])
+
+        # 2. reconcile
+        ids = [b.block_id for b in live]
+        bob_bits = np.stack([b.bits for b in live])
+        with clock("reconcile"):
+            res = self.kit.reconcile_bob(self.channel, method, ids, bob_bits, qber, cfg,
+                                       seed=_seed_for(cfg, live[0].index, 1))
+        corrected = np.asarray(res.bits).reshape(len(live), -1)
+        for i, b in enumerate(live):
+            r = recs[b.block_id]
+            r.ec_method = method
+            r.leak_ec = int(res.leaked_bits[i])
+            r.errors_corrected = int(res.errors_corrected[i])
+            r.qber_observed = r.errors_corrected / max(1, b.bits.size)
+        failed_ec = [b for i, b in enumerate(live) if not bool(res.success[i])]
+
+        # 3. verify (every block that Bob believes reconciled)
+        cand = [i for i, b in enumerate(live) if bool(res.success[i])]
+        ok = np.zeros(len(live), dtype=bool)
+        if cand:
+            with clock("verify"):
+                v_ok, tag_bits, eps_cor = self.kit.verify_bob(self.channel, [ids[i] for i in cand],
+                                                              corrected[cand], cfg)
+            for j, i in enumerate(cand):
+                ok[i] = bool(v_ok[j])
+                recs[ids[i]].leak_verify = int(tag_bits)
+                recs[ids[i]].extra["eps_cor"] = float(eps_cor)
+        failed_v = [b for i, b in enumerate(live) if i in cand and not ok[i]]
+
+        # 4. finite-key length on Bob's side (public inputs only)
+        lengths = np.zeros(len(live), dtype=np.int64)
+        with clock("finitekey"):
+            for i, b in enumerate(live):
+                if not ok[i]:
+                    continue
+                r = recs[b.block_id]
+                ell, bound, details = self.kit.secure_length(b.stats, int(b.bits.size), r.leak_ec, r.leak_verify,
+                                                             r.extra.get("eps_cor", cfg.verify.eps_cor), cfg)
+                r.secure_length, r.bound = int(ell), bound
+                r.extra["finitekey"] = details
+                lengths[i] = max(0, int(ell))
+        short = [b for i, b in enumerate(live) if ok[i] and lengths[i] <= 0]
+        keep = [i for i in range(len(live)) if ok[i] and lengths[i] > 0]
+        verdict = {b.block_id: "ec_failed" for b in failed_ec}
+        verdict.update({b.block_id: "verify_failed" for b in failed_v})
+        verdict.update({b.block_id: "no_secure_length" for b in short})
+        with clock("finitekey"):
+            self.channel.request("pipe.final", {
+                "ids": " ".join(ids[i] for i in keep),
+                "lengths": lengths[keep],
+                "dropped": " ".join(verdict),
+                "reasons": " ".join(verdict.values()),
+            })
+        drop(failed_ec, "ec_failed", tell_alice=False)
+        drop(failed_v, "verify_failed", tell_alice=False)
+        drop(short, "no_secure_length", tell_alice=False)
+        if not keep:
+            return StoreJob(batch, recs, clock, [])
+
+        # 5. amplify
+        with clock("amplify"):
+            finals = self.kit.amplify_bob(self.channel, [ids[i] for i in keep], corrected[keep],
+                                        lengths[keep], cfg, seed=_seed_for(cfg, live[0].index, 2))
+        items = []
+        for j, i in enumerate(keep):
+            r = recs[ids[i]]
+            r.final_length = int(finals[j].size)
+            items.append((ids[i], finals[j], self._meta(r, live[i])))
+        return StoreJob(batch, recs, clock, items)
+    def _handoff(self, job: "StoreJob", defer: bool) -> Any:
+        return job if defer else self.store_batch(job)
+
+    def store_batch(self, job: "StoreJob") -> list[tuple[BlockRecord, np.ndarray | None]]:
+        """Two-phase store of a processed batch: Alice pending → Bob final → Alice final."""
+        recs, keys = job.recs, {}
+        sclock = _Clock(self.store_channel)
         error: BaseException | None = None
         try:
-            # 1. skip blocks either side already knows; journal the rest as started
-            mine = [b for b in live if self.store.known(b.block_id)]
-            for b in mine:
-                st = self.store.state(b.block_id)
-                recs[b.block_id].status = "dropped"
-                recs[b.block_id].reason = "already_stored" if st in ("final", "consumed") else "interrupted_earlier"
-            live = [b for b in live if b not in mine]
-            too_noisy = [b for b in live if b.qber_estimate > cfg.estimate.qber_abort]  # NaN: unknown, not aborted
-            live = [b for b in live if b not in too_noisy]
-            for b in live + too_noisy:
-                self.store.mark_started(b.block_id)
-            qs = [b.qber_estimate for b in live if np.isfinite(b.qber_estimate)]
-            qber = max([cfg.reconcile.ec_qber_floor] + qs)
-            method = _choose_method(cfg, qber)
-            with clock("reconcile"):
-                reply = self.channel.request("pipe.batch", {
-                    "ids": " ".join(b.block_id for b in live),
-                    "starts": np.array([b.start for b in live], dtype=np.int64),
-                    "lengths": np.array([b.bits.size for b in live], dtype=np.int64),
-                    "skip": " ".join(b.block_id for b in mine),
-                    "noisy": " ".join(b.block_id for b in too_noisy),
-                    "method": method,
-                })
-            drop(too_noisy, "qber_abort", tell_alice=False)  # Alice dropped them from the batch message
-            known_alice = set(reply["known"].split())
-            if known_alice:
-                gone = [b for b in live if b.block_id in known_alice]
-                for b in gone:
-                    recs[b.block_id].status, recs[b.block_id].reason = "dropped", "interrupted_earlier"
-                    self.store.mark_dropped(b.block_id, "interrupted_earlier")
-                live = [b for b in live if b.block_id not in known_alice]
-            if not live:
-                return self._finish(batch, recs, keys, clock)
-
-            # 2. reconcile
-            ids = [b.block_id for b in live]
-            bob_bits = np.stack([b.bits for b in live])
-            with clock("reconcile"):
-                res = self.kit.reconcile_bob(self.channel, method, ids, bob_bits, qber, cfg,
-                                           seed=_seed_for(cfg, live[0].index, 1))
-            corrected = np.asarray(res.bits).reshape(len(live), -1)
-            for i, b in enumerate(live):
-                r = recs[b.block_id]
-                r.ec_method = method
-                r.leak_ec = int(res.leaked_bits[i])
-                r.errors_corrected = int(res.errors_corrected[i])
-                r.qber_observed = r.errors_corrected / max(1, b.bits.size)
-            failed_ec = [b for i, b in enumerate(live) if not bool(res.success[i])]
-
-            # 3. verify (every block that Bob believes reconciled)
-            cand = [i for i, b in enumerate(live) if bool(res.success[i])]
-            ok = np.zeros(len(live), dtype=bool)
-            if cand:
-                with clock("verify"):
-                    v_ok, tag_bits, eps_cor = self.kit.verify_bob(self.channel, [ids[i] for i in cand],
-                                                                  corrected[cand], cfg)
-                for j, i in enumerate(cand):
-                    ok[i] = bool(v_ok[j])
-                    recs[ids[i]].leak_verify = int(tag_bits)
-                    recs[ids[i]].extra["eps_cor"] = float(eps_cor)
-            failed_v = [b for i, b in enumerate(live) if i in cand and not ok[i]]
-
-            # 4. finite-key length on Bob's side (public inputs only)
-            lengths = np.zeros(len(live), dtype=np.int64)
-            with clock("finitekey"):
-                for i, b in enumerate(live):
-                    if not ok[i]:
-                        continue
-                    r = recs[b.block_id]
-                    ell, bound, details = self.kit.secure_length(b.stats, int(b.bits.size), r.leak_ec, r.leak_verify,
-                                                                 r.extra.get("eps_cor", cfg.verify.eps_cor), cfg)
-                    r.secure_length, r.bound = int(ell), bound
-                    r.extra["finitekey"] = details
-                    lengths[i] = max(0, int(ell))
-            short = [b for i, b in enumerate(live) if ok[i] and lengths[i] <= 0]
-            keep = [i for i in range(len(live)) if ok[i] and lengths[i] > 0]
-            verdict = {b.block_id: "ec_failed" for b in failed_ec}
-            verdict.update({b.block_id: "verify_failed" for b in failed_v})
-            verdict.update({b.block_id: "no_secure_length" for b in short})
-            with clock("finitekey"):
-                self.channel.request("pipe.final", {
-                    "ids": " ".join(ids[i] for i in keep),
-                    "lengths": lengths[keep],
-                    "dropped": " ".join(verdict),
-                    "reasons": " ".join(verdict.values()),
-                })
-            drop(failed_ec, "ec_failed", tell_alice=False)
-            drop(failed_v, "verify_failed", tell_alice=False)
-            drop(short, "no_secure_length", tell_alice=False)
-            if not keep:
-                return self._finish(batch, recs, keys, clock)
-
-            # 5. amplify
-            with clock("amplify"):
-                finals = self.kit.amplify_bob(self.channel, [ids[i] for i in keep], corrected[keep],
-                                            lengths[keep], cfg, seed=_seed_for(cfg, live[0].index, 2))
-            # 6. store, two-phase: Alice pending → Bob final → Alice final
-            metas = {}
-            for j, i in enumerate(keep):
-                r = recs[ids[i]]
-                r.final_length = int(finals[j].size)
-                metas[ids[i]] = self._meta(r, live[i])
-            with clock("store"):
-                self.channel.request("pipe.prepare", {
-                    "ids": " ".join(metas), "metas": json.dumps(metas, sort_keys=True),
-                })
-                for j, i in enumerate(keep):
-                    self.store.put(ids[i], finals[j], metas[ids[i]])
-                    keys[ids[i]] = finals[j]
-                    recs[ids[i]].status, recs[ids[i]].reason = "ok", ""
-                self.channel.request("pipe.commit", {"ids": " ".join(metas)})
+            if job.items:
+                with sclock("store"):
+                    metas = {bid: meta for bid, _, meta in job.items}
+                    self.store_channel.request("pipe.prepare", {
+                        "ids": " ".join(metas), "metas": json.dumps(metas, sort_keys=True),
+                    })
+                    for bid, final, meta in job.items:
+                        self.store.put(bid, final, meta)
+                        keys[bid] = final
+                        recs[bid].status, recs[bid].reason = "ok", ""
+                    self.store_channel.request("pipe.commit", {"ids": " ".join(metas)})
         except (ChannelError, ProtocolError) as exc:
             error = exc
-            reason = "peer_disconnected" if isinstance(exc, ChannelError) else "protocol_error"
-            for b in batch:
-                r = recs[b.block_id]
-                if r.status != "ok" and not r.reason:
-                    r.status, r.reason = "dropped", reason
-                    r.extra["error"] = str(exc)
-                    if self.store.state(b.block_id) == "started":
-                        self.store.mark_dropped(b.block_id, reason)
-            if isinstance(exc, ProtocolError):
-                try:  # Alice may still be there: make her drop the batch too
-                    self.channel.request("pipe.drop", {"ids": " ".join(recs), "reason": reason})
-                except (ChannelError, ProtocolError):
-                    pass
-        self._finish(batch, recs, keys, clock)
+            self._fail(job.batch, recs, exc, self.store_channel)
+        for stage, t in sclock.times.items():
+            job.clock.times[stage] = job.clock.times.get(stage, 0.0) + t
+            job.clock.rt[stage] = job.clock.rt.get(stage, 0) + sclock.rt.get(stage, 0)
+            job.clock.nbytes[stage] = job.clock.nbytes.get(stage, 0) + sclock.nbytes.get(stage, 0)
+        out = self._finish(job.batch, recs, keys, job.clock)
         if error is not None:
             raise error
-        return [(recs[b.block_id], keys.get(b.block_id)) for b in batch]
+        return out
+
+    def _fail(self, batch: list[SiftedBlock], recs: dict[str, BlockRecord], exc: BaseException,
+              channel: Channel) -> None:
+        reason = "peer_disconnected" if isinstance(exc, ChannelError) else "protocol_error"
+        for b in batch:
+            r = recs[b.block_id]
+            if r.status != "ok" and not r.reason:
+                r.status, r.reason = "dropped", reason
+                r.extra["error"] = str(exc)
+                if self.store.state(b.block_id) == "started":
+                    self.store.mark_dropped(b.block_id, reason)
+        if isinstance(exc, ProtocolError):
+            try:  # Alice may still be there: make her drop the batch too
+                channel.request("pipe.drop", {"ids": " ".join(recs), "reason": reason})
+            except (ChannelError, ProtocolError):
+                pass
 
     def _finish(self, batch, recs, keys, clock) -> list[tuple[BlockRecord, np.ndarray | None]]:
         n = max(1, len(batch))
@@ -389,7 +439,9 @@ class AliceBlocks:
         self._frames: dict[str, np.ndarray] = {}
         self._recs: dict[str, BlockRecord] = {}
         self._routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-        self._outputs: Callable[[str], np.ndarray] | None = None
+        # block id -> function giving Alice's final key once amplified; kept per
+        # block because Bob's store of batch k may come after his batch k + 1
+        self._outputs: dict[str, Callable[[str], np.ndarray]] = {}
         self._lengths: dict[str, int] = {}
         self.finished: list[tuple[str, np.ndarray]] = []  # (block_id, final key) committed this session
 
@@ -457,7 +509,6 @@ class AliceBlocks:
             self._record(bid, _index_of(bid), int(n))
         self._frames = frames
         self._routes = {}
-        self._outputs = None
         if frames:
             self._routes.update(self.kit.reconcile_alice(body["method"], frames, self.cfg))
             self._routes.update(self.kit.verify_alice(frames, self.cfg))
@@ -474,15 +525,17 @@ class AliceBlocks:
         if frames:
             routes, outputs = self.kit.amplify_alice(frames, self._lengths, self.cfg)
             self._routes.update(routes)
-            self._outputs = outputs
+            for bid in frames:
+                self._outputs[bid] = outputs
         return {}
 
     def _prepare(self, body: dict[str, Any]) -> dict[str, Any]:
         metas = json.loads(body["metas"])
-        if self._outputs is None:
-            raise ProtocolError("pipe.prepare before amplification; Bob's side is out of step")
         for bid in body["ids"].split():
-            key = self._outputs(bid)
+            out = self._outputs.get(bid)
+            if out is None:
+                raise ProtocolError(f"pipe.prepare of block {bid} before its amplification; Bob is out of step")
+            key = out(bid)
             if key.size != int(metas[bid]["final_length"]):
                 raise ProtocolError(f"block {bid}: Alice's final key has {key.size} bits, Bob announced "
                                     f"{metas[bid]['final_length']}")
@@ -497,11 +550,10 @@ class AliceBlocks:
     def _commit(self, body: dict[str, Any]) -> dict[str, Any]:
         for bid in body["ids"].split():
             self.store.commit(bid)
-            if self._outputs is not None:
-                self.finished.append((bid, self._outputs(bid)))
+            out = self._outputs.pop(bid, None)
+            if out is not None:
+                self.finished.append((bid, out(bid)))
             self._close(bid, "ok", "")
-        self._routes = {}
-        self._outputs = None
         return {}
 
     def _drop(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -511,6 +563,7 @@ class AliceBlocks:
             elif self.store.state(bid) in (None, "started"):
                 self.store.mark_started(bid)
                 self.store.mark_dropped(bid, body["reason"])
+            self._outputs.pop(bid, None)
             if bid in self._recs or bid in self._frames:
                 self._close(bid, "dropped", body["reason"])
         return {}
@@ -526,7 +579,7 @@ class AliceBlocks:
             else:
                 self._close(bid, "dropped", reason)
         self._routes = {}
-        self._outputs = None
+        self._outputs = {}
 
 
 def _index_of(bid: str) -> int:

@@ -123,8 +123,11 @@ class BobEngine:
         self._shared = SharedChannel(channel)
         self.front_channel: Channel = self._shared.view() if self.threaded else channel
         self._back_channel: Channel = self._shared.view() if self.threaded else channel
+        self._store_channel: Channel = self._shared.view() if self.threaded else channel
         self._work: queue.Queue[list[SiftedBlock] | None] = queue.Queue(maxsize=2)
+        self._stores: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._worker: threading.Thread | None = None
+        self._storer: threading.Thread | None = None
         self._done: list[KeyBlock] = []
         self._done_lock = threading.Lock()
         self._error: BaseException | None = None
@@ -141,7 +144,8 @@ class BobEngine:
         info = dict(self.run_info, run_id=self.run_id, alice_stream=reply["alice_stream"],
                     bob_stream=self.stream_id)
         self.report.info.update(run_id=self.run_id)
-        self.blocks = BobBlocks(self.cfg, self._back_channel, self.store, self.report, info, kit=self.kit)
+        self.blocks = BobBlocks(self.cfg, self._back_channel, self.store, self.report, info, kit=self.kit,
+                                store_channel=self._store_channel)
         self.blocks.recover()
         self.report.add_time("store", time.perf_counter() - t0)
         return self.run_id
@@ -170,11 +174,14 @@ class BobEngine:
         return out + self._collect()
 
     def drain(self) -> None:
-        """Wait until the back-half thread has processed everything handed to it."""
+        """Wait until the back-half threads have processed everything handed to them."""
         if self._worker is not None:
             self._work.put(None)
             self._worker.join()
             self._worker = None
+        if self._storer is not None:
+            self._storer.join()
+            self._storer = None
 
     def _dispatch(self, batch: list[SiftedBlock]) -> list[KeyBlock]:
         if not self.threaded:
@@ -182,7 +189,9 @@ class BobEngine:
         self._raise_pending()
         if self._worker is None:
             self._worker = threading.Thread(target=self._work_loop, name="qkdpost-blocks", daemon=True)
+            self._storer = threading.Thread(target=self._store_loop, name="qkdpost-store", daemon=True)
             self._worker.start()
+            self._storer.start()
         while True:  # bounded queue: back-pressure keeps memory at a few blocks
             try:
                 self._work.put(batch, timeout=0.2)
@@ -191,19 +200,46 @@ class BobEngine:
                 self._raise_pending()
 
     def _work_loop(self) -> None:
+        """Thread 1: reconcile, verify, length, amplify; hands each batch to the store thread."""
+        try:
+            while True:
+                batch = self._work.get()
+                if batch is None:
+                    return
+                if self._error is not None:
+                    continue  # a failed session: the rest is never started (so never journaled)
+                try:
+                    job = self.blocks.process(batch, defer_store=True)  # type: ignore[union-attr]
+                except BaseException as exc:  # handed to the front thread
+                    self._error = exc
+                    continue
+                self._stores.put(job)
+        finally:
+            self._stores.put(None)
+
+    def _store_loop(self) -> None:
+        """Thread 2: the two-phase store (fsync-bound), overlapping thread 1's next batch."""
         while True:
-            batch = self._work.get()
-            if batch is None:
+            job = self._stores.get()
+            if job is None:
                 return
             if self._error is not None:
-                continue  # a failed session: the rest is never started (so never journaled)
+                # the session failed: this batch was amplified but never stored; its
+                # blocks are started (journaled) and will be skipped, never reprocessed
+                for bid, _, _ in job.items:
+                    job.recs[bid].status, job.recs[bid].reason = "dropped", "peer_disconnected"
+                    if self.store.state(bid) == "started":
+                        self.store.mark_dropped(bid, "peer_disconnected")
+                self.blocks._finish(job.batch, job.recs, {}, job.clock)  # type: ignore[union-attr]
+                continue
             try:
-                keys = self._run(batch)
-            except BaseException as exc:  # handed to the front thread
+                keys = self.blocks.store_batch(job)  # type: ignore[union-attr]
+            except BaseException as exc:
                 self._error = exc
                 continue
             with self._done_lock:
-                self._done.extend(keys)
+                self._done.extend(KeyBlock(rec.block_id, key, self.store.meta(rec.block_id))
+                                  for rec, key in keys if key is not None)
 
     def _raise_pending(self) -> None:
         if self._error is not None:
