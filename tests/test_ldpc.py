@@ -64,7 +64,7 @@ def decode_one(code, llr, syn, max_iter):
     """Cold-start decode of one frame: (iterations or negative, hard decision)."""
     L = np.array(llr, dtype=np.float32)
     R = np.zeros(code.n_edges, np.float32)
-    it = K.decode_frame(code.row_ptr, code.col_idx, syn, max_iter, L, R, K.PHI_LUT)
+    it = K.decode_frame(code.row_ptr, code.col_idx, syn, max_iter, 0, L, R, K.PHI_LUT)
     return int(it), (L < 0).astype(np.uint8)
 
 
@@ -72,7 +72,7 @@ def decode_many(code, llr, syn, max_iter):
     L = np.array(llr, dtype=np.float32)
     R = np.zeros((L.shape[0], code.n_edges), np.float32)
     it = np.empty(L.shape[0], np.int64)
-    K.decode_batch(code.row_ptr, code.col_idx, np.ascontiguousarray(syn), max_iter, L, R,
+    K.decode_batch(code.row_ptr, code.col_idx, np.ascontiguousarray(syn), np.array([max_iter, 0]), L, R,
                    np.arange(L.shape[0], dtype=np.int64), it)
     return it, (L < 0).astype(np.uint8)
 
@@ -311,10 +311,10 @@ def test_warm_start_continues_where_it_stopped():
     L2 = L1.copy()
     R1 = np.zeros(code.n_edges, np.float32)
     R2 = np.zeros(code.n_edges, np.float32)
-    a = K.decode_frame(code.row_ptr, code.col_idx, syn, 3, L1, R1, K.PHI_LUT)
-    assert a < 0
-    K.decode_frame(code.row_ptr, code.col_idx, syn, 4, L1, R1, K.PHI_LUT)
-    K.decode_frame(code.row_ptr, code.col_idx, syn, 7, L2, R2, K.PHI_LUT)
+    a = K.decode_frame(code.row_ptr, code.col_idx, syn, 3, 0, L1, R1, K.PHI_LUT)
+    assert a == -4  # -(iterations used) - 1
+    K.decode_frame(code.row_ptr, code.col_idx, syn, 4, 0, L1, R1, K.PHI_LUT)
+    K.decode_frame(code.row_ptr, code.col_idx, syn, 7, 0, L2, R2, K.PHI_LUT)
     assert np.array_equal(L1, L2) and np.array_equal(R1, R2)
 
 

@@ -43,7 +43,7 @@ __all__ = [
     "write_alist",
 ]
 
-_BOB_OPTIONS = ("f_start", "f_step", "max_rounds", "max_iter", "max_iter_blind", "warm", "code")
+_BOB_OPTIONS = ("f_start", "f_step", "max_rounds", "max_iter", "max_iter_blind", "warm", "patience", "code")
 
 
 def reconcile_ldpc(
@@ -72,7 +72,7 @@ def reconcile_ldpc(
     rtt_s : float
         Simulated round-trip time of the loopback channel.
     **options
-        ``f_start``, ``f_step``, ``max_rounds``, ``max_iter``, ``max_iter_blind``, ``warm``, ``code``
+        ``f_start``, ``f_step``, ``max_rounds``, ``max_iter``, ``max_iter_blind``, ``warm``, ``patience``, ``code``
         (see :class:`LdpcBob`).
 
     Returns

@@ -310,7 +310,7 @@ def _phi(x, lut):
 
 
 @kernel()
-def decode_frame(row_ptr, col_idx, syn, max_iter, L, R, lut):
+def decode_frame(row_ptr, col_idx, syn, max_iter, patience, L, R, lut):
     """Layered (row-by-row) sum-product decoding of one frame with side information.
 
     Syndrome decoding for Slepian-Wolf coding (Liveris, Xiong, Georghiades,
@@ -329,6 +329,9 @@ def decode_frame(row_ptr, col_idx, syn, max_iter, L, R, lut):
     ----------
     syn : uint8 (m,)        Alice's syndrome
     max_iter : int
+    patience : int          stop early (failure) when the number of
+                            unsatisfied checks has not reached a new minimum
+                            for this many iterations; 0 = never
     L : float32 (n,)        in/out: posterior LLRs (hard decision L < 0 -> 1);
                             channel LLR 0 for punctured, +-LLR_KNOWN for known bits
     R : float32 (E,)        in/out: check-to-variable messages in row order
@@ -337,7 +340,7 @@ def decode_frame(row_ptr, col_idx, syn, max_iter, L, R, lut):
     Returns
     -------
     int64 : iterations used if decoded (>= 0, 0 when the input already
-    matched), else ``-(max_iter + 1)``.
+    matched), else ``-(iterations used) - 1``.
     """
     m = row_ptr.shape[0] - 1
     maxdeg = 0
@@ -348,8 +351,10 @@ def decode_frame(row_ptr, col_idx, syn, max_iter, L, R, lut):
     T = np.empty(maxdeg, np.float32)
     P = np.empty(maxdeg, np.float32)
     SG = np.empty(maxdeg, np.int32)
-    if _syndrome_ok(row_ptr, col_idx, L, syn):
+    if _unsatisfied(row_ptr, col_idx, L, syn, 1) == 0:
         return np.int64(0)
+    best = m + 1
+    since = 0
     for it in range(max_iter):
         for j in range(m):
             lo = row_ptr[j]
@@ -371,28 +376,44 @@ def decode_frame(row_ptr, col_idx, syn, max_iter, L, R, lut):
                 r = _phi(S - P[k], lut) * np.float32(1 - 2 * (neg ^ SG[k]))
                 R[e] = r
                 L[col_idx[e]] = T[k] + r
-        if _syndrome_ok(row_ptr, col_idx, L, syn):
-            return np.int64(it + 1)
-    return np.int64(-(max_iter + 1))
+        if patience <= 0:
+            if _unsatisfied(row_ptr, col_idx, L, syn, 1) == 0:
+                return np.int64(it + 1)
+        else:
+            u = _unsatisfied(row_ptr, col_idx, L, syn, m + 1)
+            if u == 0:
+                return np.int64(it + 1)
+            if u < best:
+                best = u
+                since = 0
+            else:
+                since += 1
+                if since >= patience:
+                    return np.int64(-(it + 1) - 1)
+    return np.int64(-max_iter - 1)
 
 
 @kernel(inline="always")
-def _syndrome_ok(row_ptr, col_idx, L, syn):
+def _unsatisfied(row_ptr, col_idx, L, syn, limit):
+    """Number of checks whose parity differs from ``syn``, counting stops at ``limit``."""
     m = row_ptr.shape[0] - 1
+    u = 0
     for j in range(m):
         s = np.int32(syn[j])
         for e in range(row_ptr[j], row_ptr[j + 1]):
             s ^= np.int32(L[col_idx[e]] < 0)
-        if s != 0:
-            return False
-    return True
+        u += s
+        if u >= limit:
+            return u
+    return u
 
 
 @kernel(parallel=True)
-def decode_batch(row_ptr, col_idx, syn, max_iter, L, R, which, iters_out):
+def decode_batch(row_ptr, col_idx, syn, limits, L, R, which, iters_out):
     """Decode frames ``which`` of a batch (``prange`` over them), state in caller-owned buffers.
 
-    syn : uint8 (N, m); L : float32 (N, n) in/out; R : float32 (N, E) in/out;
+    syn : uint8 (N, m); limits : int64 (2,) = (max_iter, patience);
+    L : float32 (N, n) in/out; R : float32 (N, E) in/out;
     which : int64 (K,) frame indices; iters_out : int64 (K,) out, as returned
     by :func:`decode_frame` (negative = not decoded). See
     :func:`decode_frame` for cold and warm start.
@@ -400,7 +421,7 @@ def decode_batch(row_ptr, col_idx, syn, max_iter, L, R, which, iters_out):
     lut = PHI_LUT
     for i in prange(which.shape[0]):
         f = which[i]
-        iters_out[i] = decode_frame(row_ptr, col_idx, syn[f], max_iter, L[f], R[f], lut)
+        iters_out[i] = decode_frame(row_ptr, col_idx, syn[f], limits[0], limits[1], L[f], R[f], lut)
 
 
 @kernel()
@@ -444,5 +465,5 @@ def _warmup() -> None:
     llr = np.empty((2, 12), np.float32)
     for f in range(2):
         bsc_llr(x[f], 0.05, np.zeros(12, np.uint8), np.zeros(12, np.uint8), llr[f])
-    decode_batch(row_ptr, col_idx, s, 5, llr, np.zeros((2, col_idx.shape[0]), np.float32),
+    decode_batch(row_ptr, col_idx, s, np.array([5, 0], np.int64), llr, np.zeros((2, col_idx.shape[0]), np.float32),
                  np.arange(2, dtype=np.int64), np.empty(2, np.int64))

@@ -182,6 +182,10 @@ class LdpcBob:
     max_iter_blind : int, optional
         Further iterations after each blind round (the decoder continues
         from its state if ``warm``, else restarts; default ``max_iter``).
+    patience : int
+        Abandon an attempt (and go to the next blind round) when the number
+        of unsatisfied checks has not improved for this many iterations;
+        0 disables. Not applied in the last round.
     warm : bool
         Continue decoding from the failed attempt's messages after a blind
         round instead of restarting (measured at n = 2^16, Q = 5 %: same f,
@@ -194,12 +198,15 @@ class LdpcBob:
 
     def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int = 6,
                  max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
-                 code: str | None = None, seed: int | None = None):
+                 patience: int = 6, code: str | None = None, seed: int | None = None):
         if max_iter < 1:
             raise InputError(f"max_iter={max_iter!r}: must be >= 1")
         if max_iter_blind is not None and max_iter_blind < 1:
             raise InputError(f"max_iter_blind={max_iter_blind!r}: must be >= 1")
         self.warm = bool(warm)
+        if patience < 0:
+            raise InputError(f"patience={patience!r}: must be >= 0 (0 disables)")
+        self.patience = int(patience)
         if max_iter_blind is None:
             max_iter_blind = max_iter
         self.max_iter_blind = int(max_iter_blind)
@@ -282,8 +289,9 @@ class LdpcBob:
                 cursor = stop
             sub_it = np.empty(todo.shape[0], dtype=np.int64)
             budget = self.max_iter if rnd == 0 else self.max_iter_blind
-            K.decode_batch(code.row_ptr, code.col_idx, syn, budget, L, R, todo, sub_it)
-            iters[todo] += np.abs(sub_it)
+            limits = np.array([budget, self.patience if rnd < plan.max_rounds else 0], dtype=np.int64)
+            K.decode_batch(code.row_ptr, code.col_idx, syn, limits, L, R, todo, sub_it)
+            iters[todo] += np.where(sub_it >= 0, sub_it, -sub_it - 1)
             status[todo] = sub_it
             todo = todo[sub_it < 0]
             if todo.shape[0] == 0:
