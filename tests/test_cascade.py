@@ -411,3 +411,13 @@ def test_alice_rejects_bad_requests():
     ok = h["cascade.parities"]({"sid": 1, "r": np.array([[0, 0, 0, 10]], np.int32), "t": empty})
     assert np.unpackbits(ok["r"], bitorder="little")[0] == 0
     h["cascade.end"]({"sid": 1})
+
+
+def test_round_cap_reports_failure_instead_of_hanging():
+    rng = np.random.default_rng(12)
+    a, b = bsc_pair(rng, 3, 2000, 0.05)
+    res = reconcile_cascade(a, b, qber=0.05, seed=2, max_rounds=5)
+    assert not res.success.any()
+    assert (res.extra["rounds_per_frame"] == 5).all()
+    # whatever was flipped was a real error
+    assert not ((res.bits != b) & (b == a)).any()

@@ -691,8 +691,9 @@ def bob_plan(eng, tree, kpos, pend, st, pi, geo, cfg):
     """
     for f in range(st.shape[0]):
         if st[f, S_DONE] == 0:
-            if st[f, S_ROUNDS] > cfg[C_MAXROUNDS]:
+            if st[f, S_ROUNDS] >= cfg[C_MAXROUNDS]:
                 st[f, S_DONE] = 2
+                st[f, S_ACTION] = 0
                 continue
             _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f)
         else:
