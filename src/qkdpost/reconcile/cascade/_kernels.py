@@ -15,10 +15,11 @@ Pass geometry lives in one int64 array ``geo`` of shape (4, P + 1):
 indices per block (``2 * next_pow2(k)``), ``geo[G_BASE]`` first global node id
 of the pass (``geo[G_BASE, P]`` is the total node count M).
 
-Bob's per-frame knowledge is three bitsets over the M nodes, ``tree[f, 0]``
-("Alice's parity of this node is known": asked, or inferred for free),
-``tree[f, 1]`` (the *error parity*: Alice's parity XOR Bob's current parity)
-and ``tree[f, 2]`` (the node is on the pending list, to keep it unique).
+Bob's per-frame knowledge is three bitsets over the M nodes, interleaved by
+word (``tree[f, w, r]``, so one cache line serves all three): row 0 "Alice's
+parity of this node is known" (asked, or inferred for free), row 1 the
+*error parity* (Alice's parity XOR Bob's current parity), row 2 "the node is
+on the pending list" (to keep it unique).
 Every flip of Bob's bit toggles the error parity of all known nodes containing
 it; a known node without known children and with odd error parity (a
 *frontier odd node*) is exactly a block that still has to be searched. This is
@@ -296,7 +297,7 @@ def fill_block0_mask(perm, k, out):
 
 @kernel()
 def _get(tree, f, r, i):
-    return (tree[f, r, i >> 6] >> np.uint64(i & 63)) & _ONE
+    return (tree[f, i >> 6, r] >> np.uint64(i & 63)) & _ONE
 
 
 @kernel()
@@ -304,14 +305,14 @@ def _set(tree, f, r, i, v):
     w = i >> 6
     m = _ONE << np.uint64(i & 63)
     if v:
-        tree[f, r, w] |= m
+        tree[f, w, r] |= m
     else:
-        tree[f, r, w] &= ~m
+        tree[f, w, r] &= ~m
 
 
 @kernel()
 def _toggle(tree, f, r, i):
-    tree[f, r, i >> 6] ^= _ONE << np.uint64(i & 63)
+    tree[f, i >> 6, r] ^= _ONE << np.uint64(i & 63)
 
 
 @kernel()

@@ -369,7 +369,7 @@ class CascadeBob:
             np.empty((N, P, (n + 63) // 64), dtype=np.uint64),
             np.empty(2 * K.PEEL_STACK, dtype=np.int64),
         )
-        tree = np.zeros((N, 3, (M + 63) // 64), dtype=np.uint64)
+        tree = np.zeros((N, (M + 63) // 64, 3), dtype=np.uint64)
         kpos = np.zeros((N, 2, (n + 63) // 64), dtype=np.uint64)
         pend = np.empty((N, n // 2 + 4096), dtype=np.int64)
         st = np.zeros((N, K.NST), dtype=np.int64)
