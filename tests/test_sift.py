@@ -416,3 +416,15 @@ def test_sift_follows_a_drifting_clock_from_the_simulator():
     assert abs(np.mean(run.alice.key != run.bob.key) - z["qber"]) < 0.005
     f_end = run.model.freq_ppm
     assert abs(f_end - (-95.0 + 0.05 * 3.0)) < 0.01  # the servo followed the ramp to the end
+
+
+@pytest.mark.parametrize("tick_a, tick_b", [(125e-12, 1e-12), (1 / 256 * 1e-9, 125e-12)])
+def test_sift_with_different_tick_lengths(tick_a, tick_b):
+    """Alice and Bob with different time taggers (qcrypto 1/8 ns, 1 ps, 1/256 ns)."""
+    link = synth_bbm92(duration_s=2.5, offset_s=-0.33, freq=-77e-6, tick_a_s=tick_a, tick_b_s=tick_b, qber=0.03,
+                       seed=3)
+    run = _run(link)
+    # a 3-sigma window keeps ~99.7 % of the pairs both saw (accidentals add a few)
+    assert run.bob_stats.pairs > 0.99 * link.n_pairs_both
+    assert abs(np.mean(run.alice.key != run.bob.key) - 0.03) < 0.006
+    assert abs(run.model.freq - (-77e-6)) < 1e-9

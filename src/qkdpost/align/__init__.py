@@ -808,7 +808,9 @@ class DriftTracker:
         d = float(int(t_a[-1]) - int(t_a[0]))  # predict to the centre of the next window
         if d > 0:
             r = m1.rate
-            db = d / r - 0.5 * k * (d / r) ** 2 / r
+            # A(B) - A_m = r dB + k r dB^2 / 2 (the rate changes by k per Alice
+            # tick, i.e. k r per Bob tick); solved to first order for A = d
+            db = d / r - 0.5 * k * (d / r) ** 2
             m1 = ClockModel.anchored(t_m + int(d), m1.to_bob(t_m) + db, r + k * d,
                                      m1.tick_a_s, m1.tick_b_s)
         self.model = m1
