@@ -132,3 +132,15 @@ def test_decoy_bob_longer_than_alice_log(decoy_link):
     assert cut.alice.key.size == cut.bob.key.size
     assert 0.4 * full.bob.key.size < cut.bob.key.size < 0.6 * full.bob.key.size
     assert np.mean(cut.alice.key != cut.bob.key) < 0.03
+
+
+def test_decoy_survives_missed_sync_ticks(decoy_link):
+    link = decoy_link
+    sync_ch = [c for c, r in link.bob.info.channel_map.items() if r == "sync"][0]
+    rng = np.random.default_rng(0)
+    drop = (link.bob.ch == sync_ch) & (rng.random(link.bob.t.size) < 0.05)
+    drop[np.flatnonzero(link.bob.ch == sync_ch)[:3]] = False  # keep the first ticks (they set the count)
+    full = _run(link)
+    lossy = _run(link, bob_t=link.bob.t[~drop], bob_ch=link.bob.ch[~drop])
+    assert abs(lossy.bob.key.size - full.bob.key.size) <= 0.001 * full.bob.key.size
+    assert abs(np.mean(lossy.alice.key != lossy.bob.key) - np.mean(full.alice.key != full.bob.key)) < 0.002
