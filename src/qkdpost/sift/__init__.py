@@ -59,7 +59,14 @@ __all__ = [
     "AliceSift",
     "BobSift",
     "sift_streams",
+    "iter_sift",
+    "SiftRun",
+    "seeded_bits",
     "channel_lut",
+    "AliceDecoySift",
+    "BobDecoySift",
+    "DecoyBlock",
+    "DecoyStats",
 ]
 
 PROTOCOL_VERSION = 1
@@ -1154,3 +1161,10 @@ def sift_streams(
     )
 
 
+def __getattr__(name: str) -> Any:
+    # the decoy (prepare-and-measure) classes live in .decoy, which imports this module
+    if name in ("AliceDecoySift", "BobDecoySift", "DecoyBlock", "DecoyStats"):
+        from . import decoy
+
+        return getattr(decoy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
