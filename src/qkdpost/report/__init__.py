@@ -256,9 +256,30 @@ def plot_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     ax[0, 0].set(xlabel=xlabel, ylabel="QBER (%)", title="QBER per block")
     ax[0, 0].legend(fontsize=8)
     fin = [b["final_length"] for b in blocks]
-    colors = ["tab:green" if b["status"] == "ok" else "tab:red" for b in blocks]
-    ax[0, 1].bar(range(len(blocks)), fin, color=colors)
-    ax[0, 1].set(xlabel="block", ylabel="final key bits", title="key per block (red: dropped)")
+    times = [b.get("stream_time_s") for b in blocks]
+    if blocks and all(t is not None for t in times):
+        # secret key rate over capture time: final bits of a block over the capture span it covers
+        order = np.argsort(times)
+        ts = np.asarray(times, dtype=float)[order]
+        fb = np.asarray(fin, dtype=float)[order]
+        # blocks completed at the same capture time share the span since the previous time
+        rate = np.full(ts.size, np.nan)
+        prev = 0.0
+        for t_val in np.unique(ts):
+            sel = ts == t_val
+            if t_val > prev:
+                rate[sel] = fb[sel].sum() / (t_val - prev)
+            prev = t_val
+        ok = [blocks[i]["status"] == "ok" for i in order]
+        ax[0, 1].plot(ts, rate, "o-", ms=3, color="tab:green")
+        ax[0, 1].plot(ts[[not o for o in ok]], np.zeros(len(ok) - sum(ok)), "x", color="tab:red", label="dropped")
+        ax[0, 1].set(xlabel="stream time (s)", ylabel="final key (bit/s)", title="secret key rate")
+        if not all(ok):
+            ax[0, 1].legend(fontsize=8)
+    else:
+        colors = ["tab:green" if b["status"] == "ok" else "tab:red" for b in blocks]
+        ax[0, 1].bar(range(len(blocks)), fin, color=colors)
+        ax[0, 1].set(xlabel="block", ylabel="final key bits", title="key per block (red: dropped)")
     eff = [b.get("efficiency") for b in blocks]
     pts = [(qq, e) for qq, e in zip(q, eff) if e is not None and np.isfinite(qq)]
     if pts:
