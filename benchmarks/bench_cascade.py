@@ -84,7 +84,12 @@ def test_throughput_qkdpost_n1e4_q2(benchmark):
 # ---------------------------------------------------------------- curves and throughput scripts
 
 
-def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096):
+def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096, passes=0):
+    import dataclasses
+
+    name = preset
+    if passes:
+        preset = dataclasses.replace(PRESETS[preset], name=f"{preset}+{passes}", passes=passes)
     fs, fails, rts, leaks, cpu, rounds = [], 0, [], [], 0.0, []
     done = 0
     b_i = 0
@@ -106,7 +111,8 @@ def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096):
         b_i += 1
     fs = np.array(fs)
     return {
-        "preset": preset,
+        "preset": name,
+        "passes": passes or PRESETS[name].passes,
         "n": n,
         "qber": q,
         "slack": slack,
@@ -122,7 +128,7 @@ def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096):
         "round_trips_per_batch_mean": float(np.mean(rts)),
         "rounds_per_frame_mean": float(np.mean(rounds)),
         "cpu_s_per_frame": cpu / frames,
-        "block_sizes_first3": block_sizes(preset, q, n)[:3],
+        "block_sizes_first3": block_sizes(name, q, n)[:3],
     }
 
 
@@ -137,6 +143,7 @@ def main(argv=None):
     c.add_argument("--qbers", default="0.01,0.02,0.05,0.08")
     c.add_argument("--slack", type=int, default=1)
     c.add_argument("--local-max", type=int, default=4096)
+    c.add_argument("--passes", type=int, default=0, help="override the preset's pass count")
     c.add_argument("--seed", type=int, default=2026)
     c.add_argument("--out", required=True)
     t = sub.add_parser("throughput")
@@ -152,7 +159,9 @@ def main(argv=None):
         rows = []
         for preset in args.presets.split(","):
             for q in (float(x) for x in args.qbers.split(",")):
-                r = measure(preset, args.n, q, args.frames, args.batch, args.seed, args.slack, args.local_max)
+                r = measure(
+                    preset, args.n, q, args.frames, args.batch, args.seed, args.slack, args.local_max, args.passes
+                )
                 rows.append(r)
                 print(json.dumps(r), flush=True)
         meta = {
