@@ -449,3 +449,19 @@ def test_alice_rejects_malformed_requests():
                              "n_punct": 0, "layout_seed": b"\0" * 16})
     with pytest.raises(ProtocolError, match="before"):
         h["ldpc.reveal"]({"frame_ids": np.array([0]), "start": 0, "stop": 4})
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.025, 0.045, 0.065, 0.09]))
+def test_property_success_means_identical_keys_and_exact_leak(seed, q):
+    """Whatever the frame: success => Bob's bits equal Alice's and reproduce her syndrome;
+    leaked = m - p + revealed."""
+    rng = np.random.default_rng(seed)
+    a, b = _frames(rng, 2, 14746, q)
+    res = reconcile_ldpc(a, b, qber=q, seed=seed)
+    code = load_code(res.preset)
+    for i in range(2):
+        if res.success[i]:
+            assert np.array_equal(res.bits[i], a[i])
+    assert np.array_equal(res.leaked_bits, code.m - res.extra["n_punct"] + res.extra["revealed"])
+    assert res.extra["n_punct"] <= 0.1 * code.n
