@@ -146,3 +146,29 @@ def test_rerun_and_report_plot(benign, tmp_path):
     rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, cfg, plot=False)
     assert rep.totals()["final_bits"] == 0 and len(KeyStore(tmp_path / "bob").ids()) == n
     assert set(rep.totals()["drop_reasons"]) == {"already_stored"}
+
+
+def test_benign_link_ldpc_gives_identical_keys(benign, tmp_path):
+    rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, _cfg(ec_method="ldpc", block_bits=40000),
+                    plot=False)
+    sa, sb = _same_stores(tmp_path)
+    assert rep.totals()["blocks_ok"] >= 1
+    for bid in sb.ids():
+        m = sb.meta(bid)
+        assert m["ec_method"] == "ldpc" and m["leakage"]["ec"] > 0 and m["final_length"] > 0
+
+
+def test_ldpc_split_covers_the_block_in_near_equal_frames():
+    from qkdpost.pipeline.kit import ldpc_split
+
+    from qkdpost.errors import InputError
+    from qkdpost.reconcile.ldpc import available_codes
+    from qkdpost.reconcile.ldpc.adapt import MIN_FILL
+
+    sizes = sorted({int(c["n"]) for c in available_codes()})
+    for n in (14000, 40000, 58982, 10**6, 1 << 20, 10**7):
+        parts = ldpc_split(n)
+        assert sum(parts) == n and max(parts) - min(parts) <= 1
+        assert any(MIN_FILL * s <= min(parts) and max(parts) <= s for s in sizes)
+    with pytest.raises(InputError, match="cannot be cut"):
+        ldpc_split(1000)

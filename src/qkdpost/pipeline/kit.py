@@ -42,18 +42,27 @@ def frame_id(block_id: str) -> int:
 def ldpc_split(n: int) -> list[int]:
     """Sub-frame lengths for an LDPC-reconciled block of ``n`` bits.
 
-    Frames of about 0.9 × the longest shipped code length, where shortening
-    and puncturing have room (docs/ldpc.md).
+    Each shipped code of length N takes frames of ``MIN_FILL * N .. N`` bits
+    (shortening covers the rest; about 0.9 N is best, docs/ldpc.md). Prefer
+    the longest code that can cut the block into near-equal frames in its
+    range, with the frame count nearest to ``n / (0.9 N)``.
     """
     from ..reconcile.ldpc import available_codes
+    from ..reconcile.ldpc.adapt import MIN_FILL
 
-    nmax = max(int(c["n"]) for c in available_codes())
-    target = int(0.9 * nmax)
-    k = max(1, math.ceil(n / target))
-    if k > _SUB:
-        raise InputError(f"block of {n} bits needs {k} LDPC frames (> {_SUB}); use Cascade or smaller blocks")
-    base, extra = divmod(n, k)
-    return [base + 1] * extra + [base] * (k - extra)
+    for size in sorted({int(c["n"]) for c in available_codes()}, reverse=True):
+        lo, hi = math.ceil(MIN_FILL * size), size
+        k_min, k_max = math.ceil(n / hi), n // lo
+        if k_min < 1 or k_min > k_max:
+            continue
+        k = min(max(round(n / (0.9 * size)), k_min), k_max)
+        if k > _SUB:
+            continue
+        base, extra = divmod(n, k)
+        if base >= lo and base + (1 if extra else 0) <= hi:
+            return [base + 1] * extra + [base] * (k - extra)
+    raise InputError(f"block of {n} bits cannot be cut into frames of any shipped LDPC code; "
+                     "use ec_method='cascade' or another block_bits")
 
 
 class QkdpostKit(StageKit):
