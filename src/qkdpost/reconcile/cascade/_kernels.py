@@ -552,7 +552,12 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
         if st[f, S_DONE] != 0:
             return
         # 1. compact the pending list to valid frontier odd nodes, deduplicated
+        #    (node geometry is cached in cq/cs/ce/ch for the steps below)
         npend = st[f, S_NPEND]
+        cq = np.empty(npend, dtype=np.int64)
+        cs = np.empty(npend, dtype=np.int64)
+        ce = np.empty(npend, dtype=np.int64)
+        ch = np.empty(npend, dtype=np.int64)
         w = 0
         for i in range(npend):
             v = pend[f, i]
@@ -564,6 +569,10 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
                 _set(tree, f, 2, v, False)
                 continue  # has known children: not a frontier node any more
             pend[f, w] = v
+            cq[w] = q
+            cs[w] = s
+            ce[w] = e
+            ch[w] = h
             w += 1
         st[f, S_NPEND] = w
         if w == 0:
@@ -597,7 +606,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
             v = pend[f, i]
             if _get(tree, f, 1, v) == 0:
                 continue  # an earlier flip in this loop made it even
-            q, s, e, h = node_locate(v, geo, n)
+            q, s, e, h = cq[i], cs[i], ce[i], ch[i]
             if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
                 continue
             if e - s == 1:
@@ -637,14 +646,13 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
         tmp = pend[f, :w].copy()
         lvs = np.empty(w, dtype=np.int64)
         for i in range(w):
-            q, s, e, h = node_locate(tmp[i], geo, n)
-            lvs[i] = _level(e - s)
+            lvs[i] = _level(ce[i] - cs[i])
         order = np.argsort(lvs, kind="mergesort")
         sel = np.zeros(w, dtype=np.bool_)
         a = 0
         for t in range(w):
             i = order[t]
-            q, s, e, h = node_locate(tmp[i], geo, n)
+            q, s, e = cq[i], cs[i], ce[i]
             if e - s > cfg[C_LOCAL]:
                 if lvs[i] <= lim:
                     sel[i] = True
@@ -667,7 +675,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
                 pend[f, c] = tmp[i]
                 c += 1
         for i in range(w):
-            q, s, e, h = node_locate(tmp[i], geo, n)
+            q, s, e = cq[i], cs[i], ce[i]
             if e - s <= cfg[C_LOCAL]:
                 for j in range(s, e):
                     y = pi[0, q, j]
