@@ -465,3 +465,15 @@ def test_property_success_means_identical_keys_and_exact_leak(seed, q):
             assert np.array_equal(res.bits[i], a[i])
     assert np.array_equal(res.leaked_bits, code.m - res.extra["n_punct"] + res.extra["revealed"])
     assert res.extra["n_punct"] <= 0.1 * code.n
+
+
+def test_large_batches_run_as_sub_batches_with_same_outcome():
+    rng = np.random.default_rng(13)
+    a, b = _frames(rng, 3, 14746, 0.04)
+    alice = LdpcAlice({i: a[i] for i in range(3)}, sim_seed=1)
+    chan = LoopbackChannel(Responder(alice.handlers()))
+    bob = LdpcBob(seed=5, max_state_bytes=1)  # one frame per sub-batch
+    res = bob.run(chan, np.arange(3), b, 0.04)
+    assert res.success.all() and np.array_equal(res.bits, a)
+    assert res.round_trips >= 3 and res.extra["rounds"].shape == (3,)
+    assert res.leaked_bits.shape == (3,)

@@ -194,16 +194,21 @@ class LdpcBob:
         Force a mother code (name from :func:`available_codes`).
     seed : int, optional
         Seed for the public layout; None draws it from ``secrets``.
+    max_state_bytes : int
+        Bound on decoder state (4 (E + 2n) bytes per frame); larger batches
+        run as several consecutive sub-batches (more round trips).
     """
 
     def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int = 6,
                  max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
-                 patience: int = 6, code: str | None = None, seed: int | None = None):
+                 patience: int = 6, code: str | None = None, seed: int | None = None,
+                 max_state_bytes: int = 256 << 20):
         if max_iter < 1:
             raise InputError(f"max_iter={max_iter!r}: must be >= 1")
         if max_iter_blind is not None and max_iter_blind < 1:
             raise InputError(f"max_iter_blind={max_iter_blind!r}: must be >= 1")
         self.warm = bool(warm)
+        self.max_state_bytes = int(max_state_bytes)
         if patience < 0:
             raise InputError(f"patience={patience!r}: must be >= 0 (0 disables)")
         self.patience = int(patience)
@@ -234,6 +239,27 @@ class LdpcBob:
         nf, n_key = y.shape
         plan = self.plan(n_key, qber)
         code = load_code(plan.code)
+        # decoder state is 4 (E + 2n) bytes per frame: bound it per batch
+        chunk = max(1, self.max_state_bytes // (4 * (code.n_edges + 2 * code.n)))
+        if nf <= chunk:
+            return self._run_batch(channel, ids, y, qber, plan, code)
+        parts = [self._run_batch(channel, ids[i:i + chunk], y[i:i + chunk], qber, plan, code)
+                 for i in range(0, nf, chunk)]
+        extra = dict(parts[0].extra)
+        for k, v in extra.items():
+            if isinstance(v, np.ndarray):
+                extra[k] = np.concatenate([p.extra[k] for p in parts])
+        return ReconcileResult(
+            bits=np.concatenate([p.bits for p in parts]),
+            leaked_bits=np.concatenate([p.leaked_bits for p in parts]),
+            success=np.concatenate([p.success for p in parts]),
+            errors_corrected=np.concatenate([p.errors_corrected for p in parts]),
+            round_trips=sum(p.round_trips for p in parts), bytes_sent=sum(p.bytes_sent for p in parts),
+            method="ldpc", preset=plan.code, extra=extra)
+
+    def _run_batch(self, channel: Channel, ids: np.ndarray, y: np.ndarray, qber: float, plan: FramePlan,
+                   code: LdpcCode) -> ReconcileResult:
+        nf, n_key = y.shape
         if self.seed is None:
             seed = secrets.token_bytes(16)
         else:
