@@ -124,12 +124,15 @@ def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tm
     cfg = _cfg(workers=workers)
     sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
     kit = ToyKit()
-    seen = {"armed": True}
+    seen = {"count": 0}
 
     def die_on(n, k):
-        if k == kind and seen["armed"] and p_bob.blocks is not None and len(p_bob.report.blocks) == 1:
-            seen["armed"] = False
-            return True
+        # Die at the second message of this kind: block 0 has passed that step,
+        # a later block is inside it. Counting messages (not finished blocks)
+        # keeps the trigger independent of thread timing when workers=2.
+        if k == kind:
+            seen["count"] += 1
+            return seen["count"] == 2
         return False
 
     ra, rb = Report("alice", {}), Report("bob", {})
@@ -167,9 +170,10 @@ def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tm
         assert final_a == final_b, (bid, sa.state(bid), sb.state(bid))
     for bid in lost:
         assert sb.state(bid) in ("dropped", "started") and sa.state(bid) in ("dropped", "started", None)
-    # only the blocks in flight are lost (with the store in its own thread, up to
-    # one batch being stored and one being computed)
-    assert len(sb.ids()) == 4 - len(lost) and len(lost) <= 2
+    # only the blocks in flight are lost: one batch with workers=1; with the back
+    # half and the store in their own threads, the batch being computed, the one
+    # being stored and the two the store queue holds (maxsize 2).
+    assert len(sb.ids()) == 4 - len(lost) and len(lost) <= (1 if workers == 1 else 4)
     if kind != "pipe.commit":
         assert lost
 
