@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -205,7 +207,8 @@ def test_block0_mask_parity_matches_naive():
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_both_sides_end_equal_and_agree_with_plain_cascade(preset):
-    rng = np.random.default_rng(abs(hash(preset)) % 2**32)
+    # crc32, not hash(): str hashes change per process, which made this test's data random
+    rng = np.random.default_rng(zlib.crc32(preset.encode()))
     n, N, q = 600, 6, 0.04
     a, b = bsc_pair(rng, N, n, q)
     res = reconcile_cascade(a, b, qber=q, seed=11, preset=preset)
