@@ -66,7 +66,16 @@ def ldpc_split(n: int) -> list[int]:
 
 
 class QkdpostKit(StageKit):
-    """The stages shipped with qkdpost."""
+    """The stages shipped with qkdpost.
+
+    One kit serves one session. Cascade's permutations are public and depend
+    only on (seed, block length), so the kit draws one permutation seed per
+    session (OS CSPRNG) and both parties' permutation caches are reused from
+    block to block instead of being rebuilt for every batch.
+    """
+
+    def __init__(self) -> None:
+        self._cascade_seed: int | None = None
 
     # -- reconciliation -------------------------------------------------------------
     def reconcile_alice(self, method: str, frames: Mapping[str, np.ndarray], cfg: Config) -> dict[str, Handler]:
@@ -95,8 +104,9 @@ class QkdpostKit(StageKit):
 
             bob = CascadeBob(CascadeConfig(preset=cfg.reconcile.cascade_preset))
             if seed is None:
-                # public permutation seed from the OS CSPRNG; 63 bits so it fits the codec's int64
-                seed = secrets.randbits(63)
+                if self._cascade_seed is None:
+                    self._cascade_seed = secrets.randbits(64)  # public; OS CSPRNG
+                seed = self._cascade_seed
             return bob.run(channel, fids, bits, qber, seed=seed)
         if method == "ldpc":
             return self._ldpc_bob(channel, fids, bits, qber, seed)
