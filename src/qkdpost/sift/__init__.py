@@ -224,8 +224,8 @@ def seeded_bits(seed: int) -> RandomBits:
     def draw(n: int) -> np.ndarray:
         nonlocal pool
         while pool.size < n:
-            words = rng.integers(0, 1 << 63, 1024, dtype=np.int64).astype("<u8")
-            pool = np.concatenate([pool, np.unpackbits(words.view(np.uint8))])
+            # full bytes: 63-bit words would leave every 64th bit at 0
+            pool = np.concatenate([pool, np.unpackbits(np.frombuffer(rng.bytes(1024), dtype=np.uint8))])
         out, pool = pool[:n], pool[n:]
         return out
 
