@@ -230,3 +230,35 @@ def test_block_cutter_shares_counters_conservatively():
         kb.take(0, 5)
     with pytest.raises(ProtocolError, match="out of step"):
         kb.take(15, 10)
+
+
+class _RefuseCommit(LoopbackChannel):
+    """Loopback whose pipe.commit comes back as Alice's error reply (she did not commit)."""
+
+    def request(self, kind, body):
+        if kind == "pipe.commit":
+            raise ProtocolError("simulated: Alice could not answer 'pipe.commit'")
+        return super().request(kind, body)
+
+
+def test_failed_commit_keeps_alices_pending_copy_for_recovery(tmp_path):
+    # Bob's keys are final once he sends pipe.commit; if Alice then answers with
+    # an error, Bob must not tell her to drop (abort) her pending copies, or the
+    # key would exist on Bob's side only. Recovery at the next session commits them.
+    a, b = _link(2 * BLOCK, 0.001)
+    cfg = _cfg()
+    sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
+    kit = ToyKit()
+    alice = AliceEngine(cfg, sa, Report("alice", {}), stream_id="A", kit=kit)
+    bob = BobEngine(cfg, _RefuseCommit(alice), sb, Report("bob", {}), stream_id="B", kit=kit)
+    bob.start()
+    alice.push(Segment(a[:BLOCK]))
+    with pytest.raises(ProtocolError):
+        bob.push(Segment(b[:BLOCK]))
+        bob.finish()
+    assert len(sb.ids()) == 1
+    assert sa.ids("pending") == sb.ids()  # still pending on Alice's side, not aborted
+    alice2 = AliceEngine(cfg, sa, Report("alice", {}), stream_id="A", kit=kit)
+    BobEngine(cfg, LoopbackChannel(alice2), sb, Report("bob", {}), stream_id="B", kit=kit).start()
+    assert sa.ids() == sb.ids() and sa.ids("pending") == []
+    np.testing.assert_array_equal(sa.read(sb.ids()[0]).bits, sb.read(sb.ids()[0]).bits)

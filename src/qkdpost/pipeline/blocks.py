@@ -369,9 +369,12 @@ class BobBlocks:
                 r.extra["error"] = str(exc)
                 if self.store.state(b.block_id) == "started":
                     self.store.mark_dropped(b.block_id, reason)
-        if isinstance(exc, ProtocolError):
+        # Blocks Bob already holds final ("ok") are not Alice's to drop: her
+        # pending copy is committed by recovery at the next session.
+        gone = [bid for bid, r in recs.items() if r.status != "ok"]
+        if isinstance(exc, ProtocolError) and gone:
             try:  # Alice may still be there: make her drop the batch too
-                channel.request("pipe.drop", {"ids": " ".join(recs), "reason": reason})
+                channel.request("pipe.drop", {"ids": " ".join(gone), "reason": reason})
             except (ChannelError, ProtocolError):
                 pass
 
