@@ -173,6 +173,25 @@ def test_version_mismatch_and_garbage_rejected():
         assert results == [None, None]
 
 
+def test_oversized_handshake_rejected_at_once():
+    # Anyone can connect before the handshake: a length prefix larger than the
+    # hello frame (here "GET " = 542 MB) must be refused at once, not buffered
+    # (a pre-handshake allocation of up to 2 GiB) and waited for until timeout.
+    with Server("127.0.0.1", 0, timeout_s=60) as server:
+        results = []
+        t = threading.Thread(target=lambda: results.append(server.accept(10)), daemon=True)
+        t.start()
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        c.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        try:
+            assert c.recv(64) == b""  # closed by Alice, no 60 s wait
+        except ConnectionResetError:
+            pass
+        c.close()
+        t.join(10)
+        assert results == [None]
+
+
 def test_client_rejects_non_qkdpost_server():
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))

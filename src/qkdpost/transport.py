@@ -101,10 +101,11 @@ def _send_frame(sock: socket.socket, payload: bytes, what: str) -> None:
         raise PeerDisconnected(f"connection lost while sending {what}: {exc}") from None
 
 
-def _recv_frame(sock: socket.socket, what: str) -> bytes:
+def _recv_frame(sock: socket.socket, what: str, limit: int = MAX_FRAME) -> bytes:
+    """One frame of fewer than ``limit`` bytes (the handshake passes its own size + 1)."""
     (n,) = _LEN.unpack(_recv_exact(sock, 4, what + " (length)"))
-    if n >= MAX_FRAME:
-        raise ChannelError(f"{what}: frame length {n} exceeds the limit {MAX_FRAME}; the peer is not qkdpost")
+    if n >= limit:
+        raise ChannelError(f"{what}: frame length {n} exceeds the limit {limit}; the peer is not qkdpost")
     return _recv_exact(sock, n, what)
 
 
@@ -152,7 +153,7 @@ class TcpChannel(Channel):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             _send_frame(sock, _hello(), "handshake")
-            status = _check_hello(_recv_frame(sock, "handshake"), f"{host}:{port}")
+            status = _check_hello(_recv_frame(sock, "handshake", _HELLO.size + 1), f"{host}:{port}")
             if status != 0:
                 raise ChannelError(f"Alice at {host}:{port} refused the handshake (status {status})")
         except BaseException:
@@ -229,7 +230,7 @@ class Server:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(self.timeout_s)
         try:
-            hello = _recv_frame(conn, "handshake")
+            hello = _recv_frame(conn, "handshake", _HELLO.size + 1)  # before it: nothing big is buffered
             try:
                 _check_hello(hello, f"{addr[0]}:{addr[1]}")
             except ChannelError:
