@@ -89,3 +89,28 @@ def test_sift_cli_decoy_files(tmp_path, capsys):
 def test_demo_decoy_runs(capsys):
     assert main(["demo", "--topology", "decoy", "--duration", "0.05"]) == 0
     assert "key bits each" in capsys.readouterr().out
+
+
+def test_sift_cli_failed_write_leaves_no_output(link_dir, tmp_path, monkeypatch):
+    # a failure while writing Bob's key file (e.g. disk full) must not leave
+    # Alice's key file (or any other output) behind
+    from qkdpost.cli.sift import sift_config_from_args, sift_files
+    from qkdpost.cli import build_parser
+
+    real_save = np.save
+    calls = []
+
+    def failing_save(f, arr, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(f, arr, *a, **k)
+
+    monkeypatch.setattr(np, "save", failing_save)
+    args = build_parser().parse_args(["sift", "--alice", "a", "--bob", "b", "--out", "o"])
+    out = tmp_path / "out"
+    with pytest.raises(OSError):
+        sift_files(str(link_dir / "alice.arrow"), str(link_dir / "bob.arrow"), str(out),
+                   sift_config_from_args(args), progress=False)
+    assert len(calls) == 2
+    assert not out.exists() or os.listdir(out) == []

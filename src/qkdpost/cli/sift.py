@@ -83,33 +83,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _save_npy(path: str, arr: Any) -> None:
+def _write_outputs(out: str, arrays: dict[str, Any], report: dict[str, Any]) -> None:
+    """Write every output to a temporary sibling first, then rename them all.
+
+    A failure while writing (disk full, an unserialisable report) leaves no
+    output at all, so one party's key file never appears without the other's.
+    """
     import numpy as np
 
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from ..io._atomic import AtomicPath
 
-
-def _save_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
+    staged: list[AtomicPath] = []
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
+        for name, arr in arrays.items():
+            ap = AtomicPath(os.path.join(out, name))
+            staged.append(ap)
+            with open(ap.tmp, "wb") as f:
+                np.save(f, arr)
+        ap = AtomicPath(os.path.join(out, "report.json"))
+        staged.append(ap)
+        with open(ap.tmp, "w") as f:
+            json.dump(report, f, indent=2, default=_json_default)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for ap in staged:
+            ap.commit()
+    except BaseException:
+        for ap in staged:
+            ap.abort()
+        raise
 
 
 def _json_default(o: Any) -> Any:
@@ -150,14 +151,11 @@ def sift_files(alice: str, bob: str, out: str, cfg: Any, *, fmt: str = "auto", c
         run = sift_streams(info_a, chunks_a, info_b, counted(chunks_b), cfg)
     finally:
         bar.close()
-    os.makedirs(out, exist_ok=True)
-    _save_npy(os.path.join(out, "alice_key.npy"), run.alice.key)
-    _save_npy(os.path.join(out, "bob_key.npy"), run.bob.key)
-    _save_npy(os.path.join(out, "alice_test.npy"), run.alice.test)
-    _save_npy(os.path.join(out, "bob_test.npy"), run.bob.test)
+    arrays = {"alice_key.npy": run.alice.key, "bob_key.npy": run.bob.key,
+              "alice_test.npy": run.alice.test, "bob_test.npy": run.bob.test}
     if run.topology == "decoy":
-        _save_npy(os.path.join(out, "key_class.npy"), run.bob.key_class)
-        _save_npy(os.path.join(out, "test_class.npy"), run.bob.test_class)
+        arrays["key_class.npy"] = run.bob.key_class
+        arrays["test_class.npy"] = run.bob.test_class
     report = run.report()
     report["inputs"] = {"alice": os.path.abspath(alice), "bob": os.path.abspath(bob),
                         "alice_info": info_a.to_json(), "bob_info": info_b.to_json()}
@@ -166,7 +164,8 @@ def sift_files(alice: str, bob: str, out: str, cfg: Any, *, fmt: str = "auto", c
                           "python": platform.python_version()}
     report["outputs"] = {"alice_key": "alice_key.npy", "bob_key": "bob_key.npy", "alice_test": "alice_test.npy",
                          "bob_test": "bob_test.npy", "format": "NumPy .npy, uint8 0/1, pair order"}
-    _save_json(os.path.join(out, "report.json"), report)
+    os.makedirs(out, exist_ok=True)
+    _write_outputs(out, arrays, report)
     return report
 
 
