@@ -50,3 +50,13 @@ def test_write_json_atomic_and_plot_of_empty_report(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
     plot_report(Report("alice", {}).to_dict(), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_write_json_atomic_leaves_nothing_behind_on_error(tmp_path):
+    import pytest
+
+    (tmp_path / "x.json").write_text('{"old": 1}\n')
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "x.json", {"a": 1, "b": object()})  # not JSON: fails mid-write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no half-written temporary
+    assert json.loads((tmp_path / "x.json").read_text()) == {"old": 1}

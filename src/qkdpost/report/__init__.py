@@ -105,12 +105,16 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON via a temporary sibling, fsync and rename."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(_clean(data), fh, indent=1, sort_keys=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(_clean(data), fh, indent=1, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary behind
+        raise
 
 
 class Report:
@@ -293,6 +297,11 @@ def plot_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     ax[1, 1].set(xlabel="seconds", title="time per stage")
     fig.suptitle(f"qkdpost run ({data.get('role', '')}): {data.get('totals', {}).get('final_bits', 0)} final key bits")
     tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
