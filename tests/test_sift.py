@@ -441,3 +441,28 @@ def test_seeded_bits_unbiased_at_every_position():
     draw = seeded_bits(7)
     parts = np.concatenate([draw(k) for k in (1, 63, 1000, 7000, 64 * 4000 - 8064)])
     assert np.array_equal(parts, bits.ravel())
+
+
+@pytest.mark.parametrize("tick_s", [0.0, -1e-12, float("nan"), float("inf")])
+def test_condition_rejects_bad_tick(tick_s):
+    t = np.arange(5, dtype=np.int64)
+    ch = np.zeros(5, np.uint8)
+    with pytest.raises(ConfigError, match="tick_s"):
+        condition(t, ch, DEFAULT_MAP, tick_s=tick_s, multi_click_window_ps=100.0)
+
+
+@pytest.mark.parametrize("window", [-1.0, float("nan")])
+def test_condition_rejects_bad_windows(window):
+    t = np.arange(5, dtype=np.int64)
+    ch = np.zeros(5, np.uint8)
+    with pytest.raises(ConfigError, match="multi_click_window_ps"):
+        condition(t, ch, DEFAULT_MAP, tick_s=1e-12, multi_click_window_ps=window)
+    with pytest.raises(ConfigError, match="dead_time_ps"):
+        condition(t, ch, DEFAULT_MAP, tick_s=1e-12, multi_click_window_ps=1.0, dead_time_ps=window)
+
+
+@pytest.mark.parametrize("chan", [-1, 256, "0"])
+def test_channel_lut_rejects_out_of_range_channels(chan):
+    # -1 used to land silently on channel 255
+    with pytest.raises(ConfigError, match="0..255"):
+        channel_lut({chan: "H", 1: "V"})

@@ -156,6 +156,9 @@ def channel_lut(channel_map: dict[int, str], name: str = "channel_map") -> np.nd
     lut = np.full(256, 255, dtype=np.uint8)
     for chan, role in channel_map.items():
         if role in _ROLE_CODE:
+            if isinstance(chan, bool) or not isinstance(chan, (int, np.integer)) or not 0 <= int(chan) <= 255:
+                # a negative key would silently index the table from its end
+                raise ConfigError(f"{name}: channel {chan!r} (role {role!r}) must be an integer 0..255")
             lut[int(chan)] = _ROLE_CODE[role]
     present = {r for r in channel_map.values() if r in _ROLE_CODE}
     if not present:
@@ -323,6 +326,11 @@ def condition(
     counts : dict
         clicks, ignored, lost_dead_time, multi_click_same_basis, multi_click_cross_basis.
     """
+    if not (isinstance(tick_s, (int, float)) and math.isfinite(tick_s) and tick_s > 0):
+        raise ConfigError(f"tick_s={tick_s!r}: the tick length must be a positive finite number of seconds")
+    for name, v in (("multi_click_window_ps", multi_click_window_ps), ("dead_time_ps", dead_time_ps)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{name}={v!r}: must be a finite number of picoseconds >= 0")
     lut = channel_lut(dict(channel_map))
     cond = _Conditioner(lut, _ps_to_ticks(dead_time_ps, tick_s), _ps_to_ticks(multi_click_window_ps, tick_s),
                         random_bits or _csprng_bits)
