@@ -242,3 +242,22 @@ def test_alignment_statistics_sparse_links_and_unrelated_pairs():
         other = synth_bbm92(duration_s=2.0, pair_rate=40e3, eta_a=0.5, eta_b=0.5, bg_rate=80e3, seed=500 + seed)
         with pytest.raises(AlignmentError):
             find_alignment(link.t_a, other.t_b, tick_a_s=1e-12, tick_b_s=1e-12)
+
+
+def test_find_alignment_rejects_uint64_beyond_int64():
+    # values >= 2**63 used to wrap to negative ticks (and still look sorted)
+    t = np.arange(100, dtype=np.uint64) + np.uint64(1 << 63)
+    ok = np.arange(100, dtype=np.int64)
+    with pytest.raises(InputError, match="int64"):
+        find_alignment(t, ok, tick_a_s=1e-12, tick_b_s=1e-12)
+    with pytest.raises(InputError, match="int64"):
+        find_alignment(ok, t, tick_a_s=1e-12, tick_b_s=1e-12)
+
+
+@pytest.mark.parametrize("tick", [float("inf"), float("nan"), 0.0])
+def test_find_alignment_rejects_non_finite_ticks(tick):
+    t = np.arange(100, dtype=np.int64)
+    with pytest.raises(InputError, match="tick"):
+        find_alignment(t, t, tick_a_s=tick, tick_b_s=1e-12)
+    with pytest.raises(InputError, match="tick"):
+        find_alignment(t, t, tick_a_s=1e-12, tick_b_s=tick)

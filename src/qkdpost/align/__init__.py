@@ -369,6 +369,9 @@ def _check_times(name: str, t: Any) -> np.ndarray:
     arr = np.asarray(t)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{name}: expected a 1-D integer array of ticks, got dtype {arr.dtype} shape {arr.shape}")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        # the int64 conversion below would wrap these to negative ticks
+        raise InputError(f"{name}: a uint64 tick count exceeds the int64 range; timestamps must fit in int64")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     if arr.size > 1 and np.any(arr[1:] < arr[:-1]):
         i = int(np.flatnonzero(arr[1:] < arr[:-1])[0])
@@ -415,7 +418,7 @@ def find_alignment(
     the coincidence residuals. See the module docstring.
     """
     cfg = config or AlignConfig()
-    if not (tick_a_s > 0 and tick_b_s > 0):
+    if not (tick_a_s > 0 and tick_b_s > 0 and math.isfinite(tick_a_s) and math.isfinite(tick_b_s)):
         raise InputError(f"tick_a_s={tick_a_s!r}, tick_b_s={tick_b_s!r}: tick lengths must be positive seconds")
     t_a = _check_times("t_a", t_a)
     t_b = _check_times("t_b", t_b)
