@@ -114,3 +114,12 @@ def test_sift_cli_failed_write_leaves_no_output(link_dir, tmp_path, monkeypatch)
                    sift_config_from_args(args), progress=False)
     assert len(calls) == 2
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_sift_cli_unusable_out_dir_fails_clearly(link_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["sift", "--alice", str(link_dir / "alice.arrow"), "--bob", str(link_dir / "bob.arrow"),
+               "--out", str(blocker / "out"), "--quiet"])
+    assert rc == 1
+    assert "--out" in capsys.readouterr().err

@@ -164,7 +164,13 @@ def sift_files(alice: str, bob: str, out: str, cfg: Any, *, fmt: str = "auto", c
                           "python": platform.python_version()}
     report["outputs"] = {"alice_key": "alice_key.npy", "bob_key": "bob_key.npy", "alice_test": "alice_test.npy",
                          "bob_test": "bob_test.npy", "format": "NumPy .npy, uint8 0/1, pair order"}
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        from ..errors import InputError
+
+        raise InputError(f"--out {out!r}: cannot create the output directory ({exc.strerror}); "
+                         "give a writable directory path") from None
     _write_outputs(out, arrays, report)
     return report
 
