@@ -140,3 +140,60 @@ def test_session_over_tcp_alice_serves_in_background(link, tmp_path):
     assert sorted(k.block_id for k in keys_a) == sa.ids()
     for k in keys_b:
         np.testing.assert_array_equal(k.bits, sa.read(k.block_id).bits)
+
+
+def _back_half_threads(deadline_s=5.0):
+    import time
+
+    t_end = time.monotonic() + deadline_s
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name in ("qkdpost-blocks", "qkdpost-store")]
+        if not alive or time.monotonic() > t_end:
+            return alive
+
+
+def _fail_after_back_half_started(monkeypatch):
+    """Make Bob's front thread fail once the back-half threads are running."""
+    from qkdpost.errors import PeerDisconnected
+    from qkdpost.pipeline.engine import BobEngine
+
+    orig = BobEngine.push
+
+    def push(self, seg):
+        out = orig(self, seg)
+        if self._worker is not None:
+            raise PeerDisconnected("simulated loss on the front thread")
+        return out
+
+    monkeypatch.setattr(BobEngine, "push", push)
+
+
+def test_front_failure_stops_back_half_threads_in_file_runs(link_files, tmp_path, monkeypatch):
+    # A failure on Bob's front thread (sifting over a lost channel) must not leave
+    # the back-half threads blocked forever on their queues (run_bob reconnects and
+    # would pile up two threads per lost session).
+    from qkdpost.errors import PeerDisconnected
+    from qkdpost.pipeline.run import run_local
+
+    assert _back_half_threads(0) == []
+    _fail_after_back_half_started(monkeypatch)
+    cfg = _cfg().replace(workers=2, chunk_events=1024)
+    with pytest.raises(PeerDisconnected):
+        run_local(link_files / "alice.arrow", link_files / "bob.arrow", tmp_path, cfg, kit=ToyKit(), plot=False)
+    assert _back_half_threads() == []
+
+
+def test_session_exit_on_error_stops_back_half_threads(link, tmp_path, monkeypatch):
+    from qkdpost.errors import PeerDisconnected
+
+    assert _back_half_threads(0) == []
+    _fail_after_back_half_started(monkeypatch)
+    cfg, kit = _cfg().replace(workers=2), ToyKit()
+    alice = Session(cfg, role="alice", info=link.alice.info, store=tmp_path / "a", stream_id="capA", kit=kit)
+    with pytest.raises(PeerDisconnected):
+        with Session(cfg, role="bob", info=link.bob.info, store=tmp_path / "b", stream_id="capB", kit=kit,
+                     channel=LoopbackChannel(alice.responder)) as bob:
+            for (ta, ca), (tb, cb) in zip(_chunks(link.alice, 16), _chunks(link.bob, 16)):
+                alice.feed(ta, ca)
+                bob.feed(tb, cb)
+    assert _back_half_threads() == []

@@ -183,6 +183,22 @@ class BobEngine:
             self._storer.join()
             self._storer = None
 
+    def abandon(self, exc: BaseException) -> None:
+        """The session failed outside the back half: stop its threads.
+
+        Batches not yet started are skipped (never journaled), a batch already
+        amplified is dropped by the store thread, and both threads end, so a
+        failed session leaves no thread blocked on its queues.
+        """
+        if self._worker is None and self._storer is None:
+            return
+        if self._error is None:
+            self._error = exc
+        try:
+            self.drain()
+        finally:
+            self._error = None
+
     def _dispatch(self, batch: list[SiftedBlock]) -> list[KeyBlock]:
         if not self.threaded:
             return self._run(batch)

@@ -108,6 +108,9 @@ def _bob_session(cfg: Config, path: str | os.PathLike[str], channel: Channel, st
             report.info["input_error"] = {"file": str(path), "error": str(exc), "blocks_dropped": dropped,
                                           "sifted_bits_dropped": engine.cutter.pending_bits}
             raise
+        except BaseException as exc:
+            engine.abandon(exc)  # no back-half thread outlives a failed session
+            raise
     finally:
         bar.close()
         report.counts["detections_bob"] = front.events

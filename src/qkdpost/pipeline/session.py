@@ -230,6 +230,8 @@ class Session:
             self._closed = True
             if self.role == "alice":
                 self._alice.abandon("session_aborted")
+            else:
+                self._bob.abandon(exc)  # stop the back-half threads
 
     def write_report(self, out_dir: str | Path) -> Path:
         return self.report.write(out_dir)
