@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from oracles.sift import synth_bbm92
-from qkdpost.align import AlignConfig, ClockModel, DriftTracker, find_alignment, xcorr_peak
+from qkdpost.align import AlignConfig, ClockModel, DriftTracker, find_alignment, fit_clock, xcorr_peak
 from qkdpost.align import _kernels as K
 from qkdpost.errors import AlignmentError, ConfigError, InputError
 
@@ -261,3 +261,18 @@ def test_find_alignment_rejects_non_finite_ticks(tick):
         find_alignment(t, t, tick_a_s=tick, tick_b_s=1e-12)
     with pytest.raises(InputError, match="tick"):
         find_alignment(t, t, tick_a_s=1e-12, tick_b_s=tick)
+
+
+def test_fit_clock_validates_inputs():
+    m = ClockModel.from_offset(0.0, 0.0, 1e-12, 1e-12)
+    t = np.arange(100, dtype=np.int64) * 1000
+    # floats used to fail inside the kernel with a Numba TypeError
+    with pytest.raises(InputError, match="integer"):
+        fit_clock(m, t.astype(float), t, 10)
+    # unsorted input used to give a silently wrong fit (1 pair of 100)
+    with pytest.raises(InputError, match="decrease"):
+        fit_clock(m, t[::-1], t, 10)
+    with pytest.raises(InputError, match="window"):
+        fit_clock(m, t, t, -5)
+    # plain lists of ints are fine
+    assert fit_clock(m, t.tolist(), t.tolist(), 10)[2] == 100

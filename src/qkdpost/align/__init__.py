@@ -667,6 +667,10 @@ def fit_clock(
     """
     from ._kernels import pair_residuals
 
+    t_a = _check_times("t_a", t_a)
+    t_b_mapped = _check_times("t_b_mapped", t_b_mapped)
+    if int(window) < 0:
+        raise InputError(f"window={window!r}: the pairing half-width must be >= 0 ticks")
     cap = max(1024, 2 * min(len(t_a), len(t_b_mapped)))
     while True:
         ta = np.empty(cap, np.int64)
