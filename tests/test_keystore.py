@@ -181,3 +181,28 @@ def test_empty_journal_of_finished_block_is_cleaned_on_open(tmp_path):
     (tmp_path / "started" / "k").mkdir()  # as if killed right after the rename
     store = KeyStore(tmp_path)
     assert store.ids("started") == [] and store.state("k") == "final"
+
+
+def test_opening_the_store_does_not_break_a_write_in_progress(tmp_path, monkeypatch):
+    # A consumer opening the store (another KeyStore object, e.g. in another
+    # process) while a writer is between its key file and its rename must not
+    # delete the writer's work directory; leftovers of dead writers still go.
+    store = KeyStore(tmp_path)
+    real = ks_mod._write_private
+    calls = []
+
+    def opening_meanwhile(path, data):
+        real(path, data)
+        calls.append(path)
+        if len(calls) == 1:
+            KeyStore(tmp_path)  # the key is staged in tmp/, not yet renamed into place
+
+    monkeypatch.setattr(ks_mod, "_write_private", opening_meanwhile)
+    store.put("b1", _bits(64), {"k": 1})
+    monkeypatch.setattr(ks_mod, "_write_private", real)
+    assert store.ids() == ["b1"] and store.meta("b1")["k"] == 1
+    dead = tmp_path / "tmp" / "p999999999_b2.0badf00d"  # pid beyond any kernel's pid_max
+    dead.mkdir()
+    (dead / "key.bin").write_bytes(b"\x01")
+    KeyStore(tmp_path)
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -104,8 +104,11 @@ class KeyStore:
         finally:
             os.umask(old)
         # Leftovers in tmp/ are blocks a crash interrupted before their rename.
+        # Work directories of live processes (a writer running while a consumer
+        # opens the store) are not leftovers: removing them would break its write.
         for junk in (self.path / "tmp").iterdir():
-            shutil.rmtree(junk, ignore_errors=True)
+            if not _owner_alive(junk.name):
+                _shred_dir(junk)
         # A crash between a block's rename into place and the removal of its
         # journal entry leaves an empty entry behind: the block is done.
         for entry in (self.path / "started").iterdir():
@@ -188,7 +191,7 @@ class KeyStore:
         bits = as_bits(bits, "bits")
         record = dict(meta)
         record.update(block_id=block_id, n_bits=int(bits.size), written_utc=_utc_now(), format="packbits-lsb")
-        work = self.path / "tmp" / f"{block_id}.{secrets.token_hex(4)}"
+        work = self.path / "tmp" / _work_name(block_id)
         work.mkdir(mode=0o700)
         try:
             _write_private(work / _KEY, np.packbits(bits, bitorder="little").tobytes())
@@ -239,7 +242,7 @@ class KeyStore:
         d = self._dir("pending", block_id)
         if d.is_dir():
             self.mark_dropped(block_id, "aborted")
-            gone = self.path / "tmp" / f"{block_id}.abort.{secrets.token_hex(4)}"
+            gone = self.path / "tmp" / _work_name(block_id + ".abort")
             os.rename(d, gone)
             _fsync_dir(d.parent)
             _shred_dir(gone)
@@ -298,6 +301,25 @@ class KeyStore:
             if block_id is not None
             else f"key store {str(self.path)!r} has no final key left to consume"
         )
+
+
+def _work_name(block_id: str) -> str:
+    """Name of a work directory in ``tmp/``: ``p<pid>_<block_id>.<random>``."""
+    return f"p{os.getpid()}_{block_id}.{secrets.token_hex(4)}"
+
+
+def _owner_alive(name: str) -> bool:
+    """True if the work directory ``name`` belongs to a process that is still running."""
+    head, sep, _ = name.partition("_")
+    if not sep or not head.startswith("p") or not head[1:].isdigit():
+        return False  # not a work directory of this format: junk
+    try:
+        os.kill(int(head[1:]), 0)
+    except PermissionError:
+        return True  # exists, run by another user
+    except (OSError, OverflowError):
+        return False  # ProcessLookupError: the writer is gone
+    return True
 
 
 def _load(d: Path, block_id: str) -> KeyBlock:
