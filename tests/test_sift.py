@@ -466,3 +466,15 @@ def test_channel_lut_rejects_out_of_range_channels(chan):
     # -1 used to land silently on channel 255
     with pytest.raises(ConfigError, match="0..255"):
         channel_lut({chan: "H", 1: "V"})
+
+
+def test_reprs_never_show_key_bits():
+    from qkdpost.sift import DecoyBlock, Detections, SiftBlock
+
+    key = np.array([1, 0, 1, 1, 0, 0, 1, 0] * 4, np.uint8)
+    pattern = "1, 0, 1, 1"
+    for obj in (SiftBlock(key, key[:8], 0), DecoyBlock(key, key * 0, key[:8], key[:8] * 0, 0),
+                Detections(np.arange(32, dtype=np.int64), key, key, key * 0)):
+        text = repr(obj)
+        assert pattern not in text and "array" not in text, text
+    assert "32 bits" in repr(SiftBlock(key, key[:8], 0))

@@ -182,6 +182,9 @@ class Detections:
     bit: np.ndarray
     flag: np.ndarray
 
+    def __repr__(self) -> str:  # never show (future key) bits
+        return f"Detections(<{len(self)} detections>)"
+
     @classmethod
     def empty(cls) -> "Detections":
         return cls(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8), np.empty(0, np.uint8))
@@ -396,6 +399,9 @@ class SiftBlock:
     @property
     def n_test(self) -> int:
         return int(self.test.shape[0])
+
+    def __repr__(self) -> str:  # never show key material
+        return f"SiftBlock(key=<{self.key.size} bits>, test=<{self.n_test} bits>, test_errors={self.test_errors})"
 
 
 @dataclass

@@ -76,6 +76,9 @@ class DecoyBlock:
     def n_test(self) -> int:
         return int(self.test.shape[0])
 
+    def __repr__(self) -> str:  # never show key material
+        return f"DecoyBlock(key=<{self.key.size} bits>, test=<{self.n_test} bits>, test_errors={self.test_errors})"
+
 
 @dataclass
 class DecoyStats:
