@@ -478,3 +478,14 @@ def test_reprs_never_show_key_bits():
         text = repr(obj)
         assert pattern not in text and "array" not in text, text
     assert "32 bits" in repr(SiftBlock(key, key[:8], 0))
+
+
+def test_match_rejects_float_times_and_window():
+    # 10.9 vs 10.0 used to be truncated to the same tick and paired with window 0
+    with pytest.raises(InputError, match="integer"):
+        match(np.array([0.4, 10.9]), np.array([0, 10]), 0)
+    with pytest.raises(InputError, match="integer"):
+        match(np.array([0, 10]), np.array([0.0, 10.0]), 0)
+    with pytest.raises(InputError, match="window"):
+        match(np.array([0, 10]), np.array([0, 10]), 0.9)
+    assert match(np.array([0, 10]), np.array([0, 10]), np.int64(0))[0].tolist() == [0, 1]

@@ -358,10 +358,17 @@ def match(t_a: Any, t_b_mapped: Any, window: int) -> tuple[np.ndarray, np.ndarra
     """
     from ._kernels import match_coincidences
 
-    ta = np.ascontiguousarray(t_a, dtype=np.int64)
-    tb = np.ascontiguousarray(t_b_mapped, dtype=np.int64)
+    ta, tb = np.asarray(t_a), np.asarray(t_b_mapped)
     if ta.ndim != 1 or tb.ndim != 1:
         raise InputError("match: t_a and t_b_mapped must be 1-D int64 arrays")
+    for name, arr in (("t_a", ta), ("t_b_mapped", tb)):
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            # a float array would be truncated to ticks silently
+            raise InputError(f"match: {name} has dtype {arr.dtype}; times must be integer ticks (int64)")
+    ta = np.ascontiguousarray(ta, dtype=np.int64)
+    tb = np.ascontiguousarray(tb, dtype=np.int64)
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
+        raise InputError(f"window={window!r}: the coincidence half-width must be an integer number of ticks")
     if window < 0:
         raise InputError(f"window={window}: the coincidence half-width must be >= 0 ticks")
     for name, arr in (("t_a", ta), ("t_b_mapped", tb)):
