@@ -89,3 +89,22 @@ def test_count_errors_without_classes_and_bad_inputs():
         count_errors(np.array([2]), np.array([0]))
     with pytest.raises(InputError, match="n_classes"):
         count_errors(np.array([0]), np.array([0]), np.array([5]), 2)
+
+
+@pytest.mark.parametrize("errors,n", [(2.5, 10), (2, 10.7), (float("nan"), 10), (1, float("inf")), (True, 10)])
+def test_qber_estimate_rejects_fractional_counts(errors, n):
+    # int() used to truncate 2.5 errors of 10.7 bits to 2 of 10 silently
+    with pytest.raises(InputError, match="whole numbers"):
+        qber_estimate(errors, n)
+
+
+def test_qber_estimate_accepts_integral_numbers():
+    assert qber_estimate(np.int64(2), 10.0).qber == 0.2
+
+
+def test_count_errors_rejects_no_classes():
+    e = np.empty(0, np.uint8)
+    with pytest.raises(InputError, match="n_classes"):
+        count_errors(e, e, n_classes=0)
+    with pytest.raises(InputError, match="n_classes"):
+        count_errors(e, e, n_classes=-1)

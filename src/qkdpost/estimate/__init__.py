@@ -74,6 +74,11 @@ def qber_estimate(errors: int, n: int, *, eps: float = 1e-10, method: str = "clo
     QberEstimate
         With ``n == 0`` the rate is NaN and the bounds are [0, 1].
     """
+    for name, v in (("errors", errors), ("n", n)):
+        if (isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating))
+                or not math.isfinite(v) or v != int(v)):
+            # int() would truncate 2.5 errors to 2 and bias the estimate
+            raise InputError(f"{name}={v!r}: counts must be whole numbers")
     errors, n = int(errors), int(n)
     if n < 0 or errors < 0 or errors > n:
         raise InputError(f"errors={errors}, n={n}: need 0 <= errors <= n")
@@ -134,6 +139,8 @@ def count_errors(bits_a: Any, bits_b: Any, classes: Any = None, n_classes: int |
             raise InputError(f"classes: need {a.size} integer labels in 0..255, got shape {c.shape} dtype {c.dtype}")
         cls = np.ascontiguousarray(c, dtype=np.uint8)
     k = int(n_classes) if n_classes is not None else (int(cls.max()) + 1 if cls.size else 1)
+    if k < 1:
+        raise InputError(f"n_classes={n_classes!r}: need at least one class")
     if cls.size and int(cls.max()) >= k:
         raise InputError(f"n_classes={k}: a class label {int(cls.max())} is out of range")
     err = np.zeros(k, np.int64)
