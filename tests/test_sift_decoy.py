@@ -144,3 +144,17 @@ def test_decoy_survives_missed_sync_ticks(decoy_link):
     lossy = _run(link, bob_t=link.bob.t[~drop], bob_ch=link.bob.ch[~drop])
     assert abs(lossy.bob.key.size - full.bob.key.size) <= 0.001 * full.bob.key.size
     assert abs(np.mean(lossy.alice.key != lossy.bob.key) - np.mean(full.alice.key != full.bob.key)) < 0.002
+
+
+@pytest.mark.parametrize("n,ds", [(3, np.array([1], np.uint32)), (3, np.array([1.5, 2.5])), (-1, np.array([], np.uint32))])
+def test_decoy_alice_rejects_malformed_slot_gaps(n, ds):
+    # a wrong gap count raised a bare ValueError, float gaps were truncated silently
+    from qkdpost.errors import ProtocolError
+
+    a = AliceDecoySift(StreamInfo(tick_s=1e-12, kind="slots", slot_period_ticks=1000))
+    a.feed(np.arange(100, dtype=np.int64), np.zeros(100, np.uint8))
+    a.finish()
+    body = {"lo": 0, "hi": 50, "n": n, "s0": 1, "ds": ds, "basis": np.zeros(1, np.uint8),
+            "test_bits": np.zeros(0, np.uint8)}
+    with pytest.raises(ProtocolError, match="gaps"):
+        a.handlers()["decoy.step"](body)

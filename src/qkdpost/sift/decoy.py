@@ -249,10 +249,14 @@ class AliceDecoySift:
         if self._avail() < hi:
             return {"ready": False}
         n = int(body["n"])
+        ds = np.asarray(body["ds"])
+        if n < 0 or (n and (ds.ndim != 1 or ds.size != n - 1 or (ds.size and ds.dtype.kind not in "iu"))):
+            raise ProtocolError(f"decoy.step: {n} announced slots need {max(n - 1, 0)} integer gaps, got "
+                                f"{ds.size} of dtype {ds.dtype}")
         slots = np.empty(n, np.int64)
         if n:
             slots[0] = int(body["s0"])
-            np.cumsum(np.asarray(body["ds"], np.int64), out=slots[1:])
+            np.cumsum(ds.astype(np.int64), out=slots[1:])
             slots[1:] += slots[0]
         if n and (slots[0] < lo or slots[-1] >= hi or np.any(np.diff(slots) <= 0)):
             raise ProtocolError("decoy.step: announced slots must be increasing and inside the window")
