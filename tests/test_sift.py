@@ -489,3 +489,13 @@ def test_match_rejects_float_times_and_window():
     with pytest.raises(InputError, match="window"):
         match(np.array([0, 10]), np.array([0, 10]), 0.9)
     assert match(np.array([0, 10]), np.array([0, 10]), np.int64(0))[0].tolist() == [0, 1]
+
+
+def test_alice_rejects_float_pair_indices():
+    alice = AliceSift(INFO)
+    alice.feed(np.arange(0, 1_000_000, 10_000, dtype=np.int64), np.zeros(100, np.uint8))
+    h = alice.handlers()
+    rep = h["sift.step"]({"wid": None, "lo": 0, "hi": 500_000})
+    with pytest.raises(ProtocolError, match="integer"):
+        h["sift.step"]({"wid": rep["wid_new"], "ia": np.array([0.5, 1.7]),
+                        "basis": np.zeros(1, np.uint8), "test_bits": np.zeros(0, np.uint8), "lo": None})

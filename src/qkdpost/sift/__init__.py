@@ -606,7 +606,11 @@ class AliceSift:
         win = self._windows.pop(wid, None)
         if win is None:
             raise ProtocolError(f"sift.step: unknown or already answered window id {wid}")
-        ia = np.asarray(body["ia"], dtype=np.int64)
+        ia = np.asarray(body["ia"])
+        if ia.ndim != 1 or (ia.size and ia.dtype.kind not in "iu"):
+            # float indices would be truncated silently
+            raise ProtocolError(f"sift.step: pair indices must be a 1-D integer array, got {ia.dtype} {ia.shape}")
+        ia = ia.astype(np.int64)
         n = ia.size
         if n and (ia.min() < 0 or ia.max() >= len(win) or np.any(np.diff(ia) <= 0)):
             raise ProtocolError("sift.step: pair indices must be increasing and inside the window")
