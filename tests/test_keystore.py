@@ -206,3 +206,22 @@ def test_opening_the_store_does_not_break_a_write_in_progress(tmp_path, monkeypa
     (dead / "key.bin").write_bytes(b"\x01")
     KeyStore(tmp_path)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_damaged_key_file_is_an_error_not_zero_padding(tmp_path):
+    from qkdpost.errors import FileFormatError
+
+    store = KeyStore(tmp_path)
+    store.put("b1", np.ones(100, dtype=np.uint8), {})
+    store.put("b2", np.ones(100, dtype=np.uint8), {})
+    for bid in ("b1", "b2"):
+        key = tmp_path / "keys" / bid / "key.bin"
+        key.write_bytes(key.read_bytes()[:-1])  # truncated: 12 of 13 bytes
+    with pytest.raises(FileFormatError, match="damaged"):
+        store.read("b1")
+    with pytest.raises(FileFormatError, match="damaged"):
+        store.consume("b2")
+    assert not (tmp_path / "consumed" / "b2" / "key.bin").exists()  # claimed, never delivered, erased
+    (tmp_path / "keys" / "b1" / "meta.json").write_text("{not json")
+    with pytest.raises(FileFormatError, match="metadata is damaged"):
+        store.read("b1")

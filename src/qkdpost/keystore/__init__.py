@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ..bits import as_bits
-from ..errors import InputError
+from ..errors import FileFormatError, InputError
 
 __all__ = ["KeyStore", "KeyBlock"]
 
@@ -287,8 +287,10 @@ class KeyStore:
             except FileNotFoundError:
                 continue
             _fsync_dir(src.parent)
-            block = _load(dst, bid)
-            _shred_file(dst / _KEY)
+            try:
+                block = _load(dst, bid)
+            finally:
+                _shred_file(dst / _KEY)  # claimed: erased whether or not it could be read
             meta = dict(block.meta)
             meta["consumed_utc"] = _utc_now()
             tmp = dst / (_META + ".tmp")
@@ -323,9 +325,21 @@ def _owner_alive(name: str) -> bool:
 
 
 def _load(d: Path, block_id: str) -> KeyBlock:
-    meta = json.loads((d / _META).read_text())
-    raw = np.frombuffer((d / _KEY).read_bytes(), dtype=np.uint8)
-    bits = np.unpackbits(raw, count=int(meta["n_bits"]), bitorder="little")
+    try:
+        meta = json.loads((d / _META).read_text())
+        n_bits = int(meta["n_bits"])
+        if n_bits < 0:
+            raise ValueError(f"n_bits={n_bits}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FileFormatError(d / _META, None, f"key metadata is damaged ({type(exc).__name__}: {exc}); "
+                              "discard this block on both sides") from None
+    data = (d / _KEY).read_bytes()
+    if len(data) != (n_bits + 7) // 8:
+        # np.unpackbits would silently pad a short file with zero bits
+        raise FileFormatError(d / _KEY, len(data), f"key file has {len(data)} bytes, its metadata says "
+                              f"{n_bits} bits ({(n_bits + 7) // 8} bytes); the store is damaged, discard "
+                              "this block on both sides")
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n_bits, bitorder="little")
     return KeyBlock(block_id, bits, meta)
 
 
