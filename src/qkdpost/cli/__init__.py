@@ -50,14 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     except QkdpostError as exc:
         print(f"qkdpost {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"qkdpost {args.command}: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # Output piped into e.g. `head` that exited early: not an error of ours.
         # Point stdout at devnull so the interpreter's final flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        # Permission denied, disk full, missing file: say which, no traceback.
+        print(f"qkdpost {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"qkdpost {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
