@@ -225,3 +225,18 @@ def test_damaged_key_file_is_an_error_not_zero_padding(tmp_path):
     (tmp_path / "keys" / "b1" / "meta.json").write_text("{not json")
     with pytest.raises(FileFormatError, match="metadata is damaged"):
         store.read("b1")
+
+
+def test_a_capture_cut_one_way_cannot_be_cut_another_way(tmp_path):
+    from qkdpost.errors import ConfigError
+
+    store = KeyStore(tmp_path / "s")
+    store.claim_capture("c0123", "fp-a", "block_bits=1024")
+    store.claim_capture("c0123", "fp-a", "block_bits=1024")  # same settings: a re-run, fine
+    store.claim_capture("c9999", "fp-b", "block_bits=2048")  # another capture: independent
+    with pytest.raises(ConfigError, match="correlated keys"):
+        store.claim_capture("c0123", "fp-b", "block_bits=2048")
+    # the record survives reopening the store
+    with pytest.raises(ConfigError, match="block_bits=1024"):
+        KeyStore(tmp_path / "s").claim_capture("c0123", "fp-b", "block_bits=2048")
+    assert oct((tmp_path / "s" / "captures" / "c0123.json").stat().st_mode & 0o777) == "0o600"

@@ -81,6 +81,19 @@ def test_rerun_over_same_input_writes_nothing_new(tmp_path):
     assert len(p3.run(a, b)) == 3 and len(p3.sb.ids()) == 6
 
 
+def test_rerun_with_another_block_size_is_refused_on_both_sides(tmp_path):
+    # Other block boundaries would mean new block ids over bits already keyed.
+    a, b = _link(3 * BLOCK, 0.0)
+    _Pair(tmp_path).run(a, b)
+    p2 = _Pair(tmp_path, cfg=Config().replace(block_bits=BLOCK // 2, seed=7))
+    with pytest.raises(ProtocolError, match="ConfigError.*correlated keys"):
+        p2.bob.start()  # Alice refuses first, at hello (her errors reach Bob as ProtocolError)
+    half = Config().replace(block_bits=BLOCK // 2, seed=7)
+    fresh_alice = AliceEngine(half, KeyStore(tmp_path / "fresh"), Report("alice", {}), stream_id="alice-1", kit=ToyKit())
+    with pytest.raises(ConfigError, match="correlated keys"):  # Bob's own store refuses too
+        BobEngine(half, LoopbackChannel(fresh_alice), p2.sb, Report("bob", {}), stream_id="bob-1", kit=ToyKit()).start()
+
+
 def test_drop_reasons_reach_both_reports(tmp_path):
     a, b = _link(4 * BLOCK, 0.0)
     kit = ToyKit()

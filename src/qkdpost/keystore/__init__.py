@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ..bits import as_bits
-from ..errors import FileFormatError, InputError
+from ..errors import ConfigError, FileFormatError, InputError
 
 __all__ = ["KeyStore", "KeyBlock"]
 
@@ -99,7 +99,7 @@ class KeyStore:
         self.path = Path(path)
         old = os.umask(0o077)
         try:
-            for sub in ("", "keys", "pending", "consumed", "started", "tmp"):
+            for sub in ("", "keys", "pending", "consumed", "started", "tmp", "captures"):
                 (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         finally:
             os.umask(old)
@@ -115,6 +115,47 @@ class KeyStore:
             if any((self.path / area / entry.name).is_dir() for area in ("keys", "pending", "consumed")):
                 if not (entry / "dropped").exists():
                     entry.rmdir()
+
+    # -- captures ------------------------------------------------------------
+    def claim_capture(self, capture_id: str, fingerprint: str, describe: str) -> None:
+        """Record that a capture is cut into blocks one way, and refuse any other way.
+
+        Block ids are deterministic, so a re-run with the same settings
+        skips every block it already did. A re-run that cuts the same
+        detections differently (another block size or sifting setting) would
+        get new ids over bits already turned into keys, i.e. correlated keys.
+        The first run records ``fingerprint`` for ``capture_id``; a later run
+        with another fingerprint raises ConfigError.
+
+        Parameters
+        ----------
+        capture_id : str
+            Names the pair of input streams (hex).
+        fingerprint : str
+            Hash of the settings that decide where blocks fall.
+        describe : str
+            Those settings in words, for the error message.
+        """
+        self.check_id(capture_id)
+        path = self.path / "captures" / f"{capture_id}.json"
+        if path.exists():
+            try:
+                seen = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise FileFormatError(path, None, f"unreadable capture record ({exc}); "
+                                      "restore it or remove it only if this store's keys are discarded") from None
+            if seen.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"this key store already holds keys from capture {capture_id} cut with "
+                    f"{seen.get('settings')}; now {describe}. Cutting the same detections differently would "
+                    "derive correlated keys from bits already used: rerun with the earlier settings, "
+                    "or use a new store only after discarding every key of the old one")
+            return
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        _write_private(tmp, json.dumps({"fingerprint": fingerprint, "settings": describe,
+                                        "created_utc": _utc_now()}).encode())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
 
     # -- queries -----------------------------------------------------------
     @staticmethod

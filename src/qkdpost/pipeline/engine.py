@@ -55,6 +55,18 @@ def make_run_id(alice_stream: str, bob_stream: str, cfg: Config) -> str:
     return "r" + h[:15]
 
 
+def claim_capture(store: KeyStore, alice_stream: str, bob_stream: str, cfg: Config) -> None:
+    """Tie this pair of streams, in ``store``, to the settings that decide where blocks fall.
+
+    Run ids (hence block ids) depend on the streams and the block size only, so
+    a re-run with other block or sifting settings would re-key detections that
+    already gave keys; :meth:`KeyStore.claim_capture` refuses that.
+    """
+    capture_id = "c" + hashlib.sha256(f"{alice_stream}|{bob_stream}".encode()).hexdigest()[:15]
+    settings = json.dumps({"block_bits": cfg.pipeline.block_bits, "sift": cfg.to_dict()["sift"]}, sort_keys=True)
+    store.claim_capture(capture_id, hashlib.sha256(settings.encode()).hexdigest(), settings)
+
+
 class SharedChannel:
     """One channel used by two threads, one request at a time.
 
@@ -141,6 +153,7 @@ class BobEngine:
         self.run_id = make_run_id(reply["alice_stream"], self.stream_id, self.cfg)
         if reply["run_id"] != self.run_id:  # pragma: no cover - same code both sides
             raise ProtocolError(f"run id mismatch: Alice {reply['run_id']!r}, Bob {self.run_id!r}")
+        claim_capture(self.store, reply["alice_stream"], self.stream_id, self.cfg)
         info = dict(self.run_info, run_id=self.run_id, alice_stream=reply["alice_stream"],
                     bob_stream=self.stream_id)
         self.report.info.update(run_id=self.run_id)
@@ -344,6 +357,7 @@ class AliceEngine:
                      for sec in mine for k in mine[sec] if mine[sec].get(k) != theirs.get(sec, {}).get(k)]
             raise ConfigError("the parties' configurations differ: " + "; ".join(diffs)
                               + "; use the same config file on both sides")
+        claim_capture(self.store, self.stream_id, body["bob_stream"], self.cfg)
         self.run_id = make_run_id(self.stream_id, body["bob_stream"], self.cfg)
         self.report.info.update(run_id=self.run_id)
         self.hello_done = True
