@@ -523,6 +523,10 @@ class AliceBlocks:
             self._close(bid, "dropped", reason)
         ids = body["ids"].split()
         self._lengths = {bid: int(m) for bid, m in zip(ids, body["lengths"])}
+        unknown = [bid for bid in ids if bid not in self._frames]
+        if unknown:
+            raise ProtocolError(f"pipe.final: block {unknown[0]} is not in Alice's current batch "
+                                f"({len(unknown)} unknown id(s)); Bob is out of step")
         frames = {bid: self._frames[bid] for bid in ids}
         self._frames = frames
         if frames:

@@ -1,0 +1,29 @@
+"""Small fixes found in review: each test failed before its fix."""
+
+import numpy as np
+import pytest
+
+from qkdpost.config import Config
+from qkdpost.errors import ProtocolError
+from qkdpost.keystore import KeyStore
+from qkdpost.pipeline.blocks import AliceBlocks
+from qkdpost.report import Report
+
+from pipeline_kit import ToyKit
+
+
+def _alice_blocks(tmp_path):
+    cfg = Config().replace(block_bits=2048, seed=7)
+    bits = np.random.default_rng(1).integers(0, 2, 4096, dtype=np.uint8)
+    return AliceBlocks(cfg, KeyStore(tmp_path / "alice"), Report("alice", cfg.to_dict()),
+                       lambda start, n: bits[start:start + n], kit=ToyKit())
+
+
+def test_pipe_final_with_unknown_block_id_is_a_protocol_error(tmp_path):
+    alice = _alice_blocks(tmp_path)
+    h = alice.handlers()
+    h["pipe.batch"]({"ids": "r-0000000", "starts": np.array([0], dtype=np.int64),
+                     "lengths": np.array([2048], dtype=np.int64), "skip": "", "noisy": "", "method": "cascade"})
+    with pytest.raises(ProtocolError, match="r-0000005"):
+        h["pipe.final"]({"ids": "r-0000005", "lengths": np.array([10], dtype=np.int64),
+                         "dropped": "", "reasons": ""})
