@@ -27,3 +27,15 @@ def test_pipe_final_with_unknown_block_id_is_a_protocol_error(tmp_path):
     with pytest.raises(ProtocolError, match="r-0000005"):
         h["pipe.final"]({"ids": "r-0000005", "lengths": np.array([10], dtype=np.int64),
                          "dropped": "", "reasons": ""})
+
+
+@pytest.mark.parametrize("qber", ["0.05", None, [0.05], complex(0.05, 0)])
+def test_ldpc_bob_run_rejects_non_numeric_qber_with_input_error(qber):
+    from qkdpost.channel import LoopbackChannel, Responder
+    from qkdpost.errors import InputError
+    from qkdpost.reconcile.ldpc.protocol import LdpcAlice, LdpcBob
+
+    bits = np.random.default_rng(2).integers(0, 2, (1, 1000), dtype=np.uint8)
+    chan = LoopbackChannel(Responder(LdpcAlice({0: bits[0]}, sim_seed=1).handlers()))
+    with pytest.raises(InputError, match="qber"):
+        LdpcBob(seed=1).run(chan, [0], bits, qber)

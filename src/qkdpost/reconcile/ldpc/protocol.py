@@ -17,6 +17,7 @@ private randomness (``secrets`` unless a simulation seed is given).
 
 from __future__ import annotations
 
+import numbers
 import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -234,8 +235,10 @@ class LdpcBob:
         ids = np.asarray(frame_ids, dtype=np.int64)
         if ids.shape != (y.shape[0],):
             raise InputError(f"frame_ids: {ids.shape[0]} ids for {y.shape[0]} frames")
-        if not (0.0 < qber < 0.5):
-            raise InputError(f"qber={qber!r}: must be in (0, 0.5)")
+        if not isinstance(qber, numbers.Real) or not (0.0 < float(qber) < 0.5):
+            raise InputError(f"qber={qber!r}: must be a real number in (0, 0.5); "
+                             "pass the estimated QBER as a float, e.g. 0.03")
+        qber = float(qber)
         nf, n_key = y.shape
         plan = self.plan(n_key, qber)
         code = load_code(plan.code)
