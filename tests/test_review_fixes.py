@@ -39,3 +39,17 @@ def test_ldpc_bob_run_rejects_non_numeric_qber_with_input_error(qber):
     chan = LoopbackChannel(Responder(LdpcAlice({0: bits[0]}, sim_seed=1).handlers()))
     with pytest.raises(InputError, match="qber"):
         LdpcBob(seed=1).run(chan, [0], bits, qber)
+
+
+@pytest.mark.parametrize("damage", [b'{"n_bits": 1', b"\xff\xfe not utf-8", b"[1, 2]"])
+def test_keystore_meta_of_damaged_json_is_a_file_format_error(tmp_path, damage):
+    from qkdpost.errors import FileFormatError
+
+    store = KeyStore(tmp_path / "ks")
+    store.put("r-0000000", np.ones(16, dtype=np.uint8), {"note": "x"})
+    path = tmp_path / "ks" / "keys" / "r-0000000" / "meta.json"
+    assert path.is_file()
+    path.write_bytes(damage)
+    with pytest.raises(FileFormatError, match="meta.json") as info:
+        store.meta("r-0000000")
+    assert "discard" in str(info.value)

@@ -211,11 +211,22 @@ class KeyStore:
         return iter(self.ids())
 
     def meta(self, block_id: str) -> dict[str, Any]:
-        """Metadata of a final, pending or consumed block."""
+        """Metadata of a final, pending or consumed block.
+
+        Raises FileFormatError if the metadata file is not a JSON object.
+        """
         for area in ("keys", "pending", "consumed"):
             p = self._dir(area, block_id) / _META
             if p.is_file():
-                return json.loads(p.read_text())
+                try:
+                    meta = json.loads(p.read_text())
+                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                    raise FileFormatError(p, None, f"key metadata is damaged ({type(exc).__name__}: {exc}); "
+                                          "discard this block on both sides") from None
+                if not isinstance(meta, dict):
+                    raise FileFormatError(p, None, f"key metadata is a JSON {type(meta).__name__}, not an "
+                                          "object; discard this block on both sides")
+                return meta
         raise InputError(f"block_id={block_id!r}: not in key store {str(self.path)!r}")
 
     def total_bits(self) -> int:
