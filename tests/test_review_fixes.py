@@ -53,3 +53,12 @@ def test_keystore_meta_of_damaged_json_is_a_file_format_error(tmp_path, damage):
     with pytest.raises(FileFormatError, match="meta.json") as info:
         store.meta("r-0000000")
     assert "discard" in str(info.value)
+
+
+def test_keystore_consume_none_takes_smallest_id_not_oldest_written(tmp_path):
+    # documents consume(None): the smallest id in string order, whatever the write order
+    store = KeyStore(tmp_path / "ks")
+    store.put("run-0000010", np.ones(8, dtype=np.uint8), {})
+    store.put("run-0000002", np.zeros(8, dtype=np.uint8), {})
+    store.put("aaa-0000005", np.ones(8, dtype=np.uint8), {})
+    assert [store.consume().block_id for _ in range(3)] == ["aaa-0000005", "run-0000002", "run-0000010"]

@@ -327,7 +327,10 @@ class KeyStore:
     def consume(self, block_id: str | None = None) -> KeyBlock:
         """Deliver one key at most once: claim it, read it, erase it.
 
-        With ``block_id=None`` the oldest final key (by id order) is taken.
+        With ``block_id=None`` the final key with the smallest id (plain
+        string order, as :meth:`ids` sorts) is taken; that is not necessarily
+        the oldest one written. Within one run, ids ``<run>-<index>`` carry a
+        zero-padded index, so this is the run's earliest remaining block.
         Raises InputError if there is no such key (or another consumer won).
         """
         candidates = [block_id] if block_id is not None else self.ids()
