@@ -62,3 +62,38 @@ def test_keystore_consume_none_takes_smallest_id_not_oldest_written(tmp_path):
     store.put("run-0000002", np.zeros(8, dtype=np.uint8), {})
     store.put("aaa-0000005", np.ones(8, dtype=np.uint8), {})
     assert [store.consume().block_id for _ in range(3)] == ["aaa-0000005", "run-0000002", "run-0000010"]
+
+
+def test_silent_peer_holds_alices_accept_loop_only_for_the_handshake_timeout():
+    # A peer that connects and sends nothing must be dropped after the short
+    # handshake timeout, not the session timeout (here an hour), or it blocks
+    # every later Bob. The join bound is a liveness check, not a speed claim.
+    import socket
+    import threading
+
+    from qkdpost.transport import Server, TcpChannel
+
+    with Server("127.0.0.1", 0, timeout_s=3600, handshake_timeout_s=0.3) as server:
+        results = []
+        t = threading.Thread(target=lambda: results.append(server.accept(60)), daemon=True)
+        t.start()
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        t.join(30)
+        assert not t.is_alive() and results == [None]
+        c.close()
+        # a real Bob afterwards gets a session with the long per-request timeout
+        t = threading.Thread(target=lambda: results.append(server.accept(60)), daemon=True)
+        t.start()
+        chan = TcpChannel("127.0.0.1", server.port, timeout_s=5, connect_timeout_s=5)
+        t.join(30)
+        assert results[-1] is not None and results[-1].gettimeout() == 3600
+        results[-1].close()
+        chan.close()
+
+
+def test_server_rejects_non_positive_handshake_timeout():
+    from qkdpost.errors import InputError
+    from qkdpost.transport import Server
+
+    with pytest.raises(InputError, match="handshake_timeout_s"):
+        Server("127.0.0.1", 0, handshake_timeout_s=0)

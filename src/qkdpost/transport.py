@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from . import _codec
 from .channel import Channel
-from .errors import ChannelError, PeerDisconnected, ProtocolError, QkdpostError
+from .errors import ChannelError, InputError, PeerDisconnected, ProtocolError, QkdpostError
 
 __all__ = ["TcpChannel", "serve", "Server", "parse_address", "TRANSPORT_VERSION", "MAX_FRAME"]
 
@@ -200,10 +200,19 @@ class Server:
         Where to listen (port 0 picks a free one; see :attr:`port`).
     timeout_s : float
         Longest wait for Bob's next request within a session.
+    handshake_timeout_s : float
+        Longest wait for a new connection's handshake (Bob's
+        ``connect_timeout_s``); short, so a peer that connects and sends
+        nothing cannot hold the single accept loop for ``timeout_s``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 60.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 60.0,
+                 handshake_timeout_s: float = 10.0):
         self.timeout_s = float(timeout_s)
+        self.handshake_timeout_s = float(handshake_timeout_s)
+        if not self.handshake_timeout_s > 0:
+            raise InputError(f"handshake_timeout_s={handshake_timeout_s!r}: must be > 0 seconds; "
+                             "use Bob's connect_timeout_s, e.g. 10")
         self._lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -228,7 +237,7 @@ class Server:
                 return None
             raise
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.settimeout(self.timeout_s)
+        conn.settimeout(self.handshake_timeout_s)
         try:
             hello = _recv_frame(conn, "handshake", _HELLO.size + 1)  # before it: nothing big is buffered
             try:
@@ -241,6 +250,7 @@ class Server:
             log.warning("rejected connection from %s:%s: %s", addr[0], addr[1], exc)
             conn.close()
             return None
+        conn.settimeout(self.timeout_s)
         log.info("Bob connected from %s:%s", addr[0], addr[1])
         return conn
 
@@ -300,6 +310,7 @@ def serve(
     port: int = 0,
     *,
     timeout_s: float = 60.0,
+    handshake_timeout_s: float = 10.0,
     max_sessions: int | None = None,
     on_listen: Callable[[int], None] | None = None,
     on_session_end: Callable[[Handles, str], None] | None = None,
@@ -311,6 +322,8 @@ def serve(
     ----------
     make_responder : callable
         Returns the object answering one session (``handle(kind, body)``).
+    timeout_s, handshake_timeout_s : float
+        See :class:`Server`.
     max_sessions : int, optional
         Stop after this many sessions (None: run until idle_timeout_s).
     on_listen : callable, optional
@@ -326,7 +339,7 @@ def serve(
         Number of sessions served.
     """
     served = 0
-    with Server(host, port, timeout_s=timeout_s) as server:
+    with Server(host, port, timeout_s=timeout_s, handshake_timeout_s=handshake_timeout_s) as server:
         if on_listen is not None:
             on_listen(server.port)
         while max_sessions is None or served < max_sessions:
