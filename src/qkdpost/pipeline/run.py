@@ -201,7 +201,8 @@ def serve_alice(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
         report.write(out, plot=False)
 
     try:
-        serve(make, host, port, timeout_s=cfg.transport.timeout_s, max_sessions=max_sessions,
+        serve(make, host, port, timeout_s=cfg.transport.timeout_s,
+              handshake_timeout_s=cfg.transport.connect_timeout_s, max_sessions=max_sessions,
               on_listen=on_listen, on_session_end=ended, idle_timeout_s=idle_timeout_s)
     finally:
         report.finish()

@@ -144,7 +144,8 @@ class Session:
                     self._alice.abandon("peer_disconnected")
 
         def run() -> None:
-            serve(lambda: self, host, port, timeout_s=self.cfg.transport.timeout_s, max_sessions=1,
+            serve(lambda: self, host, port, timeout_s=self.cfg.transport.timeout_s,
+                  handshake_timeout_s=self.cfg.transport.connect_timeout_s, max_sessions=1,
                   on_listen=on_listen, on_session_end=ended)
 
         self._server = threading.Thread(target=run, name="qkdpost-alice", daemon=True)
