@@ -97,3 +97,26 @@ def test_server_rejects_non_positive_handshake_timeout():
 
     with pytest.raises(InputError, match="handshake_timeout_s"):
         Server("127.0.0.1", 0, handshake_timeout_s=0)
+
+
+def test_per_block_round_trips_and_bytes_add_up_to_the_batch_totals():
+    from types import SimpleNamespace
+
+    from qkdpost.pipeline.blocks import BobBlocks, SiftedBlock, block_id
+    from qkdpost.report import BlockRecord
+
+    batch = [SiftedBlock(block_id=block_id("r", i), index=i, start=0, bits=np.zeros(8, dtype=np.uint8),
+                         stats={}, qber_estimate=0.01, stream_time_s=0.0) for i in range(3)]
+    recs = {b.block_id: BlockRecord(block_id=b.block_id, index=b.index, n_sifted=8, status="ok") for b in batch}
+    clock = SimpleNamespace(times={"reconcile": 1.0}, rt={"reconcile": 7, "verify": 2, "store": 3},
+                            nbytes={"reconcile": 1001, "verify": 5, "store": 0})
+    owner = SimpleNamespace(report=Report("bob", {}))
+    BobBlocks._finish(owner, batch, recs, {}, clock)
+    blocks = owner.report.blocks
+    for stage, total in clock.rt.items():
+        shares = [r.round_trips[stage] for r in blocks]
+        assert sum(shares) == total and max(shares) - min(shares) <= 1
+    for stage, total in clock.nbytes.items():
+        shares = [r.bytes[stage] for r in blocks]
+        assert sum(shares) == total and max(shares) - min(shares) <= 1
+        assert all(type(s) is int for s in shares)

@@ -380,13 +380,14 @@ class BobBlocks:
 
     def _finish(self, batch, recs, keys, clock) -> list[tuple[BlockRecord, np.ndarray | None]]:
         n = max(1, len(batch))
-        for b in batch:
+        for i, b in enumerate(batch):
             r = recs[b.block_id]
             if r.status != "ok" and not r.reason:  # pragma: no cover - every path sets a reason
                 r.status, r.reason = "dropped", "internal"
             r.times_s = {k: v / n for k, v in clock.times.items()}
-            r.round_trips = {k: v // n for k, v in clock.rt.items()}
-            r.bytes = {k: v // n for k, v in clock.nbytes.items()}
+            # integer shares: the first v % n blocks carry one more, so they add up to the batch total
+            r.round_trips = {k: v // n + (i < v % n) for k, v in clock.rt.items()}
+            r.bytes = {k: v // n + (i < v % n) for k, v in clock.nbytes.items()}
             self.report.add_block(r)
             if r.status != "ok":
                 log.info("block %s dropped: %s", r.block_id, r.reason)
