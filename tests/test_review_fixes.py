@@ -120,3 +120,18 @@ def test_per_block_round_trips_and_bytes_add_up_to_the_batch_totals():
         shares = [r.bytes[stage] for r in blocks]
         assert sum(shares) == total and max(shares) - min(shares) <= 1
         assert all(type(s) is int for s in shares)
+
+
+@pytest.mark.parametrize("bid, index", [("r-0000012", 12), ("run-a-7", 7), ("bad", -1), ("a-b", -1), ("", -1), ("x-", -1)])
+def test_alice_block_index_parses_like_the_kit_frame_id(bid, index):
+    # one parser for block ids (kit.frame_id); Alice's records use -1 for a malformed id
+    from qkdpost.errors import InputError
+    from qkdpost.pipeline.blocks import _index_of
+    from qkdpost.pipeline.kit import frame_id
+
+    assert _index_of(bid) == index
+    if index >= 0:
+        assert frame_id(bid) == index
+    else:
+        with pytest.raises(InputError):
+            frame_id(bid)

@@ -35,10 +35,11 @@ import numpy as np
 
 from ..channel import Channel
 from ..config import Config
-from ..errors import ChannelError, ProtocolError
+from ..errors import ChannelError, InputError, ProtocolError
 from ..keystore import KeyStore
 from ..report import BlockRecord, Report, versions
 from . import stages
+from .kit import frame_id
 
 __all__ = ["SiftedBlock", "BobBlocks", "AliceBlocks", "block_id"]
 
@@ -204,13 +205,12 @@ class BobBlocks:
             for b in batch
         }
 
-        def drop(blocks: list[SiftedBlock], reason: str, tell_alice: bool = True) -> None:
+        def drop(blocks: list[SiftedBlock], reason: str) -> None:
+            # Bob's side only: Alice learns these verdicts from pipe.batch / pipe.final
             for b in blocks:
                 recs[b.block_id].status, recs[b.block_id].reason = "dropped", reason
                 if reason not in ("already_stored", "interrupted_earlier"):
                     self.store.mark_dropped(b.block_id, reason)
-            if tell_alice and blocks:
-                self.channel.request("pipe.drop", {"ids": " ".join(b.block_id for b in blocks), "reason": reason})
 
         try:
             job = self._stages(batch, recs, clock, drop)
@@ -248,7 +248,7 @@ class BobBlocks:
                 "noisy": " ".join(b.block_id for b in too_noisy),
                 "method": method,
             })
-        drop(too_noisy, "qber_abort", tell_alice=False)  # Alice dropped them from the batch message
+        drop(too_noisy, "qber_abort")  # Alice dropped them from the batch message
         known_alice = set(reply["known"].split())
         if known_alice:
             gone = [b for b in live if b.block_id in known_alice]
@@ -311,9 +311,9 @@ class BobBlocks:
                 "dropped": " ".join(verdict),
                 "reasons": " ".join(verdict.values()),
             })
-        drop(failed_ec, "ec_failed", tell_alice=False)
-        drop(failed_v, "verify_failed", tell_alice=False)
-        drop(short, "no_secure_length", tell_alice=False)
+        drop(failed_ec, "ec_failed")
+        drop(failed_v, "verify_failed")
+        drop(short, "no_secure_length")
         if not keep:
             return StoreJob(batch, recs, clock, [])
 
@@ -446,7 +446,6 @@ class AliceBlocks:
         # block id -> function giving Alice's final key once amplified; kept per
         # block because Bob's store of batch k may come after his batch k + 1
         self._outputs: dict[str, Callable[[str], np.ndarray]] = {}
-        self._lengths: dict[str, int] = {}
         self.finished: list[tuple[str, np.ndarray]] = []  # (block_id, final key) committed this session
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -523,7 +522,7 @@ class AliceBlocks:
             self.store.mark_dropped(bid, reason)
             self._close(bid, "dropped", reason)
         ids = body["ids"].split()
-        self._lengths = {bid: int(m) for bid, m in zip(ids, body["lengths"])}
+        lengths = {bid: int(m) for bid, m in zip(ids, body["lengths"])}
         unknown = [bid for bid in ids if bid not in self._frames]
         if unknown:
             raise ProtocolError(f"pipe.final: block {unknown[0]} is not in Alice's current batch "
@@ -531,7 +530,7 @@ class AliceBlocks:
         frames = {bid: self._frames[bid] for bid in ids}
         self._frames = frames
         if frames:
-            routes, outputs = self.kit.amplify_alice(frames, self._lengths, self.cfg)
+            routes, outputs = self.kit.amplify_alice(frames, lengths, self.cfg)
             self._routes.update(routes)
             for bid in frames:
                 self._outputs[bid] = outputs
@@ -591,7 +590,8 @@ class AliceBlocks:
 
 
 def _index_of(bid: str) -> int:
+    """A block's index in its run, parsed by :func:`.kit.frame_id`; -1 if the id is malformed."""
     try:
-        return int(bid.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
+        return frame_id(bid)
+    except InputError:
         return -1
