@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from oracles import cascade as oracle
-from qkdpost.bits import binary_entropy
+from qkdpost.bits import binary_entropy, pack_bits
 from qkdpost.channel import LoopbackChannel, Responder
 from qkdpost.errors import ConfigError, InputError, ProtocolError
 from qkdpost.reconcile import reconcile
@@ -22,7 +22,7 @@ from qkdpost.reconcile.cascade import (
     reconcile_cascade,
 )
 from qkdpost.reconcile.cascade import _kernels as K
-from qkdpost.reconcile.cascade.protocol import _geometry, _pack
+from qkdpost.reconcile.cascade.protocol import _geometry
 
 
 def bsc_pair(rng, N, n, q):
@@ -130,7 +130,7 @@ def _engine(bits, P):
     N, n = bits.shape
     return (
         bits,
-        _pack(bits),
+        pack_bits(bits),
         np.empty((N, P, (n + 1 + 63) // 64), dtype=np.uint64),
         np.full((N, P), -1, dtype=np.int64),
         np.zeros((N, P, (n + 63) // 64), dtype=np.uint64),
@@ -187,7 +187,7 @@ def test_bob_range_parity_follows_flips_after_snapshot():
 def test_bitset_range_parity_matches_naive(s, e):
     rng = np.random.default_rng(s * 1000 + e)
     bits = rng.integers(0, 2, size=(1, 1, 256), dtype=np.uint8)
-    words = _pack(bits.reshape(1, -1)).reshape(1, 1, -1)
+    words = pack_bits(bits.reshape(1, -1)).reshape(1, 1, -1)
     assert K._bitset_range_parity(words, 0, 0, s, e) == bits[0, 0, s:e].sum() % 2
 
 

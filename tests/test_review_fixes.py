@@ -135,3 +135,19 @@ def test_alice_block_index_parses_like_the_kit_frame_id(bid, index):
     else:
         with pytest.raises(InputError):
             frame_id(bid)
+
+
+@pytest.mark.parametrize("N, n", [(1, 1), (3, 63), (2, 64), (4, 65), (2, 300)])
+def test_pack_bits_gives_the_cascade_engine_layout(N, n):
+    # Cascade's engine takes pack_bits output as a caller-owned, written-to word buffer:
+    # (N, ceil(n/64)) native uint64, C-contiguous, writable, bit i at word i // 64, bit i % 64.
+    from qkdpost.bits import pack_bits
+
+    bits = np.random.default_rng(N * 1000 + n).integers(0, 2, (N, n), dtype=np.uint8)
+    words = pack_bits(bits)
+    assert words.shape == (N, (n + 63) // 64) and words.dtype == np.uint64 and words.dtype.isnative
+    assert words.flags.c_contiguous and words.flags.writeable
+    for f in range(N):
+        for i in range(n):
+            assert (int(words[f, i // 64]) >> (i % 64)) & 1 == bits[f, i]
+        assert int(words[f, -1]) >> (n % 64 or 64) == 0  # padding is zero

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...bits import as_bits
+from ...bits import as_bits, pack_bits
 from ...channel import Channel, Handler, LoopbackChannel, Responder
 from ...errors import ConfigError, InputError, ProtocolError
 from ..result import ReconcileResult
@@ -232,7 +232,7 @@ class CascadeAlice:
             self.leaked.setdefault(int(fid), 0)
         eng = (
             abits,
-            _pack(abits),
+            pack_bits(abits),
             np.empty((N, passes, (n + 1 + 63) // 64), dtype=np.uint64),
             np.full((N, passes), -1, dtype=np.int64),
             np.zeros((N, 1, 1), dtype=np.uint64),
@@ -363,7 +363,7 @@ class CascadeBob:
         bits = bob.copy()
         eng = (
             bits,
-            _pack(bits),
+            pack_bits(bits),
             np.empty((N, P, (n + 1 + 63) // 64), dtype=np.uint64),
             np.full((N, P), -1, dtype=np.int64),
             np.empty((N, P, (n + 63) // 64), dtype=np.uint64),
@@ -449,15 +449,6 @@ class CascadeBob:
                 "source": preset.source,
             },
         )
-
-
-def _pack(bits: np.ndarray) -> np.ndarray:
-    """(N, n) uint8 bits -> (N, ceil(n/64)) uint64 words, bit i of the frame at word i//64, bit i%64."""
-    N, n = bits.shape
-    w = (n + 63) // 64
-    padded = np.zeros((N, w * 64), dtype=np.uint8)
-    padded[:, :n] = bits
-    return np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
 def _check_qber(qber: Any) -> None:
