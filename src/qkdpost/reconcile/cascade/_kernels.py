@@ -710,17 +710,23 @@ def bob_plan(eng, tree, kpos, pend, st, pi, geo, cfg):
 
 
 @kernel()
-def bob_emit(pend, st, geo, n, roff, rq, rs, re):
-    """Write the range queries (pass, start, end of the left child) of every frame."""
+def bob_emit(pend, st, geo, n, roff, out):
+    """Write the range queries of every frame as wire rows.
+
+    ``out`` is int32[m, 4]; row ``roff[f] + i`` is (frame index, pass,
+    start, end of the left child) of the i-th selected node of frame f,
+    i.e. the ``r`` field of ``cascade.parities`` as sent.
+    """
     for f in range(st.shape[0]):
         if st[f, S_ACTION] != 1:
             continue
         o = roff[f]
         for i in range(st[f, S_NSEL]):
             q, s, e, h = node_locate(pend[f, i], geo, n)
-            rq[o + i] = q
-            rs[o + i] = s
-            re[o + i] = s + (e - s + 1) // 2
+            out[o + i, 0] = f
+            out[o + i, 1] = q
+            out[o + i, 2] = s
+            out[o + i, 3] = s + (e - s + 1) // 2
 
 
 @kernel()

@@ -244,14 +244,15 @@ class CascadeAlice:
     def _on_parities(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             sess = self._sessions[int(body["sid"])]
-            r = np.asarray(body["r"], dtype=np.int64).reshape(-1, 4)
+            # one copy: the four columns of r as contiguous int64 rows
+            rcols = np.array(np.asarray(body["r"]).reshape(-1, 4).T, dtype=np.int64, order="C")
             t = np.asarray(body["t"], dtype=np.int64).reshape(-1, 4)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"cascade.parities: unknown session or bad field ({exc})") from None
         eng, perms, P = sess["eng"], sess["perms"], sess["passes"]
         N, n = eng[0].shape
-        rf, rq, rs, re_ = (np.ascontiguousarray(r[:, i]) for i in range(4))
-        nr, nt = r.shape[0], t.shape[0]
+        rf, rq, rs, re_ = rcols
+        nr, nt = rcols.shape[1], t.shape[0]
         if nr and (
             rf.min() < 0 or rf.max() >= N or rq.min() < 0 or rq.max() >= P or rs.min() < 0
             or re_.max() > n or np.any(re_ <= rs)
@@ -262,7 +263,10 @@ class CascadeAlice:
             or t[:, 2].min() < 1 or t[:, 3].min() < 0 or np.any(t[:, 3] > -(-n // t[:, 2]))
         ):
             raise ProtocolError("cascade.parities: a block request is out of bounds")
-        for q in np.unique(np.concatenate([rq, t[:, 1]])):
+        used = np.bincount(rq, minlength=P)
+        if nt:
+            used[t[:, 1]] += 1
+        for q in np.flatnonzero(used):
             perms.ensure(int(q), inverse=False)
         for q, k in {(int(q), int(k)) for q, k, c in t[:, 1:4] if c == 1 and k > K.BIG_RANGE}:
             perms.ensure_mask(q, k)
@@ -382,6 +386,7 @@ class CascadeBob:
         kcfg[K.C_LOCAL] = cfg.local_max
         offs = np.zeros((2, N + 1), dtype=np.int64)
         frame_idx = np.arange(N, dtype=np.int64)
+        no_top = np.empty((0, 4), dtype=np.int32)
         try:
             while True:
                 q = int(st[:, K.S_PASS].max()) if N else 0
@@ -397,33 +402,33 @@ class CascadeBob:
                 act = st[:, K.S_ACTION]
                 if not act.any():
                     break
-                nsel = np.where(act == 1, st[:, K.S_NSEL], 0)
-                ntop = np.where(act == 2, st[:, K.S_TOPCOUNT], 0)
-                np.cumsum(nsel, out=offs[0, 1:])
-                np.cumsum(ntop, out=offs[1, 1:])
+                # offs[0]: each frame's first range answer; offs[1]: its first
+                # top-level answer, counted after all range answers (one par array)
+                np.cumsum(np.where(act == 1, st[:, K.S_NSEL], 0), out=offs[0, 1:])
                 nr = int(offs[0, -1])
-                rq = np.empty(nr, dtype=np.int64)
-                rs = np.empty(nr, dtype=np.int64)
-                re_ = np.empty(nr, dtype=np.int64)
-                K.bob_emit(pend, st, geo, np.int64(n), offs[0], rq, rs, re_)
+                rows = np.empty((nr, 4), dtype=np.int32)
+                K.bob_emit(pend, st, geo, np.int64(n), offs[0], rows)
                 tsel = act == 2
-                tq = st[tsel, K.S_PASS]
-                body = {
-                    "sid": sid,
-                    "r": np.stack([np.repeat(frame_idx, nsel), rq, rs, re_], axis=1).astype(np.int32),
-                    "t": np.stack([frame_idx[tsel], tq, geo[K.G_K, tq], ntop[tsel]], axis=1).astype(np.int32),
-                }
-                reply = channel.request("cascade.parities", body)
+                if tsel.any():
+                    ntop = np.where(tsel, st[:, K.S_TOPCOUNT], 0)
+                    np.cumsum(ntop, out=offs[1, 1:])
+                    tq = st[tsel, K.S_PASS]
+                    trows = np.stack([frame_idx[tsel], tq, geo[K.G_K, tq], ntop[tsel]], axis=1).astype(np.int32)
+                else:
+                    offs[1, 1:] = 0
+                    trows = no_top
+                offs[1, 0] = 0
                 nt = int(offs[1, -1])
+                offs[1] += nr
+                reply = channel.request("cascade.parities", {"sid": sid, "r": rows, "t": trows})
                 try:
-                    rpar = np.unpackbits(np.asarray(reply["r"], dtype=np.uint8), count=nr, bitorder="little")
-                    tpar = np.unpackbits(np.asarray(reply["t"], dtype=np.uint8), count=nt, bitorder="little")
+                    par = np.unpackbits(np.asarray(reply["r"], dtype=np.uint8), count=nr, bitorder="little")
+                    if nt:
+                        tpar = np.unpackbits(np.asarray(reply["t"], dtype=np.uint8), count=nt, bitorder="little")
+                        par = np.concatenate([par, tpar])
                 except (KeyError, ValueError, TypeError) as exc:
                     raise ProtocolError(f"cascade.parities reply: bad or short parity field ({exc})") from None
-                par = np.concatenate([rpar, tpar])
-                offs2 = offs.copy()
-                offs2[1] += nr
-                K.bob_absorb(eng, tree, kpos, pend, st, perms.pi, geo, par, offs2, perms.masks, perms.maskk)
+                K.bob_absorb(eng, tree, kpos, pend, st, perms.pi, geo, par, offs, perms.masks, perms.maskk)
         finally:
             try:
                 channel.request("cascade.end", {"sid": sid})
