@@ -650,6 +650,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
         order = np.argsort(lvs, kind="mergesort")
         sel = np.zeros(w, dtype=np.bool_)
         a = 0
+        marked = 0
         for t in range(w):
             i = order[t]
             q, s, e = cq[i], cs[i], ce[i]
@@ -658,11 +659,14 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
                     sel[i] = True
                 continue
             clash = False
+            marked += e - s
             for j in range(s, e):
                 y = pi[0, q, j]
-                if (kpos[f, 1, y >> 6] >> np.uint64(y & 63)) & _ONE:
+                wd = kpos[f, 1, y >> 6]
+                m = _ONE << np.uint64(y & 63)
+                if wd & m:
                     clash = True
-                kpos[f, 1, y >> 6] |= _ONE << np.uint64(y & 63)
+                kpos[f, 1, y >> 6] = wd | m
             if not clash:
                 sel[i] = True
         for i in range(w):
@@ -674,12 +678,19 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
             if not sel[i]:
                 pend[f, c] = tmp[i]
                 c += 1
-        for i in range(w):
-            q, s, e = cq[i], cs[i], ce[i]
-            if e - s <= cfg[C_LOCAL]:
-                for j in range(s, e):
-                    y = pi[0, q, j]
-                    kpos[f, 1, y >> 6] = np.uint64(0)
+        # clear the scratch marks: word by word when there are many (a
+        # sequential sweep of n/64 words beats one random store per position)
+        nw = kpos.shape[2]
+        if 4 * marked > nw:
+            for wi in range(nw):
+                kpos[f, 1, wi] = np.uint64(0)
+        else:
+            for i in range(w):
+                q, s, e = cq[i], cs[i], ce[i]
+                if e - s <= cfg[C_LOCAL]:
+                    for j in range(s, e):
+                        y = pi[0, q, j]
+                        kpos[f, 1, y >> 6] = np.uint64(0)
         st[f, S_NSEL] = a
         st[f, S_ACTION] = 1
         return
