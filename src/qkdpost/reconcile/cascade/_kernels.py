@@ -415,7 +415,7 @@ def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
             _flip(eng, tree, kpos, pend, st, pi, geo, f, x)
         _kpos_set(kpos, f, x)
         for q in range(st[f, S_PASS]):
-            j = pi[1, q, x]
+            j = x if q == 0 else pi[1, q, x]  # pass 0 is the identity
             k = geo[G_K, q]
             b = j // k
             s = b * k
@@ -476,7 +476,7 @@ def _flip(eng, tree, kpos, pend, st, pi, geo, f, x):
     st[f, S_FLIPS] += 1
     st[f, S_BTOT] ^= 1
     for q in range(st[f, S_PASS]):
-        j = pi[1, q, x]
+        j = x if q == 0 else pi[1, q, x]  # pass 0 is the identity
         flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
         k = geo[G_K, q]
         b = j // k
