@@ -513,6 +513,26 @@ def _all_known(kpos, pi, f, q, s, e):
 
 
 @kernel()
+def _scratch_test_set_range(kpos, f, s, e):
+    """Set bits s..e-1 of ``kpos[f, 1]``; True if any of them was already set."""
+    hit = False
+    w = s >> 6
+    while (w << 6) < e:
+        lo = max(s, w << 6) - (w << 6)
+        hi = min(e, (w + 1) << 6) - (w << 6)
+        if hi - lo == 64:
+            m = ~np.uint64(0)
+        else:
+            m = ((_ONE << np.uint64(hi - lo)) - _ONE) << np.uint64(lo)
+        wd = kpos[f, 1, w]
+        if wd & m:
+            hit = True
+        kpos[f, 1, w] = wd | m
+        w += 1
+    return hit
+
+
+@kernel()
 def _level(size):
     """ceil(log2(size)) for size >= 1."""
     lv = 0
@@ -658,15 +678,19 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
                 if lvs[i] <= lim:
                     sel[i] = True
                 continue
-            clash = False
             marked += e - s
-            for j in range(s, e):
-                y = pi[0, q, j]
-                wd = kpos[f, 1, y >> 6]
-                m = _ONE << np.uint64(y & 63)
-                if wd & m:
-                    clash = True
-                kpos[f, 1, y >> 6] = wd | m
+            if q == 0:
+                # pass 0 is the identity: the node is the position range [s, e)
+                clash = _scratch_test_set_range(kpos, f, s, e)
+            else:
+                clash = False
+                for j in range(s, e):
+                    y = pi[0, q, j]
+                    wd = kpos[f, 1, y >> 6]
+                    m = _ONE << np.uint64(y & 63)
+                    if wd & m:
+                        clash = True
+                    kpos[f, 1, y >> 6] = wd | m
             if not clash:
                 sel[i] = True
         for i in range(w):
