@@ -499,3 +499,18 @@ def test_alice_rejects_float_pair_indices():
     with pytest.raises(ProtocolError, match="integer"):
         h["sift.step"]({"wid": rep["wid_new"], "ia": np.array([0.5, 1.7]),
                         "basis": np.zeros(1, np.uint8), "test_bits": np.zeros(0, np.uint8), "lo": None})
+
+
+def test_peer_times_that_overflow_int64_are_a_protocol_error():
+    from qkdpost.errors import ProtocolError
+    from qkdpost.sift import _decode_times
+
+    big = np.iinfo(np.int64).max
+    ok = _decode_times({"n": 3, "t0": 5, "dt": np.array([1, 2], np.uint64)})
+    np.testing.assert_array_equal(ok, [5, 6, 8])
+    with pytest.raises(ProtocolError, match="overflow"):
+        _decode_times({"n": 3, "t0": big - 10, "dt": np.array([5, 6], np.uint64)})
+    with pytest.raises(ProtocolError, match="overflow"):
+        _decode_times({"n": 3, "t0": 0, "dt": np.array([big, big], np.uint64)})
+    with pytest.raises(ProtocolError, match="does not fit"):
+        _decode_times({"n": 2, "t0": 0, "dt": np.array([2**63 + 1], np.uint64)})

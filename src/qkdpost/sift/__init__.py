@@ -479,10 +479,15 @@ def _decode_times(reply: dict[str, Any]) -> np.ndarray:
         return np.empty(0, np.int64)
     if d.ndim != 1 or d.size != n - 1 or d.dtype.kind not in "iu" or (d.size and d.min() < 0):
         raise ProtocolError(f"sift.step: {n} times need {n - 1} non-negative integer gaps, got {d.size}")
+    if d.size and int(d.max()) > np.iinfo(np.int64).max:
+        raise ProtocolError(f"sift.step: a time gap of {int(d.max())} ticks does not fit int64 times")
     out = np.empty(n, np.int64)
     out[0] = int(reply["t0"])
     np.cumsum(d.astype(np.int64), out=out[1:])
     out[1:] += out[0]
+    # Gaps are non-negative, so a wrap past int64 shows up as a decrease.
+    if np.any(out[1:] < out[:-1]):
+        raise ProtocolError("sift.step: Alice's times overflow int64 (t0 plus the gaps); refusing wrapped times")
     return out
 
 
