@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from oracles import io as O
 from qkdpost.cli import main
@@ -48,3 +49,15 @@ def test_convert_qcrypto_options_and_errors_leave_no_output(tmp_path, capsys):
     assert list(read_stream(out)[1])[0].t.tolist() == [5, 9, 10, 3_000_000]
     assert main(["convert", str(src), str(out), "--format", "qcrypto", "--no-markers"]) == 1
     assert "does not take" in capsys.readouterr().err
+
+
+def test_summary_of_a_slot_log_counts_slot_periods(tmp_path):
+    from qkdpost.io import StreamInfo, StreamWriter
+    from qkdpost.io.tools import summarize
+
+    info = StreamInfo(tick_s=1e-12, kind="slots", party="alice", slot_period_ticks=10_000)  # 100 MHz slots
+    with StreamWriter(tmp_path / "a.arrow", info) as w:
+        w.write(np.arange(1001, dtype=np.int64), np.zeros(1001, np.uint8))
+    s = summarize(tmp_path / "a.arrow")
+    assert s["duration_s"] == pytest.approx(1000 * 10_000 * 1e-12)  # 1000 slot periods = 10 us
+    assert s["rate_hz"] == pytest.approx(1001 / 1e-5)

@@ -111,7 +111,8 @@ def summarize(
     -------
     dict
         ``events``, ``first_tick``, ``last_tick``, ``duration_s``
-        (``(last - first) * tick_s``), ``rate_hz`` (events / duration),
+        (``(last - first) * tick_s``, times ``slot_period_ticks`` for a slot
+        log), ``rate_hz`` (events / duration),
         ``counts`` (channel -> [events, role]), ``info`` (metadata as JSON)
         and the reader's counters.
     """
@@ -129,7 +130,9 @@ def summarize(
         last = int(chunk.t[-1])
         counts += np.bincount(chunk.ch, minlength=256)
         events += len(chunk.t)
-    duration = (last - first) * info.tick_s if events else 0.0
+    # A slot log's t counts pulse slots, each slot_period_ticks ticks long.
+    seconds_per_t = info.tick_s * (info.slot_period_ticks if info.kind == "slots" else 1)
+    duration = (last - first) * seconds_per_t if events else 0.0
     return {
         "path": path,
         "events": events,
