@@ -25,7 +25,7 @@ class AtomicPath:
     Notes
     -----
     The temporary file is created in the same directory (so the rename is
-    atomic on POSIX filesystems) with a hidden name ``.NAME.XXXX.tmp``.
+    atomic on POSIX filesystems) with a hidden name ``.NAME.<random>.tmp``.
     :meth:`commit` fsyncs the file, renames it over ``path`` and fsyncs the
     directory; :meth:`abort` removes it. Both are idempotent.
     """
