@@ -424,6 +424,15 @@ class SiftStats:
     windows: int = 0
     conditioning: dict[str, int] = field(default_factory=dict)
 
+    def add_window(self, counts: np.ndarray, n: int, errors: int) -> None:
+        """Count one sifted window: ``n`` pairs, ``counts`` = (key, test, basis mismatch)."""
+        self.pairs += n
+        self.key_pairs += int(counts[0])
+        self.test_pairs += int(counts[1])
+        self.basis_mismatch += int(counts[2])
+        self.test_errors += errors
+        self.windows += 1
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["detections"] = {"Z": self.detections[0], "X": self.detections[1]}
@@ -632,18 +641,9 @@ class AliceSift:
         # Bob's test bits are listed for his test-basis pairs; keep those where Alice agrees on the basis
         test_b = bits_b_test[test_mask[b_test_pos]]
         errors = int(np.count_nonzero(test_a != test_b))
-        self._record(counts, n, errors)
+        self.stats.add_window(counts, n, errors)
         self._out.add(key, test_a, errors)
         return {"basis": _pack(basis_a), "test_bits": _pack(test_a)}
-
-    def _record(self, counts: np.ndarray, n: int, errors: int) -> None:
-        s = self.stats
-        s.pairs += n
-        s.key_pairs += int(counts[0])
-        s.test_pairs += int(counts[1])
-        s.basis_mismatch += int(counts[2])
-        s.test_errors += errors
-        s.windows += 1
 
     def take(self) -> SiftBlock:
         """Alice's bits sifted since the previous call."""
@@ -887,13 +887,7 @@ class BobSift:
         test_b = bits_b[cls == 1]
         test_a = _unpack(reply["test_bits"], test_b.size, "Alice's test bits")
         errors = int(np.count_nonzero(test_a != test_b))
-        s = self.stats
-        s.pairs += n
-        s.key_pairs += int(counts[0])
-        s.test_pairs += int(counts[1])
-        s.basis_mismatch += int(counts[2])
-        s.test_errors += errors
-        s.windows += 1
+        self.stats.add_window(counts, n, errors)
         self._out.add(key, test_b, errors)
         self._open_wid = None
         self._open = None
