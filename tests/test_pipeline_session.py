@@ -197,3 +197,55 @@ def test_session_exit_on_error_stops_back_half_threads(link, tmp_path, monkeypat
                 alice.feed(ta, ca)
                 bob.feed(tb, cb)
     assert _back_half_threads() == []
+
+
+def _assert_port_free(port):
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no SO_REUSEADDR: fails while anything listens
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("how", ["close", "exit_on_error"])
+def test_alice_listening_socket_closed_when_bob_never_connects(link, tmp_path, how):
+    alice = Session(_cfg(), role="alice", info=link.alice.info, store=tmp_path, stream_id="lone", kit=ToyKit())
+    port = alice.serve_in_background("127.0.0.1", 0)
+    if how == "close":
+        alice.close(timeout_s=0.1)
+    else:
+        with pytest.raises(RuntimeError, match="device failed"):
+            with alice:
+                raise RuntimeError("device failed")
+    _assert_port_free(port)  # before the fix: EADDRINUSE, Alice kept listening for a Bob who never came
+    assert _alice_thread_ends()
+
+
+def _alice_thread_ends(deadline_s=2.0):
+    import time
+
+    t_end = time.monotonic() + deadline_s
+    while time.monotonic() < t_end:
+        if not any(t.name == "qkdpost-alice" and t.is_alive() for t in threading.enumerate()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_serve_in_background_on_a_port_in_use_raises_channel_error(link, tmp_path):
+    import socket
+
+    from qkdpost.errors import ChannelError
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        alice = Session(_cfg(), role="alice", info=link.alice.info, store=tmp_path, stream_id="b", kit=ToyKit())
+        with pytest.raises(ChannelError, match="cannot listen"):
+            alice.serve_in_background("127.0.0.1", busy.getsockname()[1])
+    finally:
+        busy.close()

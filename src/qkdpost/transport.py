@@ -294,7 +294,17 @@ class Server:
             conn.close()
 
     def close(self) -> None:
+        """Stop listening now: the port is free when this returns.
+
+        ``shutdown`` first, because a thread waiting in :meth:`accept` keeps
+        the kernel socket (and so the port) alive after a bare ``close``
+        until its wait ends.
+        """
         self._closed.set()
+        try:
+            self._lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed, or not supported for listeners on this platform
         self._lsock.close()
 
     def __enter__(self) -> "Server":

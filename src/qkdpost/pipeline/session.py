@@ -104,6 +104,7 @@ class Session:
         self._closed = False
         self._server: threading.Thread | None = None
         self._server_stop = threading.Event()
+        self._listener: Any = None
         self.port: int | None = None
         if role == "bob":
             assert channel is not None
@@ -129,31 +130,55 @@ class Session:
             return self._alice.handle(kind, body)
 
     def serve_in_background(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Answer one Bob connection over TCP from a daemon thread; returns the port."""
-        from ..transport import serve
+        """Answer one Bob connection over TCP from a daemon thread; returns the port.
 
-        ready = threading.Event()
+        The listening socket is bound here (an address in use raises
+        :class:`~qkdpost.errors.ChannelError` at once) and closed by
+        :meth:`close` or by leaving the ``with`` block, also when Bob never
+        connected.
+        """
+        from ..transport import Server
 
-        def on_listen(p: int) -> None:
-            self.port = p
-            ready.set()
-
-        def ended(_resp: Any, reason: str) -> None:
-            if reason != "closed":
-                with self._lock:
-                    self._alice.abandon("peer_disconnected")
+        if self._server is not None:
+            raise ConfigError("serve_in_background() was already called on this session")
+        server = Server(host, port, timeout_s=self.cfg.transport.timeout_s,
+                        handshake_timeout_s=self.cfg.transport.connect_timeout_s)
+        self._listener = server
+        self.port = server.port
 
         def run() -> None:
-            serve(lambda: self, host, port, timeout_s=self.cfg.transport.timeout_s,
-                  handshake_timeout_s=self.cfg.transport.connect_timeout_s, max_sessions=1,
-                  on_listen=on_listen, on_session_end=ended)
+            try:
+                while not self._server_stop.is_set():
+                    conn = server.accept(0.2)  # poll, so close() stops a server nobody connected to
+                    if conn is None:
+                        continue
+                    reason = server.serve_one(conn, self)
+                    log.info("Bob's session ended: %s", reason)
+                    if reason != "closed":
+                        with self._lock:
+                            self._alice.abandon("peer_disconnected")
+                    break
+            except Exception:
+                log.exception("Alice's server thread failed")
+            finally:
+                server.close()
 
         self._server = threading.Thread(target=run, name="qkdpost-alice", daemon=True)
         self._server.start()
-        if not ready.wait(10):
-            raise ChannelError(f"Alice's server did not start listening on {host}:{port}")
-        assert self.port is not None
         return self.port
+
+    def _stop_server(self, wait_s: float) -> None:
+        """Let a running Bob session end (up to ``wait_s``), then close the listening socket.
+
+        A Bob session already accepted goes on on its own connection; no new
+        one is accepted.
+        """
+        if self._server is None:
+            return
+        self._server.join(wait_s)
+        self._server_stop.set()
+        if self._listener is not None:
+            self._listener.close()
 
     # -- data in, keys out ---------------------------------------------------------
     def feed(self, t: np.ndarray, ch: np.ndarray) -> list[KeyBlock]:
@@ -197,10 +222,11 @@ class Session:
             return self.collect()
         self._closed = True
         if self.role == "alice":
-            with self._lock:
-                self._front_a.finish()
-            if self._server is not None:
-                self._server.join(timeout_s if timeout_s is not None else self.cfg.transport.timeout_s)
+            try:
+                with self._lock:
+                    self._front_a.finish()
+            finally:
+                self._stop_server(timeout_s if timeout_s is not None else self.cfg.transport.timeout_s)
             with self._lock:
                 self.report.finish()
                 return self._alice.take_finished()
@@ -230,7 +256,10 @@ class Session:
         else:
             self._closed = True
             if self.role == "alice":
-                self._alice.abandon("session_aborted")
+                try:
+                    self._alice.abandon("session_aborted")
+                finally:
+                    self._stop_server(0.0)
             else:
                 self._bob.abandon(exc)  # stop the back-half threads
 
