@@ -435,6 +435,28 @@ def test_write_link_leaves_nothing_on_error(tmp_path, monkeypatch):
         write_link(SMALL_BBM92, f / "sub", seed=1)
 
 
+def test_write_link_without_labels_removes_labels_of_an_earlier_run(tmp_path, monkeypatch):
+    from qkdpost.simulate import link as L
+
+    out = tmp_path / "o"
+    write_link(SMALL_BBM92, out, seed=1, labels=True)
+    assert (out / "alice_labels.npy").exists() and (out / "bob_labels.npy").exists()
+    write_link(SMALL_BBM92, out, seed=2)  # other events: the old labels must not stay next to them
+    assert sorted(os.listdir(out)) == ["alice.arrow", "bob.arrow", "truth.json"]
+    assert json.loads((out / "truth.json").read_text())["seed"] == 2
+    # a run that fails after the simulation, while its files are put in place,
+    # leaves no label or truth file of the earlier run beside whatever stream it replaced
+    write_link(SMALL_BBM92, out, seed=1, labels=True)
+
+    def fail_truth(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(L.json, "dump", fail_truth)
+    with pytest.raises(OSError, match="disk full"):
+        write_link(SMALL_BBM92, out, seed=3)
+    assert not any(n.endswith("_labels.npy") or n == "truth.json" for n in os.listdir(out))
+
+
 def test_cli_simulate(tmp_path, capsys):
     from qkdpost.cli import main
 

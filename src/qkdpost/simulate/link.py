@@ -876,6 +876,10 @@ def write_link(
     cfg : BBM92Config or DecoyConfig
     out_dir : path
         Directory (created if missing). On any error no new file is left.
+        The outputs are replaced as a set: ``*_labels.npy`` and
+        ``truth.json`` of an earlier run in the same directory are removed
+        before the new streams are put in place (also with
+        ``labels=False``), so no reader pairs new streams with old labels.
     seed : int or None
         Seed (None: a fresh one, recorded in ``truth.json``).
     labels : bool
@@ -930,6 +934,17 @@ def write_link(
         truth = sim.truth()
         truth["files"] = {"alice": "alice.arrow", "bob": "bob.arrow", "alice_events": wa.events,
                           "bob_events": wb.events}
+        # The files are one set: labels or a truth.json left by an earlier run
+        # would describe other events. Remove them before the first new file
+        # goes in place; truth.json is written last.
+        for name in ("alice_labels.npy", "bob_labels.npy", "truth.json"):
+            try:
+                (out / name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise InputError(f"out_dir={str(out_dir)!r}: cannot remove {name} of an earlier run ({exc}); "
+                                 "remove it or choose an empty directory") from None
         for w, name in ((wa, "alice.arrow"), (wb, "bob.arrow"), (la, "alice_labels.npy"), (lb, "bob_labels.npy")):
             if w is not None:
                 w.close()
