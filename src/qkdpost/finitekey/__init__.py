@@ -18,7 +18,8 @@ Bounds
 ``tomamichel2012``
     Single-photon BB84 / entanglement-based BBM92: Tomamichel, Lim, Gisin,
     Renner, "Tight finite-key analysis for quantum cryptography", Nat. Commun.
-    3, 634 (2012), doi:10.1038/ncomms1631, Eqs. (2)-(3).
+    3, 634 (2012), doi:10.1038/ncomms1631, Eq. (2) (Theorem 2) and its
+    general form, Supplementary Eqs. (S3)-(S4).
 
 Conventions
 -----------
@@ -452,12 +453,22 @@ def tomamichel2012(
     qber_tol: float | None = None,
     q: float = 1.0,
     tag_bits: int | None = None,
+    eps_pe: float | None = None,
 ) -> SecureLength:
     """Secure length for single-photon BB84 or BBM92 (Tomamichel et al. 2012).
 
-    ``l = floor(n (q - h(Q_tol + mu)) - leak_ec - log2(2/(eps_sec^2 eps_cor)))``
-    with ``mu = sqrt((n+k)/(n k) (k+1)/k ln(2/eps_sec))`` from Serfling's
-    bound on sampling without replacement (Nat. Commun. 3, 634, Eqs. 2-3).
+    Theorem 2 of Tomamichel, Lim, Gisin, Renner, Nat. Commun. 3, 634 (2012),
+    doi:10.1038/ncomms1631, in its general form (Supplementary Eqs. S3-S4)::
+
+        l <= n (q - h(Q_tol + mu(eps))) - 2 log2(1/(2 eps_pa)) - leak_EC - log2(2/eps_cor),
+        mu(eps) = sqrt((n+k)/(n k) * (k+1)/k * ln(1/eps)),     2 eps + eps_pa <= eps_sec.
+
+    ``eps`` (``eps_pe`` here) is the parameter-estimation / smoothing term:
+    Serfling's bound gives ``Pr[key error rate >= lambda + mu] <= eps^2``
+    (Supplementary Eqs. S10-S15); ``eps_pa`` is the leftover-hash term
+    (Eqs. S2, S9). The main text's Eq. (2) is the split ``eps = eps_sec/4``,
+    ``eps_pa = eps_sec/2``, which gives ``mu = sqrt(... ln(4/eps_sec))`` and
+    the constant ``log2(2/(eps_sec^2 eps_cor))``; that split is the default.
 
     Parameters
     ----------
@@ -470,9 +481,14 @@ def tomamichel2012(
     qber_tol : float, optional
         The protocol's tolerated error rate ``Q_tol``; the block aborts (no
         key) if the observed ``errors_test / k_test`` exceeds it. Default:
-        the observed rate (the tolerance is set to what was seen).
+        the observed rate (the tolerance is set to what was seen; see
+        docs/finitekey.md for what this assumes).
     q : float
         Preparation quality ``log2(1/c)``; 1 for BB84 with unbiased bases.
+    eps_pe : float, optional
+        The parameter-estimation share ``eps`` of ``eps_sec``, in
+        ``(0, eps_sec/2)``; default ``eps_sec/4`` (the paper's Eq. 2). The
+        privacy-amplification share is ``eps_sec - 2 eps_pe``.
     leak_ec, eps_sec, eps_cor, tag_bits : see :func:`lim2014`.
     """
     n = _nonneg("n_key", n_key)
@@ -487,28 +503,34 @@ def tomamichel2012(
     leak = _nonneg("leak_ec", leak_ec)
     if not (0 < q <= 1):
         raise InputError(f"q={q!r}: the preparation quality log2(1/c) is in (0, 1]")
+    e_pe = es / 4.0 if eps_pe is None else _eps("eps_pe", eps_pe)
+    if not (2.0 * e_pe < es):
+        raise InputError(f"eps_pe={eps_pe!r}: must be below eps_sec/2={es / 2!r} (2 eps_pe + eps_pa = eps_sec)")
+    e_pa = es - 2.0 * e_pe
     observed = e / k
     tol = observed if qber_tol is None else float(qber_tol)
     if not (0 <= tol <= 0.5):
         raise InputError(f"qber_tol={qber_tol!r}: must be in [0, 1/2]")
-    mu_s = math.sqrt((n + k) / (n * k) * (k + 1) / k * math.log(2.0 / es))
+    mu_s = math.sqrt((n + k) / (n * k) * (k + 1) / k * math.log(1.0 / e_pe))  # Supp. Eq. (S4)
+    mu_s = _hi(mu_s, mu_s)
     phi = min(_hi(tol + mu_s, tol + mu_s), 0.5)
     bounds = {"s1": n, "s0": 0.0, "mu": mu_s, "qber_observed": observed, "qber_tol": tol}
-    params = {"eps_sec": es, "eps_cor": ec, "n_key": n, "k_test": k, "errors_test": e, "q": q, "tag_bits": tag_bits}
+    params = {"eps_sec": es, "eps_cor": ec, "eps_pe": e_pe, "eps_pa": e_pa, "n_key": n, "k_test": k,
+              "errors_test": e, "q": q, "tag_bits": tag_bits}
     verify = _verify_cost(ec, tag_bits)
-    # log2(2/(eps_sec^2 eps_cor)) = log2(2/eps_cor) + 2 log2(1/eps_sec): the first part is the verification
-    pa = _hi(2.0 * math.log2(1.0 / es), 2.0 * math.log2(1.0 / es))
+    # Supp. Eq. (S3): 2 log2(1/(2 eps_pa)); with eps_pa = eps_sec/2 this and log2(2/eps_cor)
+    # make the main text's log2(2/(eps_sec^2 eps_cor)) (Eq. 2)
+    pa_exact = 2.0 * math.log2(1.0 / (2.0 * e_pa))
+    pa = _hi(pa_exact, abs(pa_exact))
+    b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
     if observed > tol:
-        b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
         return SecureLength("tomamichel2012", 0, -math.inf, f"observed QBER {observed:.4g} exceeds qber_tol {tol:.4g}",
                             b, params)
     if phi >= 0.5:
-        b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
         return SecureLength("tomamichel2012", 0, -math.inf, "phase-error bound reached 1/2", b, params)
     gain = n * (q - _h(phi))
-    val = _lo(gain - leak - verify - pa, n + leak + verify + pa)
+    val = _lo(gain - leak - verify - pa, n + leak + verify + abs(pa))
     length = min(int(math.floor(val)) if val > 0 else 0, int(n))
-    b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
     return SecureLength("tomamichel2012", length, val, "" if length > 0 else "finite-key bound is not positive", b, params)
 
 
