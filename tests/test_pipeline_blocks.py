@@ -275,3 +275,63 @@ def test_failed_commit_keeps_alices_pending_copy_for_recovery(tmp_path):
     BobEngine(cfg, LoopbackChannel(alice2), sb, Report("bob", {}), stream_id="B", kit=kit).start()
     assert sa.ids() == sb.ids() and sa.ids("pending") == []
     np.testing.assert_array_equal(sa.read(sb.ids()[0]).bits, sb.read(sb.ids()[0]).bits)
+
+
+class _ShortKeysForBlock1(ToyKit):
+    """Bob's amplification makes a key shorter than the length agreed at pipe.final for block 1."""
+
+    def amplify_bob(self, channel, ids, bits, lengths, cfg, *, seed):
+        keys = super().amplify_bob(channel, ids, bits, lengths, cfg, seed=seed)
+        return [k[:-8] if bid.endswith("-0000001") else k for bid, k in zip(ids, keys)]
+
+
+@pytest.mark.parametrize("batch_blocks", [1, 2])
+def test_final_length_mismatch_drops_the_block_on_both_sides(tmp_path, batch_blocks):
+    a, b = _link(4 * BLOCK, 0.0)
+    p = _Pair(tmp_path, cfg=_cfg(batch_blocks=batch_blocks), kit=_ShortKeysForBlock1())
+    with pytest.raises(ProtocolError, match="pipe.final agreed"):  # Bob out of step: the run stops
+        p.run(a, b)
+    bad = f"{p.bob.run_id}-0000001"
+    ids = p.sb.ids()
+    assert bad not in ids and p.sa.ids() == ids  # nothing on one side only, nothing of another length
+    assert ids == ([f"{p.bob.run_id}-0000000"] if batch_blocks == 1 else [])
+    assert p.sb.drop_reason(bad) == p.sa.drop_reason(bad) == "protocol_error"
+    assert p.sa.ids("pending") == [] and p.sa.state(bad) == p.sb.state(bad) == "dropped"
+    for bid in ids:
+        np.testing.assert_array_equal(p.sa.read(bid).bits, p.sb.read(bid).bits)
+    # a re-run with a sound kit never reprocesses the dropped block and keys the rest
+    p2 = _Pair(tmp_path, cfg=_cfg(batch_blocks=batch_blocks))
+    keys = p2.run(a, b)
+    assert bad not in p2.sb.ids() and p2.sa.ids() == p2.sb.ids() and len(p2.sb.ids()) == 4 - batch_blocks
+
+
+def test_qkdpost_kit_alice_hashes_only_to_the_lengths_agreed_at_pipe_final():
+    from qkdpost.pipeline.kit import QkdpostKit
+
+    rng = np.random.default_rng(5)
+    frames = {"run-0000003": rng.integers(0, 2, 4096, dtype=np.uint8),
+              "run-0000004": rng.integers(0, 2, 4096, dtype=np.uint8)}
+    agreed = {"run-0000003": 1000, "run-0000004": 1200}
+    cfg = _cfg()
+    routes, out = QkdpostKit().amplify_alice(frames, agreed, cfg)
+    body = {"frame_ids": np.array([3, 4]), "lengths": np.array([1000, 1208]), "method": cfg.amplify.pa_method}
+    with pytest.raises(ProtocolError, match="frame 4 asked with length 1208, but pipe.final agreed 1200"):
+        routes["amplify.seeds"](body)
+    with pytest.raises(ProtocolError, match="frame 4 asked with length None"):
+        routes["amplify.seeds"]({**body, "frame_ids": np.array([3]), "lengths": np.array([1000])})
+    routes["amplify.seeds"]({**body, "lengths": np.array([1000, 1200])})
+    assert out("run-0000003").size == 1000 and out("run-0000004").size == 1200
+
+
+def test_pipe_final_lengths_outside_the_block_are_refused(tmp_path):
+    from qkdpost.pipeline.blocks import AliceBlocks
+
+    al = AliceBlocks(_cfg(), KeyStore(tmp_path / "a"), Report("alice", {}),
+                     key_bits=lambda s, n: np.zeros(n, np.uint8), kit=ToyKit())
+    al._batch({"ids": "r-0000000", "starts": np.array([0]), "lengths": np.array([BLOCK]), "skip": "", "noisy": "",
+               "method": "cascade"})
+    base = {"ids": "r-0000000", "dropped": "", "reasons": ""}
+    with pytest.raises(ProtocolError, match="final length 2049, outside 1..2048"):
+        al._final({**base, "lengths": np.array([BLOCK + 1])})
+    with pytest.raises(ProtocolError, match="1 ids but 2 lengths"):
+        al._final({**base, "lengths": np.array([5, 6])})

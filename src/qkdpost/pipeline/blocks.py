@@ -321,6 +321,10 @@ class BobBlocks:
         with clock("amplify"):
             finals = self.kit.amplify_bob(self.channel, [ids[i] for i in keep], corrected[keep],
                                         lengths[keep], cfg, seed=_seed_for(cfg, live[0].index, 2))
+        if len(finals) != len(keep) or any(int(np.asarray(finals[j]).size) != int(lengths[i])
+                                           for j, i in enumerate(keep)):
+            raise ProtocolError(f"amplification returned {[int(np.asarray(k).size) for k in finals]} bits, "
+                                f"pipe.final agreed {lengths[keep].tolist()}: the batch is dropped on both sides")
         items = []
         for j, i in enumerate(keep):
             r = recs[ids[i]]
@@ -446,6 +450,7 @@ class AliceBlocks:
         # block id -> function giving Alice's final key once amplified; kept per
         # block because Bob's store of batch k may come after his batch k + 1
         self._outputs: dict[str, Callable[[str], np.ndarray]] = {}
+        self._agreed: dict[str, int] = {}  # block id -> final length agreed at pipe.final
         self.finished: list[tuple[str, np.ndarray]] = []  # (block_id, final key) committed this session
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -522,11 +527,17 @@ class AliceBlocks:
             self.store.mark_dropped(bid, reason)
             self._close(bid, "dropped", reason)
         ids = body["ids"].split()
+        if len(body["lengths"]) != len(ids):
+            raise ProtocolError(f"pipe.final: {len(ids)} ids but {len(body['lengths'])} lengths; Bob is out of step")
         lengths = {bid: int(m) for bid, m in zip(ids, body["lengths"])}
         unknown = [bid for bid in ids if bid not in self._frames]
         if unknown:
             raise ProtocolError(f"pipe.final: block {unknown[0]} is not in Alice's current batch "
                                 f"({len(unknown)} unknown id(s)); Bob is out of step")
+        bad = [bid for bid in ids if not 0 < lengths[bid] <= self._frames[bid].size]
+        if bad:
+            raise ProtocolError(f"pipe.final: block {bad[0]} has final length {lengths[bad[0]]}, outside "
+                                f"1..{self._frames[bad[0]].size} (its sifted bits); Bob is out of step")
         frames = {bid: self._frames[bid] for bid in ids}
         self._frames = frames
         if frames:
@@ -534,18 +545,27 @@ class AliceBlocks:
             self._routes.update(routes)
             for bid in frames:
                 self._outputs[bid] = outputs
+                self._agreed[bid] = lengths[bid]
         return {}
 
     def _prepare(self, body: dict[str, Any]) -> dict[str, Any]:
         metas = json.loads(body["metas"])
-        for bid in body["ids"].split():
+        keys = {}
+        for bid in body["ids"].split():  # check the whole batch before writing any of it
             out = self._outputs.get(bid)
-            if out is None:
+            if out is None or bid not in metas:
                 raise ProtocolError(f"pipe.prepare of block {bid} before its amplification; Bob is out of step")
-            key = out(bid)
-            if key.size != int(metas[bid]["final_length"]):
-                raise ProtocolError(f"block {bid}: Alice's final key has {key.size} bits, Bob announced "
-                                    f"{metas[bid]['final_length']}")
+            try:
+                key = out(bid)
+            except KeyError:
+                raise ProtocolError(f"pipe.prepare of block {bid} before its amplification; "
+                                    "Bob is out of step") from None
+            agreed = self._agreed.get(bid)
+            if not key.size == int(metas[bid]["final_length"]) == agreed:
+                raise ProtocolError(f"block {bid}: Alice's final key has {key.size} bits, pipe.final agreed "
+                                    f"{agreed}, Bob's metadata says {metas[bid]['final_length']}")
+            keys[bid] = key
+        for bid, key in keys.items():
             self.store.prepare(bid, key, metas[bid])
             r = self._record(bid)
             for k in ("n_sifted", "final_length", "secure_length", "qber_estimate", "qber_observed",
@@ -558,6 +578,7 @@ class AliceBlocks:
         for bid in body["ids"].split():
             self.store.commit(bid)
             out = self._outputs.pop(bid, None)
+            self._agreed.pop(bid, None)
             if out is not None:
                 self.finished.append((bid, out(bid)))
             self._close(bid, "ok", "")
@@ -571,6 +592,7 @@ class AliceBlocks:
                 self.store.mark_started(bid)
                 self.store.mark_dropped(bid, body["reason"])
             self._outputs.pop(bid, None)
+            self._agreed.pop(bid, None)
             if bid in self._recs or bid in self._frames:
                 self._close(bid, "dropped", body["reason"])
         return {}
@@ -587,6 +609,7 @@ class AliceBlocks:
                 self._close(bid, "dropped", reason)
         self._routes = {}
         self._outputs = {}
+        self._agreed = {}
 
 
 def _index_of(bid: str) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..channel import Channel
 from ..config import Config
-from ..errors import InputError
+from ..errors import InputError, ProtocolError
 from ..reconcile.result import ReconcileResult
 from .stages import Handler, StageKit
 
@@ -169,7 +169,25 @@ class QkdpostKit(StageKit):
         from ..amplify import AmplifyAlice
 
         alice = AmplifyAlice({frame_id(b): bits for b, bits in frames.items()}, method=cfg.amplify.pa_method)
-        return alice.handlers(), lambda b: alice.keys[frame_id(b)]
+        agreed = {frame_id(b): int(m) for b, m in lengths.items()}
+        on_seeds = alice.handlers()["amplify.seeds"]
+
+        def seeds(body: dict[str, Any]) -> dict[str, Any]:
+            # Alice hashes to the lengths agreed at pipe.final, never to other
+            # ones Bob names later (a key of another length on one side).
+            try:
+                asked = dict(zip(np.asarray(body.get("frame_ids"), dtype=np.int64).tolist(),
+                                 np.asarray(body.get("lengths"), dtype=np.int64).tolist()))
+            except (TypeError, ValueError):
+                raise ProtocolError("amplify.seeds: frame_ids and lengths must be integer arrays") from None
+            if asked != agreed:
+                bad = sorted(set(asked) ^ set(agreed)) or sorted(f for f in asked if asked[f] != agreed[f])
+                f = bad[0]
+                raise ProtocolError(f"amplify.seeds: frame {f} asked with length {asked.get(f)}, but pipe.final "
+                                    f"agreed {agreed.get(f)} ({len(bad)} frame(s) differ); Bob is out of step")
+            return on_seeds(body)
+
+        return {"amplify.seeds": seeds}, lambda b: alice.keys[frame_id(b)]
 
     def amplify_bob(self, channel: Channel, ids: list[str], bits: np.ndarray, lengths: np.ndarray,
                     cfg: Config, *, seed: int | None) -> list[np.ndarray]:

@@ -56,7 +56,13 @@ class StageKit(ABC):
     @abstractmethod
     def amplify_alice(self, frames: Mapping[str, np.ndarray], lengths: Mapping[str, int],
                       cfg: Config) -> tuple[dict[str, Handler], Callable[[str], np.ndarray]]:
-        """(handlers, function giving Alice's final key of a block once hashed)."""
+        """(handlers, function giving Alice's final key of a block once hashed).
+
+        ``lengths`` are the final lengths agreed at ``pipe.final``; the
+        handlers must refuse (ProtocolError) a request naming other blocks or
+        other lengths. The pipeline also checks every final key's length
+        against them on both sides before anything is stored.
+        """
 
     @abstractmethod
     def amplify_bob(self, channel: Channel, ids: list[str], bits: np.ndarray, lengths: np.ndarray,
