@@ -42,9 +42,13 @@ def test_lim_result_object_and_exact_reevaluation():
         assert name in r.bounds
     n = c["n_key"].sum()
     assert 0 <= r.bounds["s0"] <= n and 0 <= r.bounds["s1"] <= n and r.bounds["s0"] + r.bounds["s1"] <= n
-    exact = lim2014_exact(c["n_key"], c["n_test"], c["m_test"], MU, P, leak, 1e-10, 1e-15)
+    exact = lim2014_exact(c["n_key"], c["n_test"], c["m_test"], MU, P, leak, 1e-10, 1e-15, monotone=True)
     assert r.length <= math.floor(exact)  # float rounding never lengthens the key
     assert r.length >= math.floor(exact) - 1  # and the safety margin costs at most one bit here
+    printed = fk.lim2014(c["n_key"], c["n_test"], c["m_test"], mu=MU, p_mu=P, leak_ec=leak, monotone=False)
+    exact_p = lim2014_exact(c["n_key"], c["n_test"], c["m_test"], MU, P, leak, 1e-10, 1e-15)
+    assert math.floor(exact_p) - 1 <= printed.length <= math.floor(exact_p)
+    assert printed.bounds["v1_test"] == pytest.approx(printed.bounds["v1_test_published"], rel=1e-9)
 
 
 @settings(max_examples=40, deadline=None)
@@ -53,28 +57,25 @@ def test_lim_never_exceeds_exact_formula(length_km, n_x, q_x, extra_leak):
     c = M.expected_counts(M.LinkModel(), length_km, n_x, q_x, P, MU)
     c = {k: np.round(v) for k, v in c.items() if k != "N"}
     leak = 1.2 * n_x * float(binary_entropy(c["m_key"].sum() / max(c["n_key"].sum(), 1))) + extra_leak
-    r = fk.lim2014(c["n_key"], c["n_test"], c["m_test"], mu=MU, p_mu=P, leak_ec=leak)
-    exact = lim2014_exact(c["n_key"], c["n_test"], c["m_test"], MU, P, leak, 1e-10, 1e-15)
-    if exact is None or exact <= 0:
-        assert r.length == 0 and not r.has_key
-    else:
-        assert r.length <= math.floor(exact)
+    for mono in (False, True):
+        r = fk.lim2014(c["n_key"], c["n_test"], c["m_test"], mu=MU, p_mu=P, leak_ec=leak, monotone=mono)
+        exact = lim2014_exact(c["n_key"], c["n_test"], c["m_test"], MU, P, leak, 1e-10, 1e-15, monotone=mono)
+        if exact is None or exact <= 0:
+            assert r.length == 0 and not r.has_key
+        else:
+            assert r.length <= math.floor(exact)
     for v in (r.bounds["s0"], r.bounds["s1"], r.bounds["s0_test"], r.bounds["s1_test"]):
         assert 0 <= v
     assert r.bounds["s0"] + r.bounds["s1"] <= c["n_key"].sum()
     assert 0 <= r.bounds["phi"] <= 0.5
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(["leak", "m_test0", "m_test1"]), st.floats(0.0, 0.3), st.floats(20.0, 120.0))
-def test_lim_length_non_increasing_in_leak_and_signal_decoy_errors(which, frac, length_km):
-    """Monotone in leakage and in the test-basis errors of mu1 and mu2.
-
-    The errors at the weakest (vacuum-like) intensity mu3 enter Lim et al.'s
-    Eq. (4) with a minus sign (they are attributed to background), so the
-    bound is not monotone in that one count; see docs/finitekey.md.
-    """
-    c, leak = _lim_point(n_x=1e7, length_km=length_km)
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["leak", "m_test0", "m_test1", "m_test2"]), st.floats(0.0, 0.3), st.floats(5.0, 150.0),
+       st.floats(1e5, 1e9), st.integers(0, 3))
+def test_lim_length_non_increasing_in_leak_and_every_error_count(which, frac, length_km, n_x, extra):
+    """Issue 5: l non-increasing in every error count (incl. the weakest intensity's) and in the leakage."""
+    c, leak = _lim_point(n_x=n_x, length_km=length_km)
     args = dict(mu=MU, p_mu=P)
     base = fk.lim2014(c["n_key"], c["n_test"], c["m_test"], leak_ec=leak, **args)
     m = c["m_test"].copy()
@@ -82,9 +83,41 @@ def test_lim_length_non_increasing_in_leak_and_signal_decoy_errors(which, frac, 
         more = fk.lim2014(c["n_key"], c["n_test"], m, leak_ec=leak * (1 + frac) + 1, **args)
     else:
         i = int(which[-1])
-        m[i] = min(c["n_test"][i], m[i] + math.ceil(frac * c["n_test"][i]) + 1)
+        m[i] = min(c["n_test"][i], m[i] + math.ceil(frac * c["n_test"][i]) + extra)
         more = fk.lim2014(c["n_key"], c["n_test"], m, leak_ec=leak, **args)
     assert more.length <= base.length
+    assert more.bounds["v1_test"] >= base.bounds["v1_test"] - 1e-9 * base.bounds["v1_test"]
+
+
+def test_lim_printed_eq4_is_not_monotone_in_the_weakest_errors():
+    """The property of the published bound that the default (monotone) evaluation removes."""
+    c, leak = _lim_point(n_x=1e7, length_km=120.0)
+    m = c["m_test"].copy()
+    m2 = m.copy()
+    m2[2] += 200
+    a = fk.lim2014(c["n_key"], c["n_test"], m, mu=MU, p_mu=P, leak_ec=leak, monotone=False)
+    b = fk.lim2014(c["n_key"], c["n_test"], m2, mu=MU, p_mu=P, leak_ec=leak, monotone=False)
+    assert b.length > a.length  # more errors, longer key: Eq. (4) credits them to background
+    a = fk.lim2014(c["n_key"], c["n_test"], m, mu=MU, p_mu=P, leak_ec=leak)
+    b = fk.lim2014(c["n_key"], c["n_test"], m2, mu=MU, p_mu=P, leak_ec=leak)
+    assert b.length <= a.length
+
+
+def test_monotone_v1_envelope_matches_brute_force():
+    """_v1_upper's closed form equals the maximum over every integer count 0..m_lo (oracle), never less."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        m_hi, m_lo, m_rest = (int(x) for x in rng.integers(0, [5000, 3000, 5000]))
+        a, b = rng.uniform(1, 30, 2)
+        eps = 10.0 ** -rng.uniform(5, 15)
+        got, pub = fk._v1_upper(m_hi, m_lo, m_rest, a, b, eps, True)
+        c = math.log(1 / eps) / 2
+        brute = max(a * (m_hi + math.sqrt(c * (m_hi + m_rest + x))) - b * max(x - math.sqrt(c * (m_hi + m_rest + x)), 0)
+                    for x in range(m_lo + 1))
+        assert got >= brute - 1e-9 * brute
+        assert got <= brute + 1e-6 * brute + a * 1.0  # the real-valued max is within one count of the integer one
+        d = math.sqrt(c * (m_hi + m_lo + m_rest))
+        assert pub == pytest.approx(a * (m_hi + d) - b * (m_lo - d))
 
 
 def test_lim_no_key_when_phase_error_reaches_half_and_when_leak_is_large():
@@ -133,6 +166,19 @@ def test_rusca_result_and_monotonicity():
     assert r3.length <= r.length
     r4 = fk.rusca2018(c["n_key"], c["m_key"], c["n_test"], c["m_test"], mu=mu, p_mu=p, leak_ec=leak + 1000)
     assert r4.length <= r.length - 999
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["m_key0", "m_key1", "m_test0", "m_test1"]), st.integers(1, 3000), st.floats(5.0, 80.0),
+       st.floats(1e6, 1e9))
+def test_rusca_length_non_increasing_in_every_error_count(which, bump, length_km, n_z):
+    c, leak, mu, p = _rusca_point(n_z=n_z, length_km=length_km)
+    base = fk.rusca2018(c["n_key"], c["m_key"], c["n_test"], c["m_test"], mu=mu, p_mu=p, leak_ec=leak)
+    name, i = which[:-1], int(which[-1])
+    c2 = {k: v.copy() for k, v in c.items()}
+    c2[name][i] = min(c2[name][i] + bump, c2["n" + name[1:]][i])
+    more = fk.rusca2018(c2["n_key"], c2["m_key"], c2["n_test"], c2["m_test"], mu=mu, p_mu=p, leak_ec=leak)
+    assert more.length <= base.length
 
 
 def test_rusca_small_block_needs_enough_test_events():

@@ -40,8 +40,14 @@ def _h(x):
     return -x * _log2(x) - (1 - x) * _log2(1 - x)
 
 
-def lim2014_exact(n_key, n_test, m_test, mu, p_mu, leak_ec, eps_sec, eps_cor):
-    """Return the real-valued Eq. (1) argument (before flooring), or None if phi >= 1/2."""
+def lim2014_exact(n_key, n_test, m_test, mu, p_mu, leak_ec, eps_sec, eps_cor, monotone=False):
+    """Return the real-valued Eq. (1) argument (before flooring), or None if phi >= 1/2.
+
+    ``monotone=True``: Eq. (4) with the expected mu3 error count bounded below
+    by max(m3 - delta, 0) and the bound maximised over every integer mu3 error
+    count 0..m3 by brute force (the envelope that qkdpost.finitekey computes
+    in closed form over the reals, which can only be larger).
+    """
     mu = [D(repr(float(m))) for m in mu]
     p = [D(repr(float(x))) for x in p_mu]
     es = D(repr(float(eps_sec)))
@@ -70,9 +76,21 @@ def lim2014_exact(n_key, n_test, m_test, mu, p_mu, leak_ec, eps_sec, eps_cor):
     s1 = min(s1, tot - s0)
     s0t, s1t, _ = s0_s1(n_test)
     m = [D(repr(float(v))) for v in m_test]
-    dm = delta(sum(m))
     t1 = _tau(1, mu, p)
-    v1 = t1 * (_exp(mu[1]) / p[1] * (m[1] + dm) - _exp(mu[2]) / p[2] * (m[2] - dm)) / (mu[1] - mu[2])
+
+    a, b, f = _exp(mu[1]) / p[1], _exp(mu[2]) / p[2], t1 / (mu[1] - mu[2])
+
+    def v1_at(m3):
+        dm = delta(m[0] + m[1] + m3)
+        sub = m3 - dm
+        if monotone and sub < 0:
+            sub = D(0)
+        return f * (a * (m[1] + dm) - b * sub)
+
+    if monotone:
+        v1 = max(v1_at(D(x)) for x in range(int(m[2]) + 1))
+    else:
+        v1 = v1_at(m[2])
     v1 = max(v1, D(0))
     if s1t <= 0 or s1 <= 0:
         return None

@@ -133,6 +133,54 @@ def hoeffding_delta(n: float, eps: float) -> float:
     return math.sqrt(n / 2.0 * math.log(1.0 / eps))
 
 
+def _v1_upper(m_hi: float, m_lo: float, m_rest: float, a: float, b: float, eps: float,
+              monotone: bool) -> tuple[float, float]:
+    """Upper bound on single-photon errors from a (stronger, weaker) pair of intensities.
+
+    The published form (Lim et al. 2014 Eq. 4; Rusca et al. 2018 Eq. A22) is,
+    up to the positive factor ``tau1 / (mu_hi - mu_lo)``::
+
+        v1 <= a (m_hi + delta(M)) - b (m_lo - delta(M)),    M = m_hi + m_lo + m_rest,
+
+    with ``a = e^mu_hi / p_hi``, ``b = e^mu_lo / p_lo`` and the Hoeffding
+    deviation ``delta(M) = sqrt(M/2 ln(1/eps))`` (Lim Eq. A1). The errors
+    ``m_lo`` at the weaker intensity enter with a minus sign (they are credited
+    to background), so the published bound *falls* when ``m_lo`` grows and the
+    key length is not monotone in that count.
+
+    ``monotone=True`` returns instead ``V(m_lo) = max_{0 <= x <= m_lo} v(x)``
+    with ``v(x) = a (m_hi + delta) - b max(x - delta, 0)``, ``delta =
+    delta(m_hi + x + m_rest)``. Clamping ``x - delta`` at 0 is valid because
+    the expected error count ``m*_lo`` is >= 0 as well as >= ``m_lo - delta``;
+    taking the running maximum makes the bound non-decreasing in every error
+    count while staying >= the (clamped) published one, i.e. conservative.
+    It is the largest bound with both properties: any conservative bound that
+    does not grow with ``m_lo`` must be >= ``v(x)`` for all ``x <= m_lo``.
+    ``v`` is concave in ``x`` (delta is concave, ``x - delta`` convex), so its
+    maximum is at 0, at ``m_lo``, at the kink ``x = delta(.)`` or at the
+    stationary point ``delta'(M) = b / (a + b)``; all four are evaluated.
+
+    Returns ``(bound, published)`` (the second is the printed form, unclamped).
+    """
+    c = math.log(1.0 / eps) / 2.0  # delta(M) = sqrt(c M)
+    m0 = m_hi + m_rest
+
+    def v(x: float) -> float:
+        d = math.sqrt(c * (m0 + x))
+        return a * (m_hi + d) - b * max(x - d, 0.0)
+
+    d_all = math.sqrt(c * (m0 + m_lo))
+    published = a * (m_hi + d_all) - b * (m_lo - d_all)
+    if not monotone:
+        return published, published
+    cands = [0.0, m_lo]
+    # kink: x = sqrt(c (m0 + x))  ->  x^2 - c x - c m0 = 0
+    cands.append((c + math.sqrt(c * c + 4.0 * c * m0)) / 2.0)
+    # stationary point of a delta(M) - b (x - delta(M)): sqrt(c) / (2 sqrt(M)) = b / (a + b)
+    cands.append(c * (a + b) ** 2 / (4.0 * b * b) - m0)
+    return max(v(min(max(x, 0.0), m_lo)) for x in cands), published
+
+
 def _eps(name: str, value: Any) -> float:
     try:
         v = float(value)
@@ -265,16 +313,17 @@ def _lim_s1(n: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float, s0: float)
     return _clip(_lo(val, scale), 0.0, total)
 
 
-def _lim_v1(m: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float) -> float:
-    """Single-photon error upper bound, Lim Eq. (4): v1 <= tau1 (m+_{mu2} - m-_{mu3}) / (mu2 - mu3)."""
-    total = float(m.sum())
-    d = hoeffding_delta(total, eps)
+def _lim_v1(m: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float, monotone: bool) -> tuple[float, float]:
+    """Single-photon error upper bound, Lim Eq. (4): v1 <= tau1 (m+_{mu2} - m-_{mu3}) / (mu2 - mu3).
+
+    ``monotone``: see :func:`_v1_upper`. Returns (bound used, published bound).
+    """
     tau1 = _tau(1, mu, p)
-    m_plus2 = math.exp(mu[1]) / p[1] * (m[1] + d)
-    m_minus3 = math.exp(mu[2]) / p[2] * (m[2] - d)
-    val = tau1 * (m_plus2 - m_minus3) / (mu[1] - mu[2])
-    scale = tau1 * (abs(m_plus2) + abs(m_minus3)) / (mu[1] - mu[2])
-    return max(_hi(val, scale), 0.0)
+    f = tau1 / (mu[1] - mu[2])
+    a, b = math.exp(mu[1]) / p[1], math.exp(mu[2]) / p[2]
+    raw, pub = _v1_upper(float(m[1]), float(m[2]), float(m[0]), a, b, eps, monotone)
+    scale = f * (a * (m[1] + math.sqrt(m.sum() * math.log(1 / eps))) + b * m[2] + 1.0)
+    return max(_hi(f * raw, scale), 0.0), max(f * pub, 0.0)
 
 
 def lim2014(
@@ -288,6 +337,7 @@ def lim2014(
     eps_sec: float = 1e-10,
     eps_cor: float = 1e-15,
     tag_bits: int | None = None,
+    monotone: bool = True,
 ) -> SecureLength:
     """Secure length of decoy-state BB84 with two decoys (Lim et al. 2014).
 
@@ -313,6 +363,14 @@ def lim2014(
     eps_sec, eps_cor : float
     tag_bits : int, optional
         Verification tag length; see the module docstring.
+    monotone : bool
+        True (default): the single-photon error bound of Eq. (4) is replaced
+        by its tightest conservative envelope that never falls when an error
+        count grows (:func:`_v1_upper`), so the length is non-increasing in
+        every error count. False: Eq. (4) as printed, whose minus sign on the
+        weakest intensity's errors makes the length grow with them
+        (docs/finitekey.md). ``bounds["v1_test_published"]`` always holds the
+        printed value.
     """
     nk = _counts("n_key", n_key, 3)
     nt = _counts("n_test", n_test, 3)
@@ -331,12 +389,14 @@ def lim2014(
     s1 = min(_lim_s1(nk, mu_a, p, eps, s0), max(float(nk.sum()) - s0, 0.0))
     s0t, _ = _lim_s0(nt, mu_a, p, eps)
     s1t = _lim_s1(nt, mu_a, p, eps, s0t)
-    v1t = min(_lim_v1(mt, mu_a, p, eps), float(nt.sum()))
+    v1t, v1_pub = _lim_v1(mt, mu_a, p, eps, bool(monotone))
+    v1t = min(v1t, float(nt.sum()))
     phi = _phase_error(v1t, s1t, s1, es)
     pa = _hi(6.0 * math.log2(21.0 / es), 6.0 * math.log2(21.0 / es))
-    bounds = {"s0": s0, "s1": s1, "s0_test": s0t, "s1_test": s1t, "v1_test": v1t}
+    bounds = {"s0": s0, "s1": s1, "s0_test": s0t, "s1_test": s1t, "v1_test": v1t, "v1_test_published": v1_pub}
     params = {"eps_sec": es, "eps_cor": ec, "n_key": nk.tolist(), "n_test": nt.tolist(),
-              "m_test": mt.tolist(), "mu": mu_a.tolist(), "p_mu": p.tolist(), "tag_bits": tag_bits}
+              "m_test": mt.tolist(), "mu": mu_a.tolist(), "p_mu": p.tolist(), "tag_bits": tag_bits,
+              "monotone": bool(monotone)}
     return _finish("lim2014", s0, s1, phi, leak, _verify_cost(ec, tag_bits), pa, float(nk.sum()), bounds, params)
 
 
@@ -381,6 +441,7 @@ def rusca2018(
     eps_sec: float = 1e-10,
     eps_cor: float = 1e-15,
     tag_bits: int | None = None,
+    monotone: bool = True,
 ) -> SecureLength:
     """Secure length of decoy-state BB84 with one decoy (Rusca et al. 2018).
 
@@ -401,7 +462,9 @@ def rusca2018(
         Detections and errors in the test basis.
     mu : 2 floats, ``mu1 > mu2 > 0``
     p_mu : 2 floats
-    leak_ec, eps_sec, eps_cor, tag_bits : see :func:`lim2014`.
+    leak_ec, eps_sec, eps_cor, tag_bits, monotone : see :func:`lim2014`
+        (here the decoy ``mu2``'s test-basis errors enter (A22) with the
+        minus sign).
     """
     nk = _counts("n_key", n_key, 2)
     mk = _counts("m_key", m_key, 2)
@@ -421,19 +484,20 @@ def rusca2018(
     s1 = min(s1, max(float(nk.sum()) - s0, 0.0))
     s0t, s0t_up, s1t = _rusca_basis(nt, mt, mu_a, p, eps)
     # (A22): v1 <= tau1/(mu1-mu2) (m+_{mu1} - m-_{mu2}), deviation delta(m_test, eps_2)
-    m_tot = float(mt.sum())
-    dm = hoeffding_delta(m_tot, eps) if m_tot > 0 else 0.0
     tau1 = _tau(1, mu_a, p)
-    m_plus1 = math.exp(mu_a[0]) / p[0] * (mt[0] + dm)
-    m_minus2 = math.exp(mu_a[1]) / p[1] * (mt[1] - dm)
-    v1t = tau1 / (mu_a[0] - mu_a[1]) * (m_plus1 - m_minus2)
-    v1t = min(max(_hi(v1t, tau1 / (mu_a[0] - mu_a[1]) * (m_plus1 + abs(m_minus2))), 0.0), float(nt.sum()))
+    f = tau1 / (mu_a[0] - mu_a[1])
+    a, b = math.exp(mu_a[0]) / p[0], math.exp(mu_a[1]) / p[1]
+    raw, pub = _v1_upper(float(mt[0]), float(mt[1]), 0.0, a, b, eps, bool(monotone))
+    scale = f * (a * (mt[0] + math.sqrt(mt.sum() * math.log(1 / eps))) + b * mt[1] + 1.0)
+    v1t = min(max(_hi(f * raw, scale), 0.0), float(nt.sum()))
+    v1_pub = max(f * pub, 0.0)
     phi = _phase_error(v1t, s1t, s1, es)
     pa = _hi(6.0 * math.log2(19.0 / es), 6.0 * math.log2(19.0 / es))
     bounds = {"s0": s0, "s0_upper": s0_up, "s1": s1, "s0_test": s0t, "s0_test_upper": s0t_up,
-              "s1_test": s1t, "v1_test": v1t}
+              "s1_test": s1t, "v1_test": v1t, "v1_test_published": v1_pub}
     params = {"eps_sec": es, "eps_cor": ec, "n_key": nk.tolist(), "m_key": mk.tolist(), "n_test": nt.tolist(),
-              "m_test": mt.tolist(), "mu": mu_a.tolist(), "p_mu": p.tolist(), "tag_bits": tag_bits}
+              "m_test": mt.tolist(), "mu": mu_a.tolist(), "p_mu": p.tolist(), "tag_bits": tag_bits,
+              "monotone": bool(monotone)}
     return _finish("rusca2018", s0, s1, phi, leak, _verify_cost(ec, tag_bits), pa, float(nk.sum()), bounds, params)
 
 

@@ -66,8 +66,14 @@ def expected_counts(model: LinkModel, length_km: float, n_x: float, q_x: float,
 
 
 def rate(model: LinkModel, length_km: float, n_x: float, q_x: float,
-         p_mu: tuple[float, float, float], mu: tuple[float, float, float]) -> tuple[float, SecureLength | None]:
-    """Secret key rate per pulse ``l / N`` of the model link (0 when no key)."""
+         p_mu: tuple[float, float, float], mu: tuple[float, float, float], *,
+         monotone: bool = False) -> tuple[float, SecureLength | None]:
+    """Secret key rate per pulse ``l / N`` of the model link (0 when no key).
+
+    ``monotone=False`` (default here) evaluates Lim et al.'s Eq. (4) as printed,
+    to reproduce the paper's figures; the pipeline uses the monotone envelope
+    (:func:`qkdpost.finitekey.lim2014`).
+    """
     c = expected_counts(model, length_km, n_x, q_x, p_mu, mu)
     e_obs = float(c["m_key"].sum() / c["n_key"].sum())
     leak = model.f_ec * n_x * float(binary_entropy(e_obs))
@@ -75,14 +81,15 @@ def rate(model: LinkModel, length_km: float, n_x: float, q_x: float,
     res = None
     for _ in range(3):  # eps_sec = kappa * l (fixed point; l changes little)
         res = lim2014(c["n_key"], c["n_test"], c["m_test"], mu=mu, p_mu=p_mu, leak_ec=leak,
-                      eps_sec=eps_sec, eps_cor=model.eps_cor)
+                      eps_sec=eps_sec, eps_cor=model.eps_cor, monotone=monotone)
         if not res.has_key:
             return 0.0, res
         eps_sec = min(model.kappa * res.length, 0.5)
     return res.length / float(c["N"]), res
 
 
-def optimal_rate(model: LinkModel, length_km: float, n_x: float, *, starts: int = 4, seed: int = 0) -> tuple[float, dict]:
+def optimal_rate(model: LinkModel, length_km: float, n_x: float, *, starts: int = 4, seed: int = 0,
+                 monotone: bool = False) -> tuple[float, dict]:
     """Maximise :func:`rate` over (q_x, p_mu1, p_mu2, mu1, mu2) by Nelder-Mead from several starts."""
     from scipy.optimize import minimize
 
@@ -102,7 +109,7 @@ def optimal_rate(model: LinkModel, length_km: float, n_x: float, *, starts: int 
             q_x, p, mu = unpack(z)
             if mu[0] > 1.5 or min(p) <= 1e-6:
                 return 1.0
-            r, _ = rate(model, length_km, n_x, q_x, p, mu)
+            r, _ = rate(model, length_km, n_x, q_x, p, mu, monotone=monotone)
         except (ValueError, OverflowError):
             return 1.0
         return -r * 1e6
