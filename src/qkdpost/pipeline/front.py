@@ -64,12 +64,6 @@ def topology_of(cfg: Config, info: StreamInfo, who: str) -> str:
     return topo
 
 
-def _writable(a: np.ndarray) -> np.ndarray:
-    # memory-mapped chunks are read-only views; the sifting kernels' eager
-    # signatures take writable arrays
-    return a if a.flags.writeable else a.copy()
-
-
 def _segment(blk: Any, t_end_s: float, prev: dict[str, int] | None = None, sift: Any = None) -> Segment:
     stats: dict[str, Any] = {"n_test": int(blk.n_test), "test_errors": int(blk.test_errors)}
     labels = getattr(blk, "key_class", None)
@@ -132,7 +126,7 @@ class BobFront:
                 self._t0 = int(t[0])
             self._t_last = int(t[-1])
             self.events += len(t)
-        self.sift.feed(_writable(t), _writable(ch))
+        self.sift.feed(t, ch)  # read-only (memory-mapped) chunks as they are: no copy
         self.sift.step(self.channel)
         return self.take()
 
@@ -200,7 +194,7 @@ class AliceFront:
                 self._first = int(t[0])
             self._last = int(t[-1])
             self.events += len(t)
-        self.sift.feed(_writable(t), _writable(ch))
+        self.sift.feed(t, ch)  # read-only (memory-mapped) chunks as they are: no copy
 
     def finish(self) -> None:
         if not self.finished:
