@@ -322,6 +322,39 @@ def test_read_only_chunks_are_accepted():
     alice.feed(t, ch)
 
 
+def test_every_sift_kernel_takes_read_only_inputs_like_writable_ones():
+    """Memory-mapped chunks are read-only; the kernels' input arrays are typed read-only (no copy needed)."""
+    from qkdpost.sift import _kernels as K
+
+    def ro(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    rng = np.random.default_rng(3)
+    t = np.cumsum(rng.integers(1, 50, 400)).astype(np.int64)
+    ch = rng.integers(0, 5, 400).astype(np.uint8)
+    lut = np.full(256, 255, np.uint8)
+    lut[:4] = np.arange(4, dtype=np.uint8)
+    outs = []
+    for conv in (lambda a: a, ro):
+        st, cnt = np.zeros(5, np.int64), np.zeros(5, np.int64)
+        ot, ob, obit, of = np.empty(400, np.int64), *(np.empty(400, np.uint8) for _ in range(3))
+        k = K.condition_clicks(conv(t), conv(ch), conv(lut), 5, 2, st, ot, ob, obit, of, cnt)
+        used, ia, ib = np.zeros(400, np.uint8), np.empty(400, np.int64), np.empty(400, np.int64)
+        m = K.match_coincidences(conv(t[::2]), conv(t[1::2]), 30, used, ia, ib)
+        cls, cc = np.empty(200, np.uint8), np.zeros(3, np.int64)
+        K.classify_pairs(conv(ch[:200] & 1), conv(ch[200:] & 1), np.uint8(0), cls, cc)
+        slots = np.empty(400, np.int64)
+        K.map_slots(conv(t), conv(t[::40]), conv(np.arange(10, dtype=np.int64) * 40), 0.0, slots)
+        score, n = np.zeros((2, 3)), np.zeros((2, 3), np.int64)
+        K.score_slot_offsets(conv(np.arange(50, dtype=np.int64)), 0, conv(ch % 3), np.array([0.5, 0.1, 0.0]),
+                             8, 0, 1, -1, 1, score, n)
+        outs.append((k, ot[:k], ob[:k], obit[:k], of[:k], cnt, m, ia[:m], ib[:m], cls, cc, slots, score, n))
+    for x, y in zip(*outs):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_alice_rejects_malformed_requests():
     alice = AliceSift(INFO)
     alice.feed(np.arange(0, 1_000_000, 10_000, dtype=np.int64), np.zeros(100, np.uint8))
