@@ -240,3 +240,30 @@ def test_a_capture_cut_one_way_cannot_be_cut_another_way(tmp_path):
     with pytest.raises(ConfigError, match="block_bits=1024"):
         KeyStore(tmp_path / "s").claim_capture("c0123", "fp-b", "block_bits=2048")
     assert oct((tmp_path / "s" / "captures" / "c0123.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_capture_record_of_an_older_version_is_accepted_by_its_settings_and_upgraded_once(tmp_path):
+    # Records written before alignment was fingerprinted have no "version" and
+    # the fingerprint of block_bits + sift only (legacy_fingerprint).
+    import json
+
+    from qkdpost.errors import ConfigError
+
+    store = KeyStore(tmp_path / "s")
+    rec = tmp_path / "s" / "captures" / "c0123.json"
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.write_text(json.dumps({"fingerprint": "old-a", "settings": "block_bits=1024",
+                               "created_utc": "2026-01-01T00:00:00Z"}))
+    with pytest.raises(ConfigError, match="block_bits=1024"):  # other block/sift settings: refused
+        store.claim_capture("c0123", "new-b", "block_bits=2048 align=x", legacy_fingerprint="old-b")
+    with pytest.raises(ConfigError, match="correlated keys"):  # no legacy fingerprint given: refused
+        store.claim_capture("c0123", "new-a", "block_bits=1024 align=x")
+    store.claim_capture("c0123", "new-a", "block_bits=1024 align=x", legacy_fingerprint="old-a")
+    up = json.loads(rec.read_text())
+    assert up["version"] == 2 and up["fingerprint"] == "new-a" and up["created_utc"] == "2026-01-01T00:00:00Z"
+    assert up["legacy_settings"] == "block_bits=1024"
+    assert oct(rec.stat().st_mode & 0o777) == "0o600"
+    store.claim_capture("c0123", "new-a", "block_bits=1024 align=x", legacy_fingerprint="old-a")  # re-run: fine
+    # upgraded once: from now on another alignment is refused even if the legacy part matches
+    with pytest.raises(ConfigError, match="align=x"):
+        store.claim_capture("c0123", "new-a2", "block_bits=1024 align=y", legacy_fingerprint="old-a")

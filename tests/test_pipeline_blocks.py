@@ -335,3 +335,33 @@ def test_pipe_final_lengths_outside_the_block_are_refused(tmp_path):
         al._final({**base, "lengths": np.array([BLOCK + 1])})
     with pytest.raises(ProtocolError, match="1 ids but 2 lengths"):
         al._final({**base, "lengths": np.array([5, 6])})
+
+
+def test_rerun_with_another_alignment_setting_is_refused_on_both_sides(tmp_path):
+    # Alignment decides which detections pair, so where every later block falls;
+    # Alice fingerprints Bob's alignment settings (sent at hello), not her own.
+    a, b = _link(3 * BLOCK, 0.0)
+    _Pair(tmp_path, cfg=_cfg(acquisition_s=1.0)).run(a, b)
+    # Alice's own alignment section may differ from Bob's: only his decides
+    same = _Pair(tmp_path, cfg=_cfg(acquisition_s=1.0), alice_cfg=_cfg(acquisition_s=2.5))
+    assert same.run(a, b) == []  # a re-run with the same cut: accepted, nothing new
+    p2 = _Pair(tmp_path, cfg=_cfg(acquisition_s=0.7), alice_cfg=_cfg(acquisition_s=1.0))
+    with pytest.raises(ProtocolError, match=r"ConfigError.*differs: align.acquisition_s was 1.0, now 0.7\).*correlated keys"):
+        p2.bob.start()  # Alice refuses first, at hello
+    fresh_alice = AliceEngine(_cfg(), KeyStore(tmp_path / "fresh"), Report("alice", {}), stream_id="alice-1",
+                              kit=ToyKit())
+    with pytest.raises(ConfigError, match="correlated keys"):  # Bob's own store refuses too
+        BobEngine(_cfg(acquisition_s=0.7), LoopbackChannel(fresh_alice), p2.sb, Report("bob", {}),
+                  stream_id="bob-1", kit=ToyKit()).start()
+
+
+def test_hello_without_bobs_alignment_settings_is_refused(tmp_path):
+    from qkdpost.pipeline.engine import PROTOCOL, shared_config
+
+    cfg = _cfg()
+    alice = AliceEngine(cfg, KeyStore(tmp_path / "a"), Report("alice", {}), stream_id="alice-1", kit=ToyKit())
+    body = {"protocol": PROTOCOL, "qkdpost": "x", "shared": shared_config(cfg), "bob_stream": "bob-1"}
+    with pytest.raises(ProtocolError, match="alignment settings"):
+        alice.handle("pipe.hello", body)
+    with pytest.raises(ProtocolError, match="not JSON"):
+        alice.handle("pipe.hello", {**body, "align": "{"})

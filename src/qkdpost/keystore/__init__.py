@@ -32,6 +32,7 @@ that rename), then read, then the key file is overwritten and removed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -44,6 +45,8 @@ import numpy as np
 
 from ..bits import as_bits
 from ..errors import ConfigError, FileFormatError, InputError
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["KeyStore", "KeyBlock"]
 
@@ -117,15 +120,17 @@ class KeyStore:
                     entry.rmdir()
 
     # -- captures ------------------------------------------------------------
-    def claim_capture(self, capture_id: str, fingerprint: str, describe: str) -> None:
+    def claim_capture(self, capture_id: str, fingerprint: str, describe: str, *,
+                      legacy_fingerprint: str | None = None) -> None:
         """Record that a capture is cut into blocks one way, and refuse any other way.
 
         Block ids are deterministic, so a re-run with the same settings
         skips every block it already did. A re-run that cuts the same
-        detections differently (another block size or sifting setting) would
-        get new ids over bits already turned into keys, i.e. correlated keys.
-        The first run records ``fingerprint`` for ``capture_id``; a later run
-        with another fingerprint raises ConfigError.
+        detections differently (another block size, sifting or alignment
+        setting) would get blocks over bits already turned into keys, i.e.
+        correlated keys. The first run records ``fingerprint`` for
+        ``capture_id``; a later run with another fingerprint raises
+        ConfigError.
 
         Parameters
         ----------
@@ -135,6 +140,12 @@ class KeyStore:
             Hash of the settings that decide where blocks fall.
         describe : str
             Those settings in words, for the error message.
+        legacy_fingerprint : str, optional
+            The fingerprint the same settings had in records written before
+            records carried a ``version`` (block size and sifting only, no
+            alignment). Such a record that matches it is accepted once and
+            rewritten with ``fingerprint`` (docs/pipeline.md, "Capture
+            claims"); one that does not is refused like any other mismatch.
         """
         self.check_id(capture_id)
         path = self.path / "captures" / f"{capture_id}.json"
@@ -144,16 +155,32 @@ class KeyStore:
             except (OSError, ValueError) as exc:
                 raise FileFormatError(path, None, f"unreadable capture record ({exc}); "
                                       "restore it or remove it only if this store's keys are discarded") from None
-            if seen.get("fingerprint") != fingerprint:
-                raise ConfigError(
-                    f"this key store already holds keys from capture {capture_id} cut with "
-                    f"{seen.get('settings')}; now {describe}. Cutting the same detections differently would "
-                    "derive correlated keys from bits already used: rerun with the earlier settings, "
-                    "or use a new store only after discarding every key of the old one")
-            return
+            if seen.get("fingerprint") == fingerprint:
+                return
+            if ("version" not in seen and legacy_fingerprint is not None
+                    and seen.get("fingerprint") == legacy_fingerprint):
+                _log.warning("capture %s: record without alignment settings (older qkdpost) matches this run's "
+                             "block and sifting settings; recording this run's alignment settings from now on",
+                             capture_id)
+                self._write_capture(path, fingerprint, describe, created=seen.get("created_utc"),
+                                    legacy=str(seen.get("settings")))
+                return
+            raise ConfigError(
+                f"this key store already holds keys from capture {capture_id} cut with "
+                f"{seen.get('settings')}; now {describe}{_settings_diff(seen.get('settings'), describe)}. "
+                "Cutting the same detections differently would "
+                "derive correlated keys from bits already used: rerun with the earlier settings, "
+                "or use a new store only after discarding every key of the old one")
+        self._write_capture(path, fingerprint, describe)
+
+    def _write_capture(self, path: Path, fingerprint: str, describe: str, *, created: str | None = None,
+                       legacy: str | None = None) -> None:
+        rec: dict[str, Any] = {"version": 2, "fingerprint": fingerprint, "settings": describe,
+                               "created_utc": created or _utc_now()}
+        if legacy is not None:
+            rec.update(upgraded_utc=_utc_now(), legacy_settings=legacy)
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-        _write_private(tmp, json.dumps({"fingerprint": fingerprint, "settings": describe,
-                                        "created_utc": _utc_now()}).encode())
+        _write_private(tmp, json.dumps(rec).encode())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
@@ -413,6 +440,28 @@ def _shred_file(p: Path) -> None:
 def _shred_dir(d: Path) -> None:
     _shred_file(d / _KEY)
     shutil.rmtree(d, ignore_errors=True)
+
+
+def _settings_diff(old: Any, new: str) -> str:
+    """`` (differs: a.b was x, now y; ...)`` when both descriptions are JSON objects, else ``""``."""
+
+    def leaves(d: Any, pre: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {pre: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(leaves(v, f"{pre}.{k}" if pre else str(k)))
+        return out
+
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        return ""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return ""
+    la, lb = leaves(a), leaves(b)
+    diffs = [f"{k} was {la.get(k)!r}, now {lb.get(k)!r}" for k in sorted(set(la) | set(lb)) if la.get(k) != lb.get(k)]
+    return f" (differs: {'; '.join(diffs)})" if diffs else ""
 
 
 def _utc_now() -> str:

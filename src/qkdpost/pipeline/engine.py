@@ -55,16 +55,38 @@ def make_run_id(alice_stream: str, bob_stream: str, cfg: Config) -> str:
     return "r" + h[:15]
 
 
-def claim_capture(store: KeyStore, alice_stream: str, bob_stream: str, cfg: Config) -> None:
+def cut_settings(cfg: Config, align: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings that decide where a capture's blocks fall.
+
+    The block size, the sifting section and Bob's alignment section (he
+    acquires the clock offset, frequency and drift; every alignment field can
+    move the estimate by a fraction of a bin or decide whether acquisition
+    succeeds, so which detections pair, so every later block boundary).
+    ``align`` is Bob's section as sent at ``pipe.hello`` (Alice's own one is
+    not used by sifting); default: this config's.
+    """
+    d = cfg.to_dict()
+    return {"block_bits": cfg.pipeline.block_bits, "sift": d["sift"],
+            "align": dict(align) if align is not None else d["align"]}
+
+
+def claim_capture(store: KeyStore, alice_stream: str, bob_stream: str, cfg: Config,
+                  align: Mapping[str, Any] | None = None) -> None:
     """Tie this pair of streams, in ``store``, to the settings that decide where blocks fall.
 
     Run ids (hence block ids) depend on the streams and the block size only, so
-    a re-run with other block or sifting settings would re-key detections that
-    already gave keys; :meth:`KeyStore.claim_capture` refuses that.
+    a re-run with other block, sifting or alignment settings would re-key
+    detections that already gave keys; :meth:`KeyStore.claim_capture` refuses
+    that. Both parties fingerprint the same settings: the shared block and
+    sifting settings (equal, checked at hello) and Bob's ``align``.
     """
     capture_id = "c" + hashlib.sha256(f"{alice_stream}|{bob_stream}".encode()).hexdigest()[:15]
-    settings = json.dumps({"block_bits": cfg.pipeline.block_bits, "sift": cfg.to_dict()["sift"]}, sort_keys=True)
-    store.claim_capture(capture_id, hashlib.sha256(settings.encode()).hexdigest(), settings)
+    cut = cut_settings(cfg, align)
+    settings = json.dumps(cut, sort_keys=True)
+    # records of earlier versions fingerprinted block_bits + sift only
+    legacy = json.dumps({"block_bits": cut["block_bits"], "sift": cut["sift"]}, sort_keys=True)
+    store.claim_capture(capture_id, hashlib.sha256(settings.encode()).hexdigest(), settings,
+                        legacy_fingerprint=hashlib.sha256(legacy.encode()).hexdigest())
 
 
 class SharedChannel:
@@ -149,6 +171,7 @@ class BobEngine:
         reply = self.front_channel.request("pipe.hello", {
             "protocol": PROTOCOL, "qkdpost": __version__,
             "shared": shared_config(self.cfg), "bob_stream": self.stream_id,
+            "align": json.dumps(self.cfg.to_dict()["align"], sort_keys=True),
         })
         self.run_id = make_run_id(reply["alice_stream"], self.stream_id, self.cfg)
         if reply["run_id"] != self.run_id:  # pragma: no cover - same code both sides
@@ -357,7 +380,16 @@ class AliceEngine:
                      for sec in mine for k in mine[sec] if mine[sec].get(k) != theirs.get(sec, {}).get(k)]
             raise ConfigError("the parties' configurations differ: " + "; ".join(diffs)
                               + "; use the same config file on both sides")
-        claim_capture(self.store, self.stream_id, body["bob_stream"], self.cfg)
+        if not isinstance(body.get("align"), str):
+            raise ProtocolError("pipe.hello without Bob's alignment settings; run the same qkdpost version "
+                                "on both sides")
+        try:
+            bob_align = json.loads(body["align"])
+        except ValueError:
+            raise ProtocolError("pipe.hello: Bob's alignment settings are not JSON") from None
+        if not isinstance(bob_align, dict):
+            raise ProtocolError("pipe.hello: Bob's alignment settings must be a JSON object")
+        claim_capture(self.store, self.stream_id, body["bob_stream"], self.cfg, align=bob_align)
         self.run_id = make_run_id(self.stream_id, body["bob_stream"], self.cfg)
         self.report.info.update(run_id=self.run_id)
         self.hello_done = True
