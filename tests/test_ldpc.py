@@ -62,19 +62,31 @@ def llr_for(y, q, mask=None, vals=None):
 
 def decode_one(code, llr, syn, max_iter):
     """Cold-start decode of one frame: (iterations or negative, hard decision)."""
-    L = np.array(llr, dtype=np.float32)
-    R = np.zeros(code.n_edges, np.float32)
-    it = K.decode_frame(code.row_ptr, code.col_idx, syn, max_iter, 0, L, R, K.PHI_LUT)
-    return int(it), (L < 0).astype(np.uint8)
+    it, dec = decode_many(code, np.asarray(llr)[None], np.asarray(syn)[None], max_iter)
+    return int(it[0]), dec[0]
 
 
-def decode_many(code, llr, syn, max_iter):
+def decode_many(code, llr, syn, max_iter, patience=0, which=None, state=None):
+    """Decode frames with the shipped kernel; returns (iterations, hard decisions) or, with
+    ``state=True``, also (L, R)."""
     L = np.array(llr, dtype=np.float32)
     R = np.zeros((L.shape[0], code.n_edges), np.float32)
-    it = np.empty(L.shape[0], np.int64)
-    K.decode_batch(code.row_ptr, code.col_idx, np.ascontiguousarray(syn), np.array([max_iter, 0]), L, R,
-                   np.arange(L.shape[0], dtype=np.int64), it)
+    which = np.arange(L.shape[0], dtype=np.int64) if which is None else np.asarray(which, np.int64)
+    it = np.empty(which.shape[0], np.int64)
+    K.decode_batch(code.row_ptr, code.col_idx, np.ascontiguousarray(syn, dtype=np.uint8),
+                   np.array([max_iter, patience]), L, R, which, it)
+    if state:
+        return it, L, R
     return it, (L < 0).astype(np.uint8)
+
+
+def scalar_decode(code, llr, syn, max_iter, patience=0):
+    """The one-frame scalar reference decoder (oracle): (iterations, L, R)."""
+    L = np.array(llr, dtype=np.float32)
+    R = np.zeros(code.n_edges, np.float32)
+    it = oracle.scalar_layered_decode(code.row_ptr, code.col_idx, np.asarray(syn, np.uint8), max_iter, patience,
+                                      L, R, K.PHI_LUT)
+    return int(it), L, R
 
 
 # --------------------------------------------------------------------- codes
@@ -304,18 +316,68 @@ def test_warm_start_continues_where_it_stopped():
     """Two calls of k and j iterations equal one call of k + j (state is the messages)."""
     code = load_code("mm2012-r0.70-n16384")
     rng = np.random.default_rng(12)
-    x = rng.integers(0, 2, code.n, dtype=np.uint8)
+    x = rng.integers(0, 2, (3, code.n), dtype=np.uint8)
     y = bsc(rng, x, 0.05)
-    syn = code.syndrome(x[None])[0]
-    L1 = llr_for(y, 0.05)
-    L2 = L1.copy()
-    R1 = np.zeros(code.n_edges, np.float32)
-    R2 = np.zeros(code.n_edges, np.float32)
-    a = K.decode_frame(code.row_ptr, code.col_idx, syn, 3, 0, L1, R1, K.PHI_LUT)
-    assert a == -4  # -(iterations used) - 1
-    K.decode_frame(code.row_ptr, code.col_idx, syn, 4, 0, L1, R1, K.PHI_LUT)
-    K.decode_frame(code.row_ptr, code.col_idx, syn, 7, 0, L2, R2, K.PHI_LUT)
+    syn = code.syndrome(x)
+    llr = np.stack([llr_for(y[i], 0.05) for i in range(3)])
+    which = np.arange(3, dtype=np.int64)
+    L1, L2 = llr.copy(), llr.copy()
+    R1 = np.zeros((3, code.n_edges), np.float32)
+    R2 = np.zeros((3, code.n_edges), np.float32)
+    it = np.empty(3, np.int64)
+    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([3, 0]), L1, R1, which, it)
+    assert (it == -4).all()  # -(iterations used) - 1
+    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([4, 0]), L1, R1, which, it)
+    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([7, 0]), L2, R2, which, it)
     assert np.array_equal(L1, L2) and np.array_equal(R1, R2)
+
+
+@pytest.mark.parametrize("name,q,nf,patience", [
+    ("mm2012-r0.70-n16384", 0.045, 11, 0),   # 11 frames: one full group of 8 and a padded one
+    ("mm2012-r0.50-n16384", 0.095, 3, 4),    # patience stops some lanes early
+    ("elk2009-r0.85-n16384", 0.017, 9, 6),
+])
+def test_lane_decoder_equals_scalar_decoder_bit_for_bit(name, q, nf, patience):
+    """The frame-parallel kernel gives the scalar oracle's messages, decisions and iteration
+    counts exactly, frame by frame, whatever the other frames in its group do."""
+    code = load_code(name)
+    rng = np.random.default_rng(int(q * 1e4) + nf)
+    x = rng.integers(0, 2, (nf, code.n), dtype=np.uint8)
+    y = bsc(rng, x, q * rng.uniform(0.8, 1.25, (nf, 1)))  # mixed difficulty inside a group
+    mask = np.zeros(code.n, np.uint8)
+    mask[code.punct_order[: code.n // 40]] = 2
+    mask[rng.choice(np.flatnonzero(mask == 0), code.n // 50, replace=False)] = 1
+    syn = code.syndrome(x)
+    llr = np.stack([llr_for(y[i], q, mask, x[i]) for i in range(nf)])
+    it, L, R = decode_many(code, llr, syn, 25, patience=patience, state=True)
+    for i in range(nf):
+        it1, L1, R1 = scalar_decode(code, llr[i], syn[i], 25, patience)
+        assert it[i] == it1
+        assert np.array_equal(L[i], L1) and np.array_equal(R[i], R1)
+    assert (it > 0).any() and (it < 0).any()  # both outcomes occur, so masking is exercised
+
+
+def test_lane_decoder_subset_leaves_other_frames_untouched():
+    code = load_code("mm2012-r0.70-n16384")
+    rng = np.random.default_rng(14)
+    x = rng.integers(0, 2, (5, code.n), dtype=np.uint8)
+    y = bsc(rng, x, 0.04)
+    syn = code.syndrome(x)
+    llr = np.stack([llr_for(y[i], 0.04) for i in range(5)])
+    it, L, R = decode_many(code, llr, syn, 30, which=[4, 1], state=True)
+    for f in (0, 2, 3):
+        assert np.array_equal(L[f], llr[f]) and not R[f].any()
+    for i, f in enumerate((4, 1)):
+        it1, L1, _ = scalar_decode(code, llr[f], syn[f], 30)
+        assert it[i] == it1 and np.array_equal(L[f], L1)
+
+
+def test_lane_phi_constants_match_table():
+    from qkdpost.reconcile.ldpc import _lanes
+
+    assert _lanes.LANES == K.LANES == 8
+    assert float(_lanes._PHI_SCALE) == K.PHI_SCALE
+    assert float(_lanes._PHI_XCLAMP) == (K.PHI_BINS - 1) / K.PHI_SCALE
 
 
 # ----------------------------------------------------------------- protocol

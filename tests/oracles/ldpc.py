@@ -7,10 +7,13 @@
   tanh rule in float64 (Kschischang, Frey, Loeliger, IEEE TIT 47, 498,
   2001, doi:10.1109/18.910572), syndrome signs as in Liveris et al. 2002.
 - ``four_cycles``: any two rows of H sharing two columns.
+- ``scalar_layered_decode``: the one-frame float32 layered decoder the
+  frame-parallel kernel must match bit for bit.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
@@ -68,3 +71,78 @@ def four_cycles(h: np.ndarray) -> bool:
 def untainted(h: np.ndarray, punct: np.ndarray) -> bool:
     """Every check has at most one punctured neighbour."""
     return bool(np.asarray(h, dtype=np.int64)[:, punct].sum(axis=1).max(initial=0) <= 1)
+
+
+# ---------------------------------------------------------------------------
+# Scalar layered decoder: one frame at a time, the decoder qkdpost shipped
+# before the frame-parallel one. The lane decoder must reproduce it bit for
+# bit (same float32 operations in the same order in every lane).
+# ---------------------------------------------------------------------------
+_PHI_SCALE = np.float32(512.0)
+_PHI_XCLAMP = np.float32((8192 - 1) / 512.0)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _phi(x, lut):
+    x = min(max(x, np.float32(0.0)), _PHI_XCLAMP)
+    return lut[np.int32(x * _PHI_SCALE)]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _unsatisfied(row_ptr, col_idx, L, syn):
+    u = 0
+    for j in range(row_ptr.shape[0] - 1):
+        s = np.int32(syn[j])
+        for e in range(row_ptr[j], row_ptr[j + 1]):
+            s ^= np.int32(L[col_idx[e]] < 0)
+        u += s
+    return u
+
+
+@numba.njit(cache=True, error_model="numpy")
+def scalar_layered_decode(row_ptr, col_idx, syn, max_iter, patience, L, R, lut):
+    """Layered log-tanh sum-product on one frame (float32, phi table); L, R in/out.
+
+    Returns iterations used if decoded (0 if the input already matched), else
+    -(iterations used) - 1. ``patience``: give up when the count of
+    unsatisfied checks has not reached a new minimum for that many iterations.
+    """
+    m = row_ptr.shape[0] - 1
+    T = np.empty(256, np.float32)
+    P = np.empty(256, np.float32)
+    SG = np.empty(256, np.int32)
+    if _unsatisfied(row_ptr, col_idx, L, syn) == 0:
+        return 0
+    best = m + 1
+    since = 0
+    for it in range(max_iter):
+        for j in range(m):
+            lo = row_ptr[j]
+            hi = row_ptr[j + 1]
+            neg = np.int32(syn[j])
+            S = np.float32(0.0)
+            for e in range(lo, hi):
+                t = L[col_idx[e]] - R[e]
+                T[e - lo] = t
+                sg = np.int32(t < 0)
+                SG[e - lo] = sg
+                neg ^= sg
+                p = _phi(abs(t), lut)
+                P[e - lo] = p
+                S += p
+            for e in range(lo, hi):
+                r = _phi(S - P[e - lo], lut) * np.float32(1 - 2 * (neg ^ SG[e - lo]))
+                R[e] = r
+                L[col_idx[e]] = T[e - lo] + r
+        u = _unsatisfied(row_ptr, col_idx, L, syn)
+        if u == 0:
+            return it + 1
+        if patience > 0:
+            if u < best:
+                best = u
+                since = 0
+            else:
+                since += 1
+                if since >= patience:
+                    return -(it + 1) - 1
+    return -max_iter - 1
