@@ -276,7 +276,7 @@ def test_gf64_mul_matches_galois():
             assert int(K.gf64_mul(a, b, mode)) == want
 
 
-@pytest.mark.parametrize("L", [1, 2, 3, 6])
+@pytest.mark.parametrize("L", [1, 2, 3, 4, 6, 8])
 def test_afft_evaluates_at_subspace_points_and_inverts(L):
     """F[u] after the forward transform is f(omega_u), omega_u = sum_i bit_i(u) beta_i."""
     GF = _gf64()
@@ -320,8 +320,45 @@ def test_afft_and_karatsuba_agree(n, m):
     a = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft")
     b = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="karatsuba")
     np.testing.assert_array_equal(a, b)
-    if m >= amplify.AFFT_THRESHOLD_BITS:
-        np.testing.assert_array_equal(amplify.toeplitz_hash_packed(xw, n, sw, m), a)  # auto picks afft
+    np.testing.assert_array_equal(amplify.toeplitz_hash_packed(xw, n, sw, m), a)  # auto, whichever it picks
+
+
+@pytest.mark.parametrize("n,m,blocks", [(2000, 1000, 4), (2000, 200, 3), (2001, 1999, 2), (4746, 4746, 1)])
+def test_afft_column_blocks_match_explicit_matrix(n, m, blocks):
+    """The split into column blocks summed in the transform domain (``_afft_plan``) is exact."""
+    assert amplify._afft_plan(n, m)[0] == blocks  # the case really exercises that many blocks
+    rng = np.random.default_rng(n * m)
+    x, s = _bits(rng, n), _bits(rng, n + m - 1)
+    y = amplify.toeplitz_hash_packed(pack_bits(x), n, pack_bits(s), m, algorithm="afft")
+    np.testing.assert_array_equal(unpack_bits(y, m), oracle.toeplitz_hash(x, s, m))
+
+
+@pytest.mark.parametrize("n,m,wrapped", [(1_000_000, 500_000, True), (1_398_048, 699_024, True),
+                                         (838_871, 419_435, True), (838_870, 419_435, False),
+                                         (1_398_049, 699_024, False)])
+def test_afft_wrapped_transform_at_its_boundaries(n, m, wrapped):
+    """A 2^16-point transform computes S X mod y^65536 + y; used only where the wrap misses the output."""
+    k, w, size = amplify._afft_plan(n, m)
+    unwrapped = 1 << (((m + w - 1 + 31) >> 5) + ((w + 31) >> 5) - 2).bit_length()
+    assert (size < unwrapped) == wrapped  # the case really sits on that side of the boundary
+    rng = np.random.default_rng(m)
+    xw = rng.integers(0, 2**64, (n + 63) >> 6, dtype=np.uint64, endpoint=False)
+    sw = rng.integers(0, 2**64, (n + m + 62) >> 6, dtype=np.uint64, endpoint=False)
+    np.testing.assert_array_equal(amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft"),
+                                  amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="karatsuba"))
+
+
+def test_afft_pointwise_vector_loop_matches_scalar():
+    rng = np.random.default_rng(78)
+    modes = [K.SW] + ([K.HW] if K.has_pclmul() else []) + ([K.HW2] if K.has_vpclmul() else [])
+    for n in (1, 3, 4, 5, 17, 1000):
+        a = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+        b = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+        want = np.array([K.gf64_mul(u, v, K.SW) for u, v in zip(a, b)], dtype=np.uint64)
+        for mode in modes:
+            got = a.copy()
+            K.afft_pointwise(got, b, mode)
+            np.testing.assert_array_equal(got, want, err_msg=str(mode.dtype))
 
 
 @settings(max_examples=25, deadline=None)

@@ -37,6 +37,7 @@ take and return ``uint8`` 0/1 arrays; ``toeplitz_hash_packed`` /
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Any, Callable, Mapping, Sequence
 
@@ -53,7 +54,6 @@ __all__ = [
     "modified_toeplitz_hash",
     "toeplitz_hash_packed",
     "ALGORITHMS",
-    "AFFT_THRESHOLD_BITS",
     "modified_toeplitz_hash_packed",
     "draw_seed",
     "AmplifyAlice",
@@ -94,52 +94,134 @@ def _mode() -> Any:
     return _k.default_mode()
 
 
-#: ``algorithm="auto"`` uses the additive FFT when the output has at least
-#: ``AFFT_THRESHOLD_BITS`` bits (measured crossover, docs/amplify.md); thinner
-#: products (short outputs, verification tags) cost Karatsuba only
-#: ``O(n m^0.585)`` and stay there.
-AFFT_THRESHOLD_BITS = 1_500_000
+#: Cost model behind ``algorithm="auto"`` (ns per unit, fitted on this
+#: project's benchmark machine, docs/amplify.md): Karatsuba costs about
+#: ``ceil(n/m) * M^1.585`` leaf-product units (M = output words), the additive
+#: FFT the butterflies of :func:`_afft_plan`. Thin products (short outputs,
+#: verification tags) stay with Karatsuba, square-ish ones from ~10^5 output
+#: bits go to the FFT.
+_NS_PER_KARATSUBA_UNIT = 3.3
+_NS_PER_BUTTERFLY = 1.4
 
 ALGORITHMS = ("auto", "karatsuba", "afft")
 
 
-def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, threads: int = 1) -> np.ndarray:
-    """Packed core by the additive FFT over GF(2^64): full product S X, then bits n-1 .. n+m-2.
+#: The Cantor subspace of dimension 16 is the subfield GF(2^16), whose
+#: vanishing polynomial is y^65536 + y: a transform of 2^16 points computes
+#: the product modulo y^65536 + y, i.e. coefficient t >= 65536 wraps onto
+#: t - 65535. When the wrapped coefficients all land below the chunks the
+#: output is read from, that half-size transform gives the exact Toeplitz
+#: middle product (n ~ 0.9-1.4 * 10^6 bits at m = n/2).
+_WRAP_POINTS = 1 << 16
 
-    With ``threads >= 2`` the two forward transforms run concurrently.
+
+@functools.lru_cache(maxsize=8)
+def _afft_tables(L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _k.afft_tables(L)
+
+
+def _afft_size(w: int, m: int) -> int:
+    """Transform points for one m x w Toeplitz product (wrapped when exact, see ``_WRAP_POINTS``)."""
+    ca = (m + w - 1 + 31) >> 5  # 32-bit chunks of the seed window, of the block, of the product
+    cb = (w + 31) >> 5
+    nprod = ((w + m - 2) >> 6) + 1  # words up to the last output bit w+m-2
+    first = max(0, 2 * ((w - 1) >> 6) - 1)  # lowest chunk those words read
+    size = 1 << max(1, (ca + cb - 2).bit_length())  # >= ca + cb - 1: no wrap at all
+    if size > _WRAP_POINTS and ca + cb - 1 - _WRAP_POINTS < first and 2 * nprod <= _WRAP_POINTS:
+        size = _WRAP_POINTS
+    return size
+
+
+#: Column blocks tried by the additive FFT route (each adds two forward transforms).
+_AFFT_MAX_BLOCKS = 4
+
+
+def _afft_plan(n: int, m: int) -> tuple[int, int, int]:
+    """(blocks k, block width w, transform points) with the fewest butterflies.
+
+    Cutting the m x n product into k column blocks of width w = ceil(n/k)
+    costs 2k forward transforms and one inverse (the blocks are summed in the
+    transform domain) of a size set by m + 2w instead of n + m + n: at
+    n = 10^7, m = n/2, five 2^19-point transforms instead of three of 2^20.
+    """
+    best = None
+    for k in range(1, _AFFT_MAX_BLOCKS + 1):
+        w = -(-n // k)
+        size = _afft_size(w, m)
+        cost = (2 * k + 1) * size * (size.bit_length() - 1) + k * size
+        if best is None or cost < best[0]:
+            best = (cost, k, w, size)
+    return best[1], best[2], best[3]
+
+
+def _prefer_afft(n: int, m: int) -> bool:
+    """True when the additive FFT is expected to beat Karatsuba for an m x n product."""
+    M = (m + 63) >> 6
+    karatsuba = -(-n // m) * M**1.585 * _NS_PER_KARATSUBA_UNIT
+    k, _, size = _afft_plan(n, m)
+    fft = ((2 * k + 1) * size * (size.bit_length() - 1) + k * size) * _NS_PER_BUTTERFLY
+    return fft < karatsuba
+
+
+def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, threads: int = 1) -> np.ndarray:
+    """Packed core by the additive FFT over GF(2^64).
+
+    Column block b (width w, zero-padded past n) is the m x w Toeplitz product
+    of the seed window starting at bit n - (b+1) w (bits below 0 are zero and
+    meet only padding); its output is bits w-1 .. w+m-2 of S_b X_b, the same
+    for every block, so the products are summed before one inverse transform.
+    With ``threads >= 2`` the two forward transforms of a block run
+    concurrently.
     """
     mode = _mode()
-    sw_clean = np.zeros(((nseed + 63) >> 6) + 1, dtype=np.uint64)
-    _k.shift_down(sw, 0, nseed, sw_clean)
-    xw_clean = np.zeros(((n + 63) >> 6) + 1, dtype=np.uint64)
-    _k.shift_down(xw, 0, n, xw_clean)
-    ca = (nseed + 31) >> 5
-    cb = (n + 31) >> 5
-    L = max(1, (ca + cb - 1 - 1).bit_length())  # 2^L >= ca + cb - 1 product chunks
-    size = 1 << L
-    A = np.zeros(size, dtype=np.uint64)
-    A[:ca] = sw_clean.view(np.uint32)[:ca]
-    B = np.zeros(size, dtype=np.uint64)
-    B[:cb] = xw_clean.view(np.uint32)[:cb]
-    lam, terms, tstart = _k.afft_tables(L)
+    k, w, size = _afft_plan(n, m)
+    L = size.bit_length() - 1
+    lam, terms, tstart = _afft_tables(L)
+    pad = k * w - n
+    seed = np.zeros(((pad + nseed + 63) >> 6) + 1, dtype=np.uint64)
+    _k.shift_up(sw, nseed, pad, seed)  # seed[pad + i] = s[i]
+    x = np.zeros(((pad + n + 63) >> 6) + 1, dtype=np.uint64)
+    _k.shift_down(xw, 0, n, x)
+    clean = np.zeros(((m + w + 63) >> 6) + 1, dtype=np.uint64)
+    ca = (m + w - 1 + 31) >> 5
+    cb = (w + 31) >> 5
+    acc = None
+    pool = None
     if threads >= 2:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            jobs = [pool.submit(_k.afft_forward, F, L, lam, terms, tstart, mode) for F in (A, B)]
-            for job in jobs:
-                job.result()
-    else:
-        _k.afft_forward(A, L, lam, terms, tstart, mode)
-        _k.afft_forward(B, L, lam, terms, tstart, mode)
-    _k.afft_pointwise(A, B, mode)
-    del B
-    _k.afft_inverse(A, L, lam, terms, tstart, mode)
-    nprod = (nseed + n - 1 + 63) >> 6
+        pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        for b in range(k):
+            A = np.zeros(size, dtype=np.uint64)
+            B = np.zeros(size, dtype=np.uint64)
+            _k.shift_down(seed, (k - 1 - b) * w, m + w - 1, clean)
+            A[:ca] = clean.view(np.uint32)[:ca]
+            _k.shift_down(x, b * w, min(w, n - b * w), clean)
+            B[:cb] = clean.view(np.uint32)[:cb]
+            if pool is not None:
+                jobs = [pool.submit(_k.afft_forward, F, L, lam, terms, tstart, mode) for F in (A, B)]
+                for job in jobs:
+                    job.result()
+            else:
+                _k.afft_forward(A, L, lam, terms, tstart, mode)
+                _k.afft_forward(B, L, lam, terms, tstart, mode)
+            _k.afft_pointwise(A, B, mode)
+            del B
+            if acc is None:
+                acc = A
+            else:
+                np.bitwise_xor(acc, A, out=acc)
+            del A
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    _k.afft_inverse(acc, L, lam, terms, tstart, mode)
+    nprod = ((w + m - 2) >> 6) + 1
     P = np.empty(nprod, dtype=np.uint64)
-    _k.chunks32_to_words(A, nprod, P)
+    _k.chunks32_to_words(acc, nprod, P)
     y = np.empty((m + 63) >> 6, dtype=np.uint64)
-    _k.shift_down(P, n - 1, m, y)
+    _k.shift_down(P, w - 1, m, y)
     return y
 
 
@@ -159,7 +241,7 @@ def _toeplitz_words(
     """
     if algorithm not in ALGORITHMS:
         raise InputError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}")
-    if algorithm == "afft" or (algorithm == "auto" and m >= AFFT_THRESHOLD_BITS):
+    if algorithm == "afft" or (algorithm == "auto" and _prefer_afft(n, m)):
         return _toeplitz_afft(xw, n, sw, nseed, m, threads)
     Nc = (n + 63) >> 6
     M = (m + 63) >> 6
