@@ -116,6 +116,10 @@ def test_monotone_v1_envelope_matches_brute_force():
                     for x in range(m_lo + 1))
         assert got >= brute - 1e-9 * brute
         assert got <= brute + 1e-6 * brute + a * 1.0  # the real-valued max is within one count of the integer one
+        single = rng.uniform(0.05, 1.0)
+        both, _ = fk._v1_upper(m_hi, m_lo, m_rest, a, b, eps, True, single=single)
+        d_all = math.sqrt(c * (m_hi + m_lo + m_rest))
+        assert both == pytest.approx(min(got, single * a * (m_hi + d_all)))
         d = math.sqrt(c * (m_hi + m_lo + m_rest))
         assert pub == pytest.approx(a * (m_hi + d) - b * (m_lo - d))
 

@@ -46,7 +46,8 @@ def lim2014_exact(n_key, n_test, m_test, mu, p_mu, leak_ec, eps_sec, eps_cor, mo
     ``monotone=True``: Eq. (4) with the expected mu3 error count bounded below
     by max(m3 - delta, 0) and the bound maximised over every integer mu3 error
     count 0..m3 by brute force (the envelope that qkdpost.finitekey computes
-    in closed form over the reals, which can only be larger).
+    in closed form over the reals, which can only be larger), then the smaller
+    of that and the bound from mu2 alone.
     """
     mu = [D(repr(float(m))) for m in mu]
     p = [D(repr(float(x))) for x in p_mu]
@@ -89,6 +90,8 @@ def lim2014_exact(n_key, n_test, m_test, mu, p_mu, leak_ec, eps_sec, eps_cor, mo
 
     if monotone:
         v1 = max(v1_at(D(x)) for x in range(int(m[2]) + 1))
+        # the signal-free single-intensity bound from mu2 alone: v1 <= tau1 e^mu2 m+_mu2 / (mu2 p2)
+        v1 = min(v1, t1 * a * (m[1] + delta(sum(m))) / mu[1])
     else:
         v1 = v1_at(m[2])
     v1 = max(v1, D(0))

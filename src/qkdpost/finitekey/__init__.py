@@ -134,7 +134,7 @@ def hoeffding_delta(n: float, eps: float) -> float:
 
 
 def _v1_upper(m_hi: float, m_lo: float, m_rest: float, a: float, b: float, eps: float,
-              monotone: bool) -> tuple[float, float]:
+              monotone: bool, single: float = 0.0) -> tuple[float, float]:
     """Upper bound on single-photon errors from a (stronger, weaker) pair of intensities.
 
     The published form (Lim et al. 2014 Eq. 4; Rusca et al. 2018 Eq. A22) is,
@@ -143,24 +143,30 @@ def _v1_upper(m_hi: float, m_lo: float, m_rest: float, a: float, b: float, eps: 
         v1 <= a (m_hi + delta(M)) - b (m_lo - delta(M)),    M = m_hi + m_lo + m_rest,
 
     with ``a = e^mu_hi / p_hi``, ``b = e^mu_lo / p_lo`` and the Hoeffding
-    deviation ``delta(M) = sqrt(M/2 ln(1/eps))`` (Lim Eq. A1). The errors
-    ``m_lo`` at the weaker intensity enter with a minus sign (they are credited
-    to background), so the published bound *falls* when ``m_lo`` grows and the
-    key length is not monotone in that count.
+    deviation ``delta(M) = sqrt(M/2 ln(1/eps))`` (Lim Eq. A1). It comes from
+    the expected counts, ``v1 <= tau1/(mu_hi - mu_lo) (a m*_hi - b m*_lo)``,
+    with ``m*_hi <= m_hi + delta`` and ``m*_lo >= m_lo - delta``. The errors
+    ``m_lo`` at the weaker intensity enter with a minus sign, so the published
+    bound *falls* when ``m_lo`` grows: the key length is not monotone in it.
 
-    ``monotone=True`` returns instead ``V(m_lo) = max_{0 <= x <= m_lo} v(x)``
-    with ``v(x) = a (m_hi + delta) - b max(x - delta, 0)``, ``delta =
-    delta(m_hi + x + m_rest)``. Clamping ``x - delta`` at 0 is valid because
-    the expected error count ``m*_lo`` is >= 0 as well as >= ``m_lo - delta``;
-    taking the running maximum makes the bound non-decreasing in every error
-    count while staying >= the (clamped) published one, i.e. conservative.
-    It is the largest bound with both properties: any conservative bound that
-    does not grow with ``m_lo`` must be >= ``v(x)`` for all ``x <= m_lo``.
-    ``v`` is concave in ``x`` (delta is concave, ``x - delta`` convex), so its
-    maximum is at 0, at ``m_lo``, at the kink ``x = delta(.)`` or at the
-    stationary point ``delta'(M) = b / (a + b)``; all four are evaluated.
+    ``monotone=True`` returns the minimum of two bounds, each non-decreasing in
+    every error count and each derived from the same inequalities under the
+    same concentration events:
 
-    Returns ``(bound, published)`` (the second is the printed form, unclamped).
+    1. ``V(m_lo) = max_{0 <= x <= m_lo} v(x)`` with ``v(x) = a (m_hi + delta)
+       - b max(x - delta, 0)``, ``delta = delta(m_hi + x + m_rest)``: the
+       expected count ``m*_lo`` is also >= 0, and the running maximum removes
+       the fall. ``v`` is concave in ``x`` (delta concave, ``x - delta``
+       convex), so ``V`` is the largest of ``v`` at 0, ``m_lo``, the kink
+       ``x = delta`` and the stationary point ``delta'(M) = b/(a+b)``.
+    2. ``single * a (m_hi + delta(M))`` with ``single = (mu_hi - mu_lo)/mu_hi``:
+       the stronger intensity alone, ``e^mu_hi m*_hi / p_hi = sum_n mu_hi^n
+       v_n / (n! tau_n) >= mu_hi v1 / tau1`` (the same step as in the papers,
+       keeping one intensity; it uses only the event ``m*_hi <= m_hi + delta``
+       that the printed bound already uses). ``single = 0`` leaves it out.
+
+    Returns ``(bound, published)`` (the second is the printed form, unclamped),
+    both in units of ``tau1 / (mu_hi - mu_lo)``.
     """
     c = math.log(1.0 / eps) / 2.0  # delta(M) = sqrt(c M)
     m0 = m_hi + m_rest
@@ -178,7 +184,10 @@ def _v1_upper(m_hi: float, m_lo: float, m_rest: float, a: float, b: float, eps: 
     cands.append((c + math.sqrt(c * c + 4.0 * c * m0)) / 2.0)
     # stationary point of a delta(M) - b (x - delta(M)): sqrt(c) / (2 sqrt(M)) = b / (a + b)
     cands.append(c * (a + b) ** 2 / (4.0 * b * b) - m0)
-    return max(v(min(max(x, 0.0), m_lo)) for x in cands), published
+    env = max(v(min(max(x, 0.0), m_lo)) for x in cands)
+    if single > 0.0:
+        env = min(env, single * a * (m_hi + d_all))
+    return env, published
 
 
 def _eps(name: str, value: Any) -> float:
@@ -321,7 +330,8 @@ def _lim_v1(m: np.ndarray, mu: np.ndarray, p: np.ndarray, eps: float, monotone: 
     tau1 = _tau(1, mu, p)
     f = tau1 / (mu[1] - mu[2])
     a, b = math.exp(mu[1]) / p[1], math.exp(mu[2]) / p[2]
-    raw, pub = _v1_upper(float(m[1]), float(m[2]), float(m[0]), a, b, eps, monotone)
+    raw, pub = _v1_upper(float(m[1]), float(m[2]), float(m[0]), a, b, eps, monotone,
+                         single=(mu[1] - mu[2]) / mu[1])
     scale = f * (a * (m[1] + math.sqrt(m.sum() * math.log(1 / eps))) + b * m[2] + 1.0)
     return max(_hi(f * raw, scale), 0.0), max(f * pub, 0.0)
 
@@ -365,7 +375,7 @@ def lim2014(
         Verification tag length; see the module docstring.
     monotone : bool
         True (default): the single-photon error bound of Eq. (4) is replaced
-        by its tightest conservative envelope that never falls when an error
+        by a bound from the same inequalities that never falls when an error
         count grows (:func:`_v1_upper`), so the length is non-increasing in
         every error count. False: Eq. (4) as printed, whose minus sign on the
         weakest intensity's errors makes the length grow with them
@@ -487,7 +497,8 @@ def rusca2018(
     tau1 = _tau(1, mu_a, p)
     f = tau1 / (mu_a[0] - mu_a[1])
     a, b = math.exp(mu_a[0]) / p[0], math.exp(mu_a[1]) / p[1]
-    raw, pub = _v1_upper(float(mt[0]), float(mt[1]), 0.0, a, b, eps, bool(monotone))
+    raw, pub = _v1_upper(float(mt[0]), float(mt[1]), 0.0, a, b, eps, bool(monotone),
+                         single=(mu_a[0] - mu_a[1]) / mu_a[0])
     scale = f * (a * (mt[0] + math.sqrt(mt.sum() * math.log(1 / eps))) + b * mt[1] + 1.0)
     v1t = min(max(_hi(f * raw, scale), 0.0), float(nt.sum()))
     v1_pub = max(f * pub, 0.0)
