@@ -443,12 +443,48 @@ def test_failed_frames_reported_and_left_unchanged():
     rng = np.random.default_rng(9)
     a, b = _frames(rng, 3, 14746, 0.05)
     b[1] = rng.integers(0, 2, 14746, dtype=np.uint8)  # uncorrelated frame: cannot decode
-    res = reconcile_ldpc(a, b, qber=0.05, seed=3)
+    res = reconcile_ldpc(a, b, qber=0.05, seed=3, fallback="drop")
     assert not res.success[1]
+    assert not res.extra["fallback"].any()
     assert np.array_equal(res.bits[1], b[1])
     assert res.errors_corrected[1] == 0
     assert res.success[0] and res.success[2]
     assert res.leaked_bits[1] > res.leaked_bits[0] or res.extra["revealed"][1] > 0
+
+
+@pytest.mark.parametrize("sub_batches", [False, True])
+def test_failed_frames_go_to_cascade_and_its_parities_are_counted(sub_batches):
+    """A QBER estimate far too low makes LDPC fail (no blind rounds): Cascade reconciles
+    those frames over the same channel, and leaked_bits = syndrome + revealed + parities."""
+    rng = np.random.default_rng(15)
+    n_key, nf = 14746, 4
+    a, b = _frames(rng, nf, n_key, 0.012)  # frames 0, 3: true Q 1.2 %, estimate 2 %: LDPC decodes
+    b[1:3] = a[1:3] ^ (rng.random((2, n_key)) < 0.075)  # frames 1, 2: true Q 7.5 %: LDPC fails
+    alice = LdpcAlice({i: a[i] for i in range(nf)}, sim_seed=1)
+    chan = RecordingChannel(Responder(alice.handlers()))
+    bob = LdpcBob(seed=2, max_rounds=1, max_state_bytes=1 if sub_batches else 256 << 20)
+    res = bob.run(chan, np.arange(nf), b, 0.02)
+    fb = res.extra["fallback"]
+    assert fb[1] and fb[2] and not fb[0] and not fb[3]
+    assert res.success.all() and np.array_equal(res.bits, a)
+    assert np.array_equal(res.errors_corrected, (a != b).sum(axis=1))
+    disclosed = np.zeros(nf, np.int64)
+    for kind, body, reply in chan.log:
+        if kind == "ldpc.syndromes":
+            disclosed[body["frame_ids"]] += res.extra["m"] - body["n_punct"]
+        elif kind == "ldpc.reveal":
+            disclosed[body["frame_ids"]] += body["stop"] - body["start"]
+    parities = np.array([alice.cascade_leaked.get(i, 0) for i in range(nf)])
+    assert parities[1] > 0 and parities[2] > 0 and parities[0] == parities[3] == 0
+    assert np.array_equal(res.extra["cascade_leaked"], parities)
+    assert np.array_equal(res.leaked_bits, disclosed + parities)
+    assert any(kind.startswith("cascade.") for kind, _, _ in chan.log)
+    assert res.round_trips == len(chan.log) and res.bytes_sent == chan.stats.bytes_total
+
+
+def test_fallback_option_is_validated():
+    with pytest.raises(InputError, match="fallback"):
+        LdpcBob(fallback="retry")
 
 
 def test_production_randomness_without_seed_gives_different_layouts():

@@ -43,7 +43,8 @@ __all__ = [
     "write_alist",
 ]
 
-_BOB_OPTIONS = ("f_start", "f_step", "max_rounds", "max_iter", "max_iter_blind", "warm", "patience", "code")
+_BOB_OPTIONS = ("f_start", "f_step", "max_rounds", "max_iter", "max_iter_blind", "warm", "patience", "code",
+                "fallback")
 
 
 def reconcile_ldpc(
@@ -72,14 +73,15 @@ def reconcile_ldpc(
     rtt_s : float
         Simulated round-trip time of the loopback channel.
     **options
-        ``f_start``, ``f_step``, ``max_rounds``, ``max_iter``, ``max_iter_blind``, ``warm``, ``patience``, ``code``
-        (see :class:`LdpcBob`).
+        ``f_start``, ``f_step``, ``max_rounds``, ``max_iter``, ``max_iter_blind``, ``warm``, ``patience``, ``code``,
+        ``fallback`` (``"cascade"``, the default, or ``"drop"``; see :class:`LdpcBob`).
 
     Returns
     -------
     ReconcileResult
         ``leaked_bits`` = m - p syndrome bits (punctured bits are Alice's
-        private randomness, see :mod:`.adapt`) + revealed bits, per frame.
+        private randomness, see :mod:`.adapt`) + revealed bits, per frame,
+        + Cascade's parities for frames handed to the fallback.
         ``extra`` holds the code, rounds, iterations and revealed bits per frame.
     """
     unknown = set(options) - set(_BOB_OPTIONS)

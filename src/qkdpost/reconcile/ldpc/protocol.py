@@ -8,6 +8,12 @@ Bob drives, Alice answers (DESIGN.md). One batch of N frames costs
 ``ldpc.reveal``     Bob -> {frame_ids, start, stop}   (only failed frames)
                     Alice -> {values: uint8 (N', ceil((stop-start)/8)) packed}
 
+Frames that still fail after every blind round are, with
+``fallback="cascade"`` (the default), reconciled by Cascade over the same
+channel (``cascade.*`` messages, answered by the :class:`CascadeAlice` that
+:class:`LdpcAlice` holds on the same frames); its parities are added to the
+frame's leakage. With ``fallback="drop"`` they are reported as failed.
+
 ``layout_seed`` (16 public random bytes, from ``secrets`` unless a seed is
 given) fixes which code positions carry the key, which are shortened and
 their values, and the order in which positions are revealed; punctured
@@ -27,6 +33,7 @@ import numpy as np
 from ...bits import as_bits
 from ...channel import Channel, Handler
 from ...errors import InputError, ProtocolError
+from ..cascade import CascadeAlice, CascadeBob, CascadeConfig
 from ..result import ReconcileResult
 from . import _kernels as K
 from .adapt import FramePlan, plan_frame
@@ -89,16 +96,25 @@ class LdpcAlice:
         Seed of the private bits she puts on punctured positions. None (the
         default, and the only choice outside simulation) draws them from the
         OS CSPRNG.
+
+    Her handlers also answer Cascade's messages on the same frames, for
+    Bob's fallback on frames LDPC could not reconcile.
     """
 
     def __init__(self, frames: Mapping[int, np.ndarray], *, sim_seed: int | None = None):
         self._frames = {int(k): as_bits(v, f"alice frame {k}") for k, v in frames.items()}
+        self._cascade = CascadeAlice(self._frames)
         self._sim_rng = None if sim_seed is None else np.random.default_rng([int(sim_seed), 0xA11CE])
         self._words: dict[int, np.ndarray] = {}
         self._layout: FrameLayout | None = None
 
     def handlers(self) -> dict[str, Handler]:
-        return {"ldpc.syndromes": self._on_syndromes, "ldpc.reveal": self._on_reveal}
+        return {"ldpc.syndromes": self._on_syndromes, "ldpc.reveal": self._on_reveal, **self._cascade.handlers()}
+
+    @property
+    def cascade_leaked(self) -> dict[int, int]:
+        """Cascade parities she disclosed per frame id (fallback frames only)."""
+        return dict(self._cascade.leaked)
 
     def forget(self, frame_ids: Sequence[int]) -> None:
         """Drop the codewords kept for reveal requests."""
@@ -198,12 +214,25 @@ class LdpcBob:
     max_state_bytes : int
         Bound on decoder state (4 (E + 2n) bytes per frame); larger batches
         run as several consecutive sub-batches (more round trips).
+    fallback : {"cascade", "drop"}
+        What happens to frames still failing after the blind rounds:
+        reconciled by Cascade over the same channel (its parities are added
+        to ``leaked_bits``; ``extra["fallback"]`` marks these frames), or
+        reported with ``success=False`` and left as Bob had them.
+    cascade : CascadeConfig, optional
+        Settings of the Cascade fallback (default :class:`CascadeConfig()`).
     """
 
     def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int = 6,
                  max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
                  patience: int = 6, code: str | None = None, seed: int | None = None,
-                 max_state_bytes: int = 256 << 20):
+                 max_state_bytes: int = 256 << 20, fallback: str = "cascade",
+                 cascade: CascadeConfig | None = None):
+        if fallback not in ("cascade", "drop"):
+            raise InputError(f"fallback={fallback!r}: choose 'cascade' (reconcile failed frames with Cascade) "
+                             "or 'drop' (report them as failed)")
+        self.fallback = fallback
+        self.cascade = cascade if cascade is not None else CascadeConfig()
         if max_iter < 1:
             raise InputError(f"max_iter={max_iter!r}: must be >= 1")
         if max_iter_blind is not None and max_iter_blind < 1:
@@ -245,20 +274,52 @@ class LdpcBob:
         # decoder state is 4 (E + 2n) bytes per frame: bound it per batch
         chunk = max(1, self.max_state_bytes // (4 * (code.n_edges + 2 * code.n)))
         if nf <= chunk:
-            return self._run_batch(channel, ids, y, qber, plan, code)
+            return self._fall_back(channel, ids, y, qber, self._run_batch(channel, ids, y, qber, plan, code))
         parts = [self._run_batch(channel, ids[i:i + chunk], y[i:i + chunk], qber, plan, code)
                  for i in range(0, nf, chunk)]
         extra = dict(parts[0].extra)
         for k, v in extra.items():
             if isinstance(v, np.ndarray):
                 extra[k] = np.concatenate([p.extra[k] for p in parts])
-        return ReconcileResult(
+        res = ReconcileResult(
             bits=np.concatenate([p.bits for p in parts]),
             leaked_bits=np.concatenate([p.leaked_bits for p in parts]),
             success=np.concatenate([p.success for p in parts]),
             errors_corrected=np.concatenate([p.errors_corrected for p in parts]),
             round_trips=sum(p.round_trips for p in parts), bytes_sent=sum(p.bytes_sent for p in parts),
             method="ldpc", preset=plan.code, extra=extra)
+        return self._fall_back(channel, ids, y, qber, res)
+
+    def _fall_back(self, channel: Channel, ids: np.ndarray, y: np.ndarray, qber: float,
+                   res: ReconcileResult) -> ReconcileResult:
+        """Hand the frames LDPC did not reconcile to Cascade (``fallback="cascade"``)."""
+        failed = np.flatnonzero(~res.success)
+        extra = dict(res.extra)
+        extra["fallback"] = np.zeros(res.success.shape[0], dtype=bool)
+        extra["cascade_leaked"] = np.zeros(res.success.shape[0], dtype=np.int64)
+        if self.fallback != "cascade" or failed.shape[0] == 0:
+            return ReconcileResult(bits=res.bits, leaked_bits=res.leaked_bits, success=res.success,
+                                   errors_corrected=res.errors_corrected, round_trips=res.round_trips,
+                                   bytes_sent=res.bytes_sent, method=res.method, preset=res.preset, extra=extra)
+        rt0, by0 = channel.stats.snapshot()
+        # Cascade's permutation seed is public: from the simulation seed, else from secrets
+        cseed = None if self.seed is None else int(np.random.default_rng([int(self.seed), 0xCA5CADE]).integers(2**63))
+        # Bob's original bits (the decoder's failed guess may hold more errors than his input)
+        cres = CascadeBob(self.cascade, seed=cseed).run(channel, ids[failed], y[failed], qber)
+        rt1, by1 = channel.stats.snapshot()
+        bits = res.bits.copy()
+        bits[failed] = cres.bits
+        leaked = res.leaked_bits.copy()
+        leaked[failed] += cres.leaked_bits
+        success = res.success.copy()
+        success[failed] = cres.success
+        corrected = res.errors_corrected.copy()
+        corrected[failed] = np.count_nonzero(cres.bits != y[failed], axis=1)
+        extra["fallback"][failed] = True
+        extra["cascade_leaked"][failed] = cres.leaked_bits
+        return ReconcileResult(bits=bits, leaked_bits=leaked, success=success, errors_corrected=corrected,
+                               round_trips=res.round_trips + (rt1 - rt0), bytes_sent=res.bytes_sent + (by1 - by0),
+                               method=res.method, preset=res.preset, extra=extra)
 
     def _run_batch(self, channel: Channel, ids: np.ndarray, y: np.ndarray, qber: float, plan: FramePlan,
                    code: LdpcCode) -> ReconcileResult:
