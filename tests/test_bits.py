@@ -27,3 +27,13 @@ def test_binary_entropy_known_values():
     assert binary_entropy(0.5) == pytest.approx(1.0)
     assert binary_entropy(0.0) == 0.0 and binary_entropy(1.0) == 0.0
     assert binary_entropy(0.11) == pytest.approx(0.4999, abs=1e-3)
+
+
+def test_pack_bits_packs_each_row_of_a_2d_array():
+    rng = np.random.default_rng(3)
+    b = rng.integers(0, 2, (5, 131), dtype=np.uint8)
+    words = pack_bits(b)
+    assert words.shape == (5, 3)
+    for r in range(5):
+        np.testing.assert_array_equal(words[r], pack_bits(b[r]))
+        np.testing.assert_array_equal(unpack_bits(words[r], 131), b[r])
