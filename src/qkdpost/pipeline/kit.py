@@ -203,39 +203,61 @@ def _secure_length(finitekey: Any, stats: Mapping[str, Any], n: int, leak_ec: in
     """Evaluate the configured finite-key bound on a block's public counts.
 
     BBM92 blocks carry ``n_test`` and ``test_errors``: Tomamichel et al. 2012
-    (Nat. Commun. 3, 634, Eqs. 2-3). Decoy blocks also carry per-intensity
+    (Nat. Commun. 3, 634, Eq. 2). Decoy blocks also carry per-intensity
     counts (``n_key_c*`` exact per block, ``n_test_c*``/``m_test_c*``
     shared from the sifting windows, errors rounded up): Lim et al. 2014
-    (PRA 89, 022307, Eqs. 1-5) with the intensities of the config. Both get
-    the actual EC leakage and the verification tag length.
+    (PRA 89, 022307, Eqs. 1-5) with the three intensities of the config, or,
+    with two intensities, Rusca et al. 2018 (APL 112, 171104, Eqs. A16-A25),
+    which also needs the key-basis errors per intensity ``m_key_c0``,
+    ``m_key_c1``: Bob counts them after error correction (the bits he
+    flipped, by intensity class), so they are exact once verification passed.
+    All get the actual EC leakage and the verification tag length; decoy
+    bounds are evaluated monotone in every error count (docs/finitekey.md).
     """
     decoy = "n_key_c0" in stats
     bound = cfg.finitekey.bound
+    mu, p = cfg.finitekey.floats("decoy_mu"), cfg.finitekey.floats("decoy_p_mu")
     if bound == "auto":
-        bound = "lim2014" if decoy else "tomamichel2012"
-    if decoy and bound == "lim2014":
-        mu, p = cfg.finitekey.floats("decoy_mu"), cfg.finitekey.floats("decoy_p_mu")
-        if len(mu) != 3:
-            raise InputError(f"decoy_mu={cfg.finitekey.decoy_mu!r}: the two-decoy bound (lim2014) needs the three "
-                             "intensities, signal first, e.g. --decoy-mu 0.5,0.1,0.0002 --decoy-p-mu 0.7,0.2,0.1")
-        nk = [int(stats.get(f"n_key_c{c}", 0)) for c in range(3)]
-        nt = [int(stats.get(f"n_test_c{c}", 0)) for c in range(3)]
-        mt = [min(int(stats.get(f"m_test_c{c}", 0)), nt[c]) for c in range(3)]
+        bound = ("rusca2018" if len(mu) == 2 else "lim2014") if decoy else "tomamichel2012"
+    eps_sec = cfg.finitekey.eps_sec
+    if decoy and bound in ("lim2014", "rusca2018"):
+        k_int = 3 if bound == "lim2014" else 2
+        if len(mu) != k_int:
+            raise InputError(
+                f"decoy_mu={cfg.finitekey.decoy_mu!r}: {bound} needs {k_int} intensities, signal first, e.g. "
+                + ("--decoy-mu 0.5,0.1,0.0002 --decoy-p-mu 0.7,0.2,0.1" if k_int == 3
+                   else "--decoy-mu 0.5,0.15 --decoy-p-mu 0.7,0.3"))
+        extra = [c for c in range(k_int, 4) if int(stats.get(f"n_key_c{c}", 0)) or int(stats.get(f"n_test_c{c}", 0))]
+        if extra:
+            raise InputError(f"block has detections in intensity class {extra[0]}, but decoy_mu="
+                             f"{cfg.finitekey.decoy_mu!r} names {k_int} intensities; give every intensity of "
+                             "Alice's log")
+        nk = [int(stats.get(f"n_key_c{c}", 0)) for c in range(k_int)]
+        nt = [int(stats.get(f"n_test_c{c}", 0)) for c in range(k_int)]
+        mt = [min(int(stats.get(f"m_test_c{c}", 0)), nt[c]) for c in range(k_int)]
         if sum(nk) != n:
             raise InputError(f"block of {n} bits has key counts per intensity summing to {sum(nk)}")
-        res = finitekey.lim2014(nk, nt, mt, mu=mu, p_mu=p, leak_ec=float(leak_ec), eps_sec=cfg.finitekey.eps_sec,
-                                eps_cor=float(eps_cor), tag_bits=int(leak_verify))
+        if bound == "lim2014":
+            res = finitekey.lim2014(nk, nt, mt, mu=mu, p_mu=p, leak_ec=float(leak_ec), eps_sec=eps_sec,
+                                    eps_cor=float(eps_cor), tag_bits=int(leak_verify))
+        else:
+            if not all(f"m_key_c{c}" in stats for c in range(2)):
+                raise InputError("bound='rusca2018' needs the key-basis errors per intensity (block stats "
+                                 "m_key_c0, m_key_c1, counted by Bob after error correction); this pipeline's "
+                                 "blocks do not carry them: use three intensities and bound='lim2014'")
+            mk = [min(int(stats[f"m_key_c{c}"]), nk[c]) for c in range(2)]
+            res = finitekey.rusca2018(nk, mk, nt, mt, mu=mu, p_mu=p, leak_ec=float(leak_ec), eps_sec=eps_sec,
+                                      eps_cor=float(eps_cor), tag_bits=int(leak_verify))
     elif not decoy and bound == "tomamichel2012":
         k = int(stats.get("n_test", 0))
         e = int(stats.get("test_errors", 0))
         if k < 1:
             return 0, bound, {"reason": "no test-basis bits in this block: the phase error cannot be bounded"}
-        res = finitekey.tomamichel2012(n, k, e, leak_ec=float(leak_ec), eps_sec=cfg.finitekey.eps_sec,
+        res = finitekey.tomamichel2012(n, k, e, leak_ec=float(leak_ec), eps_sec=eps_sec,
                                        eps_cor=float(eps_cor), tag_bits=int(leak_verify))
     else:
         kind = "decoy BB84 (per-intensity counts)" if decoy else "BBM92 (no intensities)"
-        raise InputError(f"bound={bound!r} does not apply to {kind} blocks; use bound='auto', 'lim2014' for "
-                         "two-decoy BB84 or 'tomamichel2012' for BBM92 (one-decoy rusca2018 is not wired: it "
-                         "needs key-basis errors per intensity)")
+        raise InputError(f"bound={bound!r} does not apply to {kind} blocks; use bound='auto', 'lim2014' "
+                         "(two decoys) or 'rusca2018' (one decoy) for decoy BB84, 'tomamichel2012' for BBM92")
     details = {"reason": res.reason, "value": res.value, **{k_: v for k_, v in res.bounds.items()}}
     return int(res.length), res.bound, details
