@@ -137,6 +137,29 @@ def fill_inverse(perm, out):
         out[perm[j]] = j
 
 
+@kernel()
+def fill_inverse_column(perm, inv, q):
+    """inv[perm[j], q] = j: column q of Bob's position-major inverse table."""
+    for j in range(perm.shape[0]):
+        inv[perm[j], q] = j
+
+
+@kernel()
+def _pass_pos(pi, inv, q, x):
+    """Position of bit x in the permuted order of pass q.
+
+    Pass 0 is the identity. Passes below ``inv.shape[1]`` read the
+    position-major table ``inv[x, q]`` (all passes of one bit in one cache
+    line, since a correction visits every pass of the bit at once); later
+    passes the pass-major inverse ``pi[1, q]``.
+    """
+    if q == 0:
+        return x
+    if q < inv.shape[1]:
+        return np.int64(inv[x, q])
+    return np.int64(pi[1, q, x])
+
+
 # ----------------------------------------------------------------------------
 # Alice: parities of ranges of her own bits (she never sees Bob's)
 
@@ -391,16 +414,23 @@ def _single_unknown(kpos, pi, f, q, s, e):
 
 
 @kernel()
-def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
+def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
     """Bob learns that position x0 is correct once flipped (``flip0``) or as is.
 
-    Then peels: in every started pass, if the deepest known node containing
-    the position is small (<= PEEL_MAX) and has exactly one position left
-    that is not known to be correct, that position's error is the node's
-    error parity, so it is learned too, without asking (the erasure
-    "peeling" of LDPC decoding applied to Cascade's disclosed parities).
+    A flip toggles Bob's bit and the error parity of every known node
+    containing it, in every started pass: the deepest known node on each
+    pass's root-to-leaf path is a frontier node and goes on the pending list
+    if it became odd (Cascade's "cascade" step). The same walk then peels:
+    if that deepest known node is small (<= PEEL_MAX) and has exactly one
+    position left that is not known to be correct, that position's error is
+    the node's error parity, so it is learned too, without asking (the
+    erasure "peeling" of LDPC decoding applied to Cascade's disclosed
+    parities).
     """
-    n = eng[0].shape[1]
+    bits = eng[0]
+    packed = eng[1]
+    flips = eng[4]
+    n = bits.shape[1]
     stk = eng[5]  # scratch: position, flip flag, position, flip flag, ...
     cap = stk.shape[0] // 2
     stk[0] = x0
@@ -411,11 +441,17 @@ def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
         x = stk[2 * top]
         if _kpos_get(kpos, f, x) != 0:
             continue
-        if stk[2 * top + 1] != 0:
-            _flip(eng, tree, kpos, pend, st, pi, geo, f, x)
+        flip = stk[2 * top + 1] != 0
+        if flip:
+            bits[f, x] ^= np.uint8(1)
+            packed[f, x >> 6] ^= _ONE << np.uint64(x & 63)
+            st[f, S_FLIPS] += 1
+            st[f, S_BTOT] ^= 1
         _kpos_set(kpos, f, x)
         for q in range(st[f, S_PASS]):
-            j = x if q == 0 else pi[1, q, x]  # pass 0 is the identity
+            j = _pass_pos(pi, inv, q, x)
+            if flip:
+                flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
             k = geo[G_K, q]
             b = j // k
             s = b * k
@@ -426,6 +462,8 @@ def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
             de = -1
             dv = -1
             while _get(tree, f, 0, base + h) != 0:
+                if flip:
+                    _toggle(tree, f, 1, base + h)
                 ds = s
                 de = e
                 dv = base + h
@@ -438,70 +476,30 @@ def _learn(eng, tree, kpos, pend, st, pi, geo, f, x0, flip0):
                 else:
                     s = m
                     h = 2 * h + 1
-            if dv >= 0 and 1 < de - ds <= PEEL_MAX and top < cap:
+            if dv < 0:
+                continue
+            odd = _get(tree, f, 1, dv)
+            if flip and odd != 0:
+                _push(pend, st, f, dv, tree)
+            if 1 < de - ds <= PEEL_MAX and top < cap:
                 z = _single_unknown(kpos, pi, f, q, ds, de)
                 if z >= 0:
                     stk[2 * top] = z
-                    stk[2 * top + 1] = _get(tree, f, 1, dv)
+                    stk[2 * top + 1] = odd
                     top += 1
                     st[f, S_INFERRED] += 1
 
 
 @kernel()
-def _after_known(eng, tree, kpos, pend, st, pi, geo, f, v, q, s, e):
+def _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, e):
     """Use a node that just became known: a leaf teaches its position, a small node may peel."""
     if e - s == 1:
-        _learn(eng, tree, kpos, pend, st, pi, geo, f, pi[0, q, s], _get(tree, f, 1, v) != 0)
+        _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, pi[0, q, s], _get(tree, f, 1, v) != 0)
     elif e - s <= PEEL_MAX:
         z = _single_unknown(kpos, pi, f, q, s, e)
         if z >= 0:
             st[f, S_INFERRED] += 1
-            _learn(eng, tree, kpos, pend, st, pi, geo, f, z, _get(tree, f, 1, v) != 0)
-
-
-@kernel()
-def _flip(eng, tree, kpos, pend, st, pi, geo, f, x):
-    """Flip Bob's bit x and toggle every known node containing it, in every started pass.
-
-    The deepest known node on each pass's root-to-leaf path is a frontier
-    node; if it becomes odd it is pushed on the pending list. Only
-    :func:`_learn` calls this.
-    """
-    bits = eng[0]
-    packed = eng[1]
-    flips = eng[4]
-    n = bits.shape[1]
-    bits[f, x] ^= np.uint8(1)
-    packed[f, x >> 6] ^= _ONE << np.uint64(x & 63)
-    st[f, S_FLIPS] += 1
-    st[f, S_BTOT] ^= 1
-    for q in range(st[f, S_PASS]):
-        j = x if q == 0 else pi[1, q, x]  # pass 0 is the identity
-        flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
-        k = geo[G_K, q]
-        b = j // k
-        s = b * k
-        e = min(s + k, n)
-        base = geo[G_BASE, q] + b * geo[G_STRIDE, q]
-        h = 1
-        last = -1
-        while True:
-            node = base + h
-            if _get(tree, f, 0, node) == 0:
-                break
-            _toggle(tree, f, 1, node)
-            last = node
-            if e - s == 1:
-                break
-            m = s + (e - s + 1) // 2
-            if j < m:
-                e = m
-                h = 2 * h
-            else:
-                s = m
-                h = 2 * h + 1
-        if last >= 0 and _get(tree, f, 1, last) != 0:
-            _push(pend, st, f, last, tree)
+            _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, z, _get(tree, f, 1, v) != 0)
 
 
 @kernel()
@@ -548,7 +546,7 @@ def _level(size):
 
 
 @kernel()
-def _start_pass_locally(eng, tree, kpos, pend, st, pi, geo, f):
+def _start_pass_locally(eng, tree, kpos, pend, st, pi, inv, geo, f):
     """Start pass S_PASS whose only block's parity is implied by the frame parity."""
     n = eng[0].shape[1]
     q = st[f, S_PASS]
@@ -559,11 +557,11 @@ def _start_pass_locally(eng, tree, kpos, pend, st, pi, geo, f):
     st[f, S_INFERRED] += 1
     if d:
         _push(pend, st, f, v, tree)
-    _after_known(eng, tree, kpos, pend, st, pi, geo, f, v, q, 0, n)
+    _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, 0, n)
 
 
 @kernel()
-def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
+def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
     n = eng[0].shape[1]
     st[f, S_ACTION] = 0
     st[f, S_NSEL] = 0
@@ -613,7 +611,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
             nb = geo[G_NB, q]
             count = nb if q == 0 else nb - 1
             if count == 0:
-                _start_pass_locally(eng, tree, kpos, pend, st, pi, geo, f)
+                _start_pass_locally(eng, tree, kpos, pend, st, pi, inv, geo, f)
                 continue
             st[f, S_ACTION] = 2
             st[f, S_TOPCOUNT] = count
@@ -630,7 +628,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
             if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
                 continue
             if e - s == 1:
-                _learn(eng, tree, kpos, pend, st, pi, geo, f, pi[0, q, s], True)
+                _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, pi[0, q, s], True)
                 changed = True
                 continue
             m = s + (e - s + 1) // 2
@@ -648,8 +646,8 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
                         _push(pend, st, f, vl, tree)
                     else:
                         _push(pend, st, f, vl + 1, tree)
-                    _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl, q, s, m)
-                    _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl + 1, q, m, e)
+                    _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl, q, s, m)
+                    _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl + 1, q, m, e)
                     changed = True
                     continue
             lv = _level(e - s)
@@ -722,7 +720,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f):
 
 
 @kernel()
-def bob_plan(eng, tree, kpos, pend, st, pi, geo, cfg):
+def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg):
     """Advance every running frame to the point where it must ask Alice something.
 
     Applies pending flips (leaves) and free inferences, drops stale pending
@@ -739,7 +737,7 @@ def bob_plan(eng, tree, kpos, pend, st, pi, geo, cfg):
                 st[f, S_DONE] = 2
                 st[f, S_ACTION] = 0
                 continue
-            _plan_frame(eng, tree, kpos, pend, st, pi, geo, cfg, f)
+            _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
         else:
             st[f, S_ACTION] = 0
 
@@ -765,7 +763,7 @@ def bob_emit(pend, st, geo, n, roff, out):
 
 
 @kernel()
-def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
+def bob_absorb(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk):
     """Take in Alice's parities for this round's requests.
 
     ``par`` holds every parity of the round (uint8 0/1); frame f's range
@@ -797,8 +795,8 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
                     _push(pend, st, f, vl, tree)
                 if dl ^ dv:
                     _push(pend, st, f, vl + 1, tree)
-                _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl, q, s, m)
-                _after_known(eng, tree, kpos, pend, st, pi, geo, f, vl + 1, q, m, e)
+                _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl, q, s, m)
+                _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl + 1, q, m, e)
             st[f, S_LEAK] += nsel
             st[f, S_INFERRED] += nsel  # the sibling of every asked child
         else:
@@ -841,7 +839,7 @@ def bob_absorb(eng, tree, kpos, pend, st, pi, geo, par, offs, masks, maskk):
                 for b in range(nb):
                     s = b * k
                     v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
-                    _after_known(eng, tree, kpos, pend, st, pi, geo, f, v, q, s, min(s + k, n))
+                    _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, min(s + k, n))
 
 
 def _warmup() -> None:

@@ -50,6 +50,8 @@ from .presets import block_sizes, get_preset
 __all__ = ["CascadeConfig", "CascadeAlice", "CascadeBob", "reconcile_cascade"]
 
 MAX_PASSES = 64
+# passes whose inverse permutation Bob keeps position-major (one 64-byte row per bit)
+INV_COLS = 16
 _PERM_CACHE_SIZE = 2
 
 
@@ -97,9 +99,12 @@ class CascadeConfig:
 class _Perms:
     """Public permutations of one (seed, n), built pass by pass on first use.
 
-    ``pi[0, q]`` is the order of pass q, ``pi[1, q]`` its inverse (only built
-    when ``inverse=True`` is asked, i.e. on Bob's side). Rows are allocated
-    with ``np.empty`` so untouched passes cost no memory.
+    ``pi[0, q]`` is the order of pass q. Its inverse is only built when
+    ``inverse=True`` is asked, i.e. on Bob's side: for q < INV_COLS in column
+    q of the position-major table ``inv`` (int32[n, INV_COLS], rows aligned
+    to 64 bytes, so a correction finds the bit's place in every pass in one
+    cache line), for later passes in ``pi[1, q]``. Arrays are allocated with
+    ``np.empty`` so untouched passes cost no memory.
     """
 
     def __init__(self, seed: int, n: int):
@@ -109,6 +114,15 @@ class _Perms:
         self.done = np.zeros((2, MAX_PASSES), dtype=bool)
         self.masks = np.empty((MAX_PASSES, (n + 63) // 64), dtype=np.uint64)
         self.maskk = np.zeros(MAX_PASSES, dtype=np.int64)
+        self._inv: np.ndarray | None = None
+
+    @property
+    def inv(self) -> np.ndarray:
+        if self._inv is None:
+            raw = np.empty(self.n * INV_COLS + 16, dtype=np.int32)
+            skip = (-raw.ctypes.data % 64) // 4  # first row on a cache-line boundary
+            self._inv = raw[skip : skip + self.n * INV_COLS].reshape(self.n, INV_COLS)
+        return self._inv
 
     def ensure_mask(self, q: int, k: int) -> None:
         """Packed membership mask of block 0 of pass q (for passes of two blocks)."""
@@ -121,8 +135,11 @@ class _Perms:
         if not self.done[0, q]:
             K.fill_permutation(self.seed, np.int64(q), self.pi[0, q])
             self.done[0, q] = True
-        if inverse and not self.done[1, q]:
-            K.fill_inverse(self.pi[0, q], self.pi[1, q])
+        if inverse and not self.done[1, q] and q > 0:
+            if q < INV_COLS:
+                K.fill_inverse_column(self.pi[0, q], self.inv, np.int64(q))
+            else:
+                K.fill_inverse(self.pi[0, q], self.pi[1, q])
             self.done[1, q] = True
 
 
@@ -398,7 +415,7 @@ class CascadeBob:
                         q += 1
                     else:
                         break
-                K.bob_plan(eng, tree, kpos, pend, st, perms.pi, geo, kcfg)
+                K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg)
                 act = st[:, K.S_ACTION]
                 if not act.any():
                     break
@@ -428,7 +445,7 @@ class CascadeBob:
                         par = np.concatenate([par, tpar])
                 except (KeyError, ValueError, TypeError) as exc:
                     raise ProtocolError(f"cascade.parities reply: bad or short parity field ({exc})") from None
-                K.bob_absorb(eng, tree, kpos, pend, st, perms.pi, geo, par, offs, perms.masks, perms.maskk)
+                K.bob_absorb(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, par, offs, perms.masks, perms.maskk)
         finally:
             try:
                 channel.request("cascade.end", {"sid": sid})
