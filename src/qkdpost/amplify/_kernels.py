@@ -969,9 +969,10 @@ def _afft_divide(F, base, H, lam, terms, t0, t1, mode, inverse):
 AFFT_BLOCK_LOG = 13
 
 
-#: Levels 1-4 run as fixed-size code (:func:`_afft_level4`,
-#: :func:`_afft_bottom3`); level 5 (half-blocks of 16) is divided by plain
-#: index loops, cheaper there than slicing and the vector kernel.
+#: Levels 1-5 run as fixed-size code (:func:`_afft_level5`,
+#: :func:`_afft_level4`, :func:`_afft_bottom3`) unless L < 5; up to half-blocks
+#: of 16 the generic level divides by plain index loops, cheaper there than
+#: slicing and the vector kernel.
 AFFT_SMALL_HALF = 16
 
 
@@ -1136,23 +1137,46 @@ def _afft_level4(F, b_lo, b_hi, lam, mode, inverse):
 
 
 @kernel(None)
+def _afft_level5(F, b_lo, b_hi, lam, mode, inverse):
+    """Level 5 on 32-element blocks b_lo <= b < b_hi (``s_4 = x^16 + x``), fixed like :func:`_afft_level4`."""
+    for b in range(b_lo, b_hi):
+        o = b << 5
+        lm = lam[b]
+        if inverse:
+            for i in range(16):
+                F[o + 16 + i] ^= F[o + i]
+        for cc in range(2):
+            c = cc if inverse else 1 - cc
+            src = o + 16 + 8 * c
+            dst = src - 16
+            for i in range(8):
+                F[dst + 1 + i] ^= F[src + i]
+            for i in range(8):
+                F[dst + i] ^= gf64_mul(F[src + i], lm, mode)
+        if not inverse:
+            for i in range(16):
+                F[o + 16 + i] ^= F[o + i]
+
+
+@kernel(None)
 def afft_forward(F, L, lam, terms, tstart, mode):
     """Evaluate the polynomial with coefficients F (2^L field elements) at
     omega_u = sum_i bit_i(u) beta_i, in place: F[u] <- f(omega_u).
 
     Levels L .. Lc+1 sweep the whole array; below, each block of 2^Lc
     elements runs all its remaining levels before the next block (the same
-    operations in a cache-friendly order), the last four as fixed-size
+    operations in a cache-friendly order), the last five as fixed-size
     code.
     """
     Lc = min(L, AFFT_BLOCK_LOG)
-    low = 4 if L >= 4 else 0
+    low = 5 if L >= 5 else 0
     for l in range(L, Lc, -1):
         _afft_level(F, l, 0, 1 << (L - l), lam, terms, tstart, mode, False)
     for b in range(1 << (L - Lc)):
         for l in range(Lc, low, -1):
             _afft_level(F, l, b << (Lc - l), (b + 1) << (Lc - l), lam, terms, tstart, mode, False)
         if low:
+            _afft_level5(F, b << (Lc - 5), (b + 1) << (Lc - 5), lam, mode, False)
             _afft_level4(F, b << (Lc - 4), (b + 1) << (Lc - 4), lam, mode, False)
             _afft_bottom3(F, b << (Lc - 3), (b + 1) << (Lc - 3), lam, mode, False)
 
@@ -1161,11 +1185,12 @@ def afft_forward(F, L, lam, terms, tstart, mode):
 def afft_inverse(F, L, lam, terms, tstart, mode):
     """Inverse of :func:`afft_forward` (interpolation), in place, in the mirrored order."""
     Lc = min(L, AFFT_BLOCK_LOG)
-    low = 4 if L >= 4 else 0
+    low = 5 if L >= 5 else 0
     for b in range(1 << (L - Lc)):
         if low:
             _afft_bottom3(F, b << (Lc - 3), (b + 1) << (Lc - 3), lam, mode, True)
             _afft_level4(F, b << (Lc - 4), (b + 1) << (Lc - 4), lam, mode, True)
+            _afft_level5(F, b << (Lc - 5), (b + 1) << (Lc - 5), lam, mode, True)
         for l in range(low + 1, Lc + 1):
             _afft_level(F, l, b << (Lc - l), (b + 1) << (Lc - l), lam, terms, tstart, mode, True)
     for l in range(Lc + 1, L + 1):
