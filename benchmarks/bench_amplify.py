@@ -45,6 +45,12 @@ def _qkdpost(x, s, m):
     return toeplitz_hash(x, s, m)
 
 
+def _qkdpost_modified(x, s, m):
+    from qkdpost.amplify import modified_toeplitz_hash
+
+    return modified_toeplitz_hash(x, s[: x.size - 1], m)
+
+
 def _qkdpost_packed(xw, n, sw, m, algorithm):
     from qkdpost.amplify import toeplitz_hash_packed
 
@@ -52,7 +58,7 @@ def _qkdpost_packed(xw, n, sw, m, algorithm):
 
 
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("impl", ["qkdpost", "packed_karatsuba", "packed_afft", "scipy_fft64"])
+@pytest.mark.parametrize("impl", ["qkdpost", "qkdpost_modified", "packed_karatsuba", "packed_afft", "scipy_fft64"])
 def test_toeplitz_throughput(benchmark, n, impl):
     from qkdpost.amplify import _kernels
     from qkdpost.bits import pack_bits
@@ -62,6 +68,8 @@ def test_toeplitz_throughput(benchmark, n, impl):
     x, s, m = _inputs(n)
     if impl == "qkdpost":
         fn, args = _qkdpost, (x, s, m)
+    elif impl == "qkdpost_modified":
+        fn, args = _qkdpost_modified, (x, s, m)
     elif impl.startswith("packed_"):
         fn, args = _qkdpost_packed, (pack_bits(x), n, pack_bits(s), m, impl.split("_")[1])
     else:

@@ -18,11 +18,11 @@ Theory 62, 2213 (2016), doi:10.1109/TIT.2016.2526018) is
 ``T'[i, j] = s[i - j + n - m - 1]`` of an ``(n - 1)``-bit seed: a universal_2
 family with a shorter seed and a smaller product.
 
-Both are computed exactly on packed 64-bit words: for outputs shorter
-than ``AFFT_THRESHOLD_BITS`` by a carry-less (GF(2)[z]) middle product,
-transposed Karatsuba above ``LEAF_WORDS`` words with PCLMULQDQ leaves; above
-that by an additive FFT over GF(2^64) with a Cantor basis (32-bit chunks, so
-the field never reduces a chunk product). Without PCLMULQDQ a portable
+Both are computed exactly on packed 64-bit words, whichever a cost model
+expects to be faster: a carry-less (GF(2)[z]) middle product by transposed
+Karatsuba above ``LEAF_WORDS`` words with PCLMULQDQ leaves (thin products,
+small blocks), or an additive FFT over GF(2^64) with a Cantor basis (32-bit
+chunks, so the field never reduces a chunk product; see docs/amplify.md). Without PCLMULQDQ a portable
 carry-less loop gives identical output (:mod:`qkdpost.amplify._kernels`).
 
 Public API
@@ -232,8 +232,7 @@ def _toeplitz_words(
 
     ``algorithm``: ``"karatsuba"`` (transposed Karatsuba middle product),
     ``"afft"`` (additive FFT over GF(2^64), single-threaded) or ``"auto"``
-    (the additive FFT when ``m >= AFFT_THRESHOLD_BITS``, where it is faster
-    even than two Karatsuba threads).
+    (whichever :func:`_prefer_afft` expects to be faster).
     With ``threads > 1`` the Karatsuba columns are cut into ``threads`` blocks,
     each an independent Toeplitz product run on its own thread (the kernels
     release the GIL), and the partial outputs are XORed; the additive FFT runs
