@@ -116,7 +116,7 @@ if pytest is not None:
         def ours():
             L = llr.copy()
             R = np.zeros((nf, code.n_edges), np.float32)
-            K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([60, 0]), L, R, np.arange(nf, dtype=np.int64), iters)
+            K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([60, 0]), L, R, np.arange(nf, dtype=np.int64), iters, K.PHI_LUT)
             return L
 
         def scalar():

@@ -66,7 +66,7 @@ def decode_one(code, llr, syn, max_iter):
     return int(it[0]), dec[0]
 
 
-def decode_many(code, llr, syn, max_iter, patience=0, which=None, state=None):
+def decode_many(code, llr, syn, max_iter, patience=0, which=None, state=None, workers=1):
     """Decode frames with the shipped kernel; returns (iterations, hard decisions) or, with
     ``state=True``, also (L, R)."""
     L = np.array(llr, dtype=np.float32)
@@ -74,7 +74,7 @@ def decode_many(code, llr, syn, max_iter, patience=0, which=None, state=None):
     which = np.arange(L.shape[0], dtype=np.int64) if which is None else np.asarray(which, np.int64)
     it = np.empty(which.shape[0], np.int64)
     K.decode_batch(code.row_ptr, code.col_idx, np.ascontiguousarray(syn, dtype=np.uint8),
-                   np.array([max_iter, patience]), L, R, which, it)
+                   np.array([max_iter, patience, workers]), L, R, which, it, K.PHI_LUT)
     if state:
         return it, L, R
     return it, (L < 0).astype(np.uint8)
@@ -325,19 +325,19 @@ def test_warm_start_continues_where_it_stopped():
     R1 = np.zeros((3, code.n_edges), np.float32)
     R2 = np.zeros((3, code.n_edges), np.float32)
     it = np.empty(3, np.int64)
-    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([3, 0]), L1, R1, which, it)
+    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([3, 0]), L1, R1, which, it, K.PHI_LUT)
     assert (it == -4).all()  # -(iterations used) - 1
-    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([4, 0]), L1, R1, which, it)
-    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([7, 0]), L2, R2, which, it)
+    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([4, 0]), L1, R1, which, it, K.PHI_LUT)
+    K.decode_batch(code.row_ptr, code.col_idx, syn, np.array([7, 0]), L2, R2, which, it, K.PHI_LUT)
     assert np.array_equal(L1, L2) and np.array_equal(R1, R2)
 
 
-@pytest.mark.parametrize("name,q,nf,patience", [
-    ("mm2012-r0.70-n16384", 0.045, 11, 0),   # 11 frames: one full group of 8 and a padded one
-    ("mm2012-r0.50-n16384", 0.095, 3, 4),    # patience stops some lanes early
-    ("elk2009-r0.85-n16384", 0.017, 9, 6),
+@pytest.mark.parametrize("name,q,nf,patience,workers", [
+    ("mm2012-r0.70-n16384", 0.045, 11, 0, 1),   # 11 frames: lanes refilled as frames finish
+    ("mm2012-r0.50-n16384", 0.095, 3, 4, 1),    # patience stops some lanes early; idle lanes
+    ("elk2009-r0.85-n16384", 0.017, 19, 6, 2),  # two workers (prange) share the frames
 ])
-def test_lane_decoder_equals_scalar_decoder_bit_for_bit(name, q, nf, patience):
+def test_lane_decoder_equals_scalar_decoder_bit_for_bit(name, q, nf, patience, workers):
     """The frame-parallel kernel gives the scalar oracle's messages, decisions and iteration
     counts exactly, frame by frame, whatever the other frames in its group do."""
     code = load_code(name)
@@ -349,7 +349,7 @@ def test_lane_decoder_equals_scalar_decoder_bit_for_bit(name, q, nf, patience):
     mask[rng.choice(np.flatnonzero(mask == 0), code.n // 50, replace=False)] = 1
     syn = code.syndrome(x)
     llr = np.stack([llr_for(y[i], q, mask, x[i]) for i in range(nf)])
-    it, L, R = decode_many(code, llr, syn, 25, patience=patience, state=True)
+    it, L, R = decode_many(code, llr, syn, 25, patience=patience, state=True, workers=workers)
     for i in range(nf):
         it1, L1, R1 = scalar_decode(code, llr[i], syn[i], 25, patience)
         assert it[i] == it1

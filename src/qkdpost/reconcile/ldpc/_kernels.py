@@ -309,8 +309,8 @@ def syndrome_batch(row_ptr, col_idx, x, out):
 # iteration counts are bit-identical to it; the tests check this.
 # ---------------------------------------------------------------------------
 @kernel()
-def decode_group(row_ptr, col_idx, synT, max_iter, patience, L, R, lut, active, iters):
-    """Layered sum-product decoding of LANES frames at once (one frame per lane).
+def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
+    """Layered sum-product decoding of frames ``which`` through LANES lanes, refilled as they finish.
 
     Syndrome decoding for Slepian-Wolf coding (Liveris, Xiong, Georghiades,
     IEEE Commun. Lett. 6, 440, 2002, doi:10.1109/LCOMM.2002.804244): the
@@ -320,88 +320,140 @@ def decode_group(row_ptr, col_idx, synT, max_iter, patience, L, R, lut, active, 
     Codes, CUP 2009, Eq. 5.27) with phi from ``lut`` (:data:`PHI_LUT`):
     R_cv = (-1)^s_c prod_{u != v} sign(Q_uc) phi(sum_{u != v} phi(|Q_uc|)).
 
-    A lane stops being updated (is masked) as soon as its hard decision
-    reproduces its syndrome, or when its number of unsatisfied checks has
-    not reached a new minimum for ``patience`` iterations (0 = never); the
-    call returns when no lane is active or after ``max_iter`` iterations.
+    Each lane holds one frame (its posteriors, messages and syndrome
+    transposed into lane-minor buffers). After every iteration the
+    unsatisfied checks of all lanes are counted; a lane whose hard decision
+    reproduces its syndrome, whose count has not reached a new minimum for
+    ``patience`` iterations (0 = never), or that has run ``max_iter``
+    iterations is written back and refilled with the next frame, so lanes
+    do not idle while slower frames of the same group finish. A lane
+    being filled is masked for the iteration in which it waits for its
+    first count.
 
     Parameters
     ----------
-    synT : uint8 (m, LANES)       syndromes, lane-minor
-    max_iter, patience : int
-    L : float32 (n, LANES)        in/out: posteriors (hard decision L < 0 -> 1)
-    R : float32 (E, LANES)        in/out: check-to-variable messages, row order
-    lut : float32 (PHI_BINS,)     PHI_LUT
-    active : uint8 (LANES,)       lanes to decode (0 = padding)
-    iters : int64 (LANES,)        out, active lanes only: iterations used if
-                                  decoded (0 when the input already matched),
-                                  else ``-(iterations used) - 1``
-
-    Returns
-    -------
-    int64 : iterations run (the most of any lane).
+    syn : uint8 (N, m); limits : int64 (2,) = (max_iter, patience)
+    L : float32 (N, n) in/out; R : float32 (N, E) in/out
+    which : int64 (K,) frames to decode, in order
+    iters_out : int64 (K,) out: iterations used if decoded (0 when the
+        input already matched), else ``-(iterations used) - 1``
+    lut : float32 (PHI_BINS,)
     """
     W = LANES
+    max_iter = limits[0]
+    patience = limits[1]
+    n = L.shape[1]
+    E = R.shape[1]
     m = row_ptr.shape[0] - 1
     maxdeg = 0
     for j in range(m):
         d = row_ptr[j + 1] - row_ptr[j]
         if d > maxdeg:
             maxdeg = d
+    Lg = np.zeros((n, W), np.float32)
+    Rg = np.zeros((E, W), np.float32)
+    sg = np.zeros((m, W), np.uint8)
     T = np.empty((maxdeg, W), np.float32)
     P = np.empty((maxdeg, W), np.float32)
     SG = np.empty((maxdeg, W), np.int32)
     S = np.empty(W, np.float32)
     NEG = np.empty(W, np.int32)
-    ACT = np.zeros(W, np.int32)
-    best = np.full(W, m + 1, np.int64)
+    ACT = np.zeros(W, np.int32)     # lane is iterating
+    slot = np.full(W, -1, np.int64)  # index into `which` held by the lane, -1 empty
+    fresh = np.zeros(W, np.int32)   # loaded, waiting for its first count
+    it_l = np.zeros(W, np.int64)
+    best = np.zeros(W, np.int64)
     since = np.zeros(W, np.int64)
     U = np.empty(W, np.int64)
     acc = np.empty(W, np.int32)
-    _unsatisfied_lanes(row_ptr, col_idx, L, synT, U, acc)
-    nact = 0
+    K = which.shape[0]
+    nxt = 0
     for l in range(W):
-        if active[l]:
-            if U[l] == 0:
-                iters[l] = 0
-            else:
-                ACT[l] = 1
-                nact += 1
-    it = 0
-    while it < max_iter and nact > 0:
-        for j in range(m):
-            lo = row_ptr[j]
-            hi = row_ptr[j + 1]
-            for l in range(W):
-                NEG[l] = np.int32(synT[j, l])
-                S[l] = np.float32(0.0)
-            for e in range(lo, hi):
-                check_in(L, R, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
-            for e in range(lo, hi):
-                check_out(L, R, T, P, SG, S, NEG, lut, ACT, col_idx[e], e, e - lo)
-        it += 1
-        _unsatisfied_lanes(row_ptr, col_idx, L, synT, U, acc)
+        if nxt < K:
+            _lane_load(L, R, syn, which[nxt], Lg, Rg, sg, l)
+            slot[l] = nxt
+            fresh[l] = 1
+            nxt += 1
+    busy = min(K, W)
+    while busy > 0:
+        nact = 0
         for l in range(W):
-            if ACT[l] == 0:
+            nact += ACT[l]
+        if nact > 0:
+            for j in range(m):
+                lo = row_ptr[j]
+                hi = row_ptr[j + 1]
+                for l in range(W):
+                    NEG[l] = np.int32(sg[j, l])
+                    S[l] = np.float32(0.0)
+                for e in range(lo, hi):
+                    check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
+                for e in range(lo, hi):
+                    check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, col_idx[e], e, e - lo)
+        _unsatisfied_lanes(row_ptr, col_idx, Lg, sg, U, acc)
+        for l in range(W):
+            if slot[l] < 0:
                 continue
-            if U[l] == 0:
-                iters[l] = it
-                ACT[l] = 0
-                nact -= 1
-            elif patience > 0 and it < max_iter:
-                if U[l] < best[l]:
-                    best[l] = U[l]
-                    since[l] = 0
+            done = False
+            if fresh[l]:
+                fresh[l] = 0
+                if U[l] == 0:
+                    iters_out[slot[l]] = 0
+                    done = True
                 else:
-                    since[l] += 1
-                    if since[l] >= patience:
-                        iters[l] = -it - 1
-                        ACT[l] = 0
-                        nact -= 1
-    for l in range(W):
-        if ACT[l]:
-            iters[l] = -max_iter - 1
-    return np.int64(it)
+                    ACT[l] = 1
+                    it_l[l] = 0
+                    best[l] = m + 1
+                    since[l] = 0
+            else:
+                it_l[l] += 1
+                if U[l] == 0:
+                    iters_out[slot[l]] = it_l[l]
+                    done = True
+                else:
+                    if patience > 0:
+                        if U[l] < best[l]:
+                            best[l] = U[l]
+                            since[l] = 0
+                        else:
+                            since[l] += 1
+                            if since[l] >= patience:
+                                done = True
+                    if it_l[l] >= max_iter:
+                        done = True
+                    if done:
+                        iters_out[slot[l]] = -it_l[l] - 1
+            if done:
+                ACT[l] = 0
+                _lane_store(Lg, Rg, L, R, which[slot[l]], l)
+                slot[l] = -1
+                busy -= 1
+                if nxt < K:
+                    _lane_load(L, R, syn, which[nxt], Lg, Rg, sg, l)
+                    slot[l] = nxt
+                    fresh[l] = 1
+                    nxt += 1
+                    busy += 1
+
+
+@kernel(inline="always")
+def _lane_load(L, R, syn, f, Lg, Rg, sg, l):
+    """Copy frame f's posteriors, messages and syndrome into lane l."""
+    for v in range(L.shape[1]):
+        Lg[v, l] = L[f, v]
+    for e in range(R.shape[1]):
+        Rg[e, l] = R[f, e]
+    for j in range(syn.shape[1]):
+        sg[j, l] = syn[f, j]
+
+
+@kernel(inline="always")
+def _lane_store(Lg, Rg, L, R, f, l):
+    """Copy lane l's posteriors and messages back to frame f."""
+    for v in range(L.shape[1]):
+        L[f, v] = Lg[v, l]
+    for e in range(R.shape[1]):
+        R[f, e] = Rg[e, l]
 
 
 @kernel(inline="always")
@@ -421,59 +473,38 @@ def _unsatisfied_lanes(row_ptr, col_idx, L, synT, out, acc):
 
 
 @kernel(parallel=True)
-def decode_batch(row_ptr, col_idx, syn, limits, L, R, which, iters_out):
-    """Decode frames ``which`` of a batch, LANES frames at a time, state in caller-owned buffers.
+def decode_batch(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
+    """Decode frames ``which`` of a batch, state in caller-owned buffers.
 
-    syn : uint8 (N, m); limits : int64 (2,) = (max_iter, patience);
+    syn : uint8 (N, m); limits : int64 (2,) or (3,) = (max_iter, patience[, workers]);
     L : float32 (N, n) in/out: posteriors (start: channel LLRs, 0 for
     punctured, +-LLR_KNOWN for known positions; hard decision L < 0 -> 1);
     R : float32 (N, E) in/out: check-to-variable messages in row order
     (start: 0); which : int64 (K,) frame indices; iters_out : int64 (K,)
     out: iterations used if decoded (>= 0, 0 when the input already
-    matched the syndrome), else ``-(iterations used) - 1``.
+    matched the syndrome), else ``-(iterations used) - 1``; lut : float32
+    :data:`PHI_LUT` (an argument: Numba does not cache kernels that read
+    large global arrays).
 
     Warm start (blind rounds): add the change of the channel LLR of the
     revealed positions to L and call again; the decoder continues from its
-    messages. Frames ``which`` are taken in groups of LANES (the last group padded with
-    inactive lanes); each group is transposed into lane-minor buffers,
-    decoded by :func:`decode_group` and transposed back. ``prange`` runs over
-    groups. Each frame's result does not depend on the others in its group
-    (the tests compare with a one-frame-at-a-time scalar decoder, bit for bit).
+    messages. The frames are split over ``workers`` (default 1, at most
+    ``ceil(K / LANES)``) run in ``prange``, each streaming its share through
+    LANES lanes with :func:`decode_stream`; callers pass the number of
+    threads (``numba.get_num_threads()`` inside the kernel would stop Numba
+    from caching it). A frame's result does not depend
+    on the other frames (the tests compare with a one-frame scalar decoder,
+    bit for bit).
     """
-    lut = PHI_LUT
-    W = LANES
     K = which.shape[0]
-    n = L.shape[1]
-    E = R.shape[1]
-    m = syn.shape[1]
-    ngroups = (K + W - 1) // W
-    for g in prange(ngroups):
-        Lg = np.zeros((n, W), np.float32)
-        Rg = np.zeros((E, W), np.float32)
-        sg = np.zeros((m, W), np.uint8)
-        act = np.zeros(W, np.uint8)
-        it = np.zeros(W, np.int64)
-        for l in range(W):
-            i = g * W + l
-            if i < K:
-                f = which[i]
-                act[l] = 1
-                for v in range(n):
-                    Lg[v, l] = L[f, v]
-                for e in range(E):
-                    Rg[e, l] = R[f, e]
-                for j in range(m):
-                    sg[j, l] = syn[f, j]
-        decode_group(row_ptr, col_idx, sg, limits[0], limits[1], Lg, Rg, lut, act, it)
-        for l in range(W):
-            i = g * W + l
-            if i < K:
-                f = which[i]
-                iters_out[i] = it[l]
-                for v in range(n):
-                    L[f, v] = Lg[v, l]
-                for e in range(E):
-                    R[f, e] = Rg[e, l]
+    nw = limits[2] if limits.shape[0] > 2 else 1
+    nw = max(1, min(nw, (K + LANES - 1) // LANES))
+    for w in prange(nw):
+        mine = which[w::nw].copy()
+        out = np.empty(mine.shape[0], np.int64)
+        decode_stream(row_ptr, col_idx, syn, limits, L, R, mine, out, lut)
+        for i in range(mine.shape[0]):
+            iters_out[w + i * nw] = out[i]
 
 
 @kernel()
@@ -518,4 +549,4 @@ def _warmup() -> None:
     for f in range(2):
         bsc_llr(x[f], 0.05, np.zeros(12, np.uint8), np.zeros(12, np.uint8), llr[f])
     decode_batch(row_ptr, col_idx, s, np.array([5, 0], np.int64), llr, np.zeros((2, col_idx.shape[0]), np.float32),
-                 np.arange(2, dtype=np.int64), np.empty(2, np.int64))
+                 np.arange(2, dtype=np.int64), np.empty(2, np.int64), PHI_LUT)

@@ -28,6 +28,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numba
 import numpy as np
 
 from ...bits import as_bits
@@ -379,8 +380,9 @@ class LdpcBob:
                 cursor = stop
             sub_it = np.empty(todo.shape[0], dtype=np.int64)
             budget = self.max_iter if rnd == 0 else self.max_iter_blind
-            limits = np.array([budget, self.patience if rnd < plan.max_rounds else 0], dtype=np.int64)
-            K.decode_batch(code.row_ptr, code.col_idx, syn, limits, L, R, todo, sub_it)
+            limits = np.array([budget, self.patience if rnd < plan.max_rounds else 0, numba.get_num_threads()],
+                              dtype=np.int64)
+            K.decode_batch(code.row_ptr, code.col_idx, syn, limits, L, R, todo, sub_it, K.PHI_LUT)
             iters[todo] += np.where(sub_it >= 0, sub_it, -sub_it - 1)
             status[todo] = sub_it
             todo = todo[sub_it < 0]
