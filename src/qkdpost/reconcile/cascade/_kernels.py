@@ -164,7 +164,7 @@ def _pass_pos(pi, inv, q, x):
 # Alice: parities of ranges of her own bits (she never sees Bob's)
 
 
-@kernel()
+@kernel(inline="always")
 def _word_parity(x):
     x ^= x >> np.uint64(32)
     x ^= x >> np.uint64(16)
@@ -197,7 +197,7 @@ def _build_prefix(packed, perm, pref, f, q):
     pref[f, q, n >> 6] = word
 
 
-@kernel()
+@kernel(inline="always")
 def _prefix_bit(pref, f, q, j):
     return np.uint8((pref[f, q, j >> 6] >> np.uint64(j & 63)) & _ONE)
 
@@ -224,7 +224,7 @@ def _bitset_range_parity(arr, f, q, s, e):
     return _word_parity(x ^ last)
 
 
-@kernel()
+@kernel(inline="always")
 def _par_range(eng, pi, f, q, s, e, track):
     """Parity of ``bits[f, perm[q, s:e]]`` (a party's current bits, permuted order of pass q).
 
@@ -318,12 +318,12 @@ def fill_block0_mask(perm, k, out):
 # Bob: bitset helpers and tree walking
 
 
-@kernel()
+@kernel(inline="always")
 def _get(tree, f, r, i):
     return (tree[f, i >> 6, r] >> np.uint64(i & 63)) & _ONE
 
 
-@kernel()
+@kernel(inline="always")
 def _set(tree, f, r, i, v):
     w = i >> 6
     m = _ONE << np.uint64(i & 63)
@@ -333,17 +333,17 @@ def _set(tree, f, r, i, v):
         tree[f, w, r] &= ~m
 
 
-@kernel()
+@kernel(inline="always")
 def _toggle(tree, f, r, i):
     tree[f, i >> 6, r] ^= _ONE << np.uint64(i & 63)
 
 
-@kernel()
+@kernel(inline="always")
 def _kpos_get(kpos, f, x):
     return (kpos[f, 0, x >> 6] >> np.uint64(x & 63)) & _ONE
 
 
-@kernel()
+@kernel(inline="always")
 def _kpos_set(kpos, f, x):
     kpos[f, 0, x >> 6] |= _ONE << np.uint64(x & 63)
 
@@ -376,7 +376,7 @@ def node_locate(v, geo, n):
     return q, s, e, h
 
 
-@kernel()
+@kernel(inline="always")
 def _push(pend, st, f, v, tree):
     if _get(tree, f, 2, v) != 0:
         return  # already queued
@@ -389,7 +389,7 @@ def _push(pend, st, f, v, tree):
     st[f, S_NPEND] = c + 1
 
 
-@kernel()
+@kernel(inline="always")
 def _mark_known(tree, kpos, pi, f, v, q, s, e, d):
     """Make node v (pass q, range [s, e)) known with error parity d.
 
@@ -490,7 +490,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
                     st[f, S_INFERRED] += 1
 
 
-@kernel()
+@kernel(inline="always")
 def _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, e):
     """Use a node that just became known: a leaf teaches its position, a small node may peel."""
     if e - s == 1:
