@@ -267,3 +267,41 @@ def test_capture_record_of_an_older_version_is_accepted_by_its_settings_and_upgr
     # upgraded once: from now on another alignment is refused even if the legacy part matches
     with pytest.raises(ConfigError, match="align=x"):
         store.claim_capture("c0123", "new-a2", "block_bits=1024 align=y", legacy_fingerprint="old-a")
+
+
+def test_batch_writes_are_each_atomic_and_sync_each_directory_once(tmp_path, monkeypatch):
+    import os as os_mod
+
+    from qkdpost import keystore as ks
+
+    store = KeyStore(tmp_path / "s")
+    rng = np.random.default_rng(1)
+    items = [(f"b{i}", rng.integers(0, 2, 1000 + i, dtype=np.uint8), {"i": i}) for i in range(4)]
+    calls = []
+    real = os_mod.fsync
+    monkeypatch.setattr(ks.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    assert store.mark_started_many([b for b, _, _ in items] + ["b0"]) == [True] * 4 + [False]
+    assert len(calls) == 1  # one sync of started/ for the batch
+    calls.clear()
+    store.prepare_many(items)
+    assert len(calls) == 4 * 3 + 1  # per block: key, meta, its directory; then pending/ once
+    assert store.ids("pending") == ["b0", "b1", "b2", "b3"] and store.ids("started") == []
+    calls.clear()
+    assert store.commit_many(["b0", "b1", "b1", "b2", "b3"]) == [True, True, False, True, True]
+    assert len(calls) == 1 and store.ids() == ["b0", "b1", "b2", "b3"]
+    assert store.commit_many(["b0"]) == [False]  # idempotent on final
+    for bid, bits, meta in items:
+        got = store.read(bid)
+        np.testing.assert_array_equal(got.bits, bits)
+        assert got.meta["i"] == meta["i"]
+        assert oct((tmp_path / "s" / "keys" / bid / "key.bin").stat().st_mode & 0o777) == "0o600"
+    # a batch with one known id writes none of it and leaves nothing staged
+    with pytest.raises(InputError, match="b2"):
+        store.put_many([("c0", items[0][1], {}), ("b2", items[2][1], {})])
+    assert not store.known("c0") and list((tmp_path / "s" / "tmp").iterdir()) == []
+    with pytest.raises(InputError, match="at most once"):
+        store.put_many([("c1", items[0][1], {}), ("c1", items[0][1], {})])
+    assert not store.known("c1")
+    with pytest.raises(InputError, match="never prepared"):
+        store.commit_many(["zz"])
+    store.put_many([])  # nothing to do, no error

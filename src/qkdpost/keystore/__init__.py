@@ -39,7 +39,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -214,12 +214,24 @@ class KeyStore:
         would go uncounted), so :meth:`known` is true from here on. Returns
         False if the block was already known.
         """
-        if self.known(block_id):
-            return False
-        d = self._dir("started", block_id)
-        d.mkdir(mode=0o700)
-        _fsync_dir(d.parent)
-        return True
+        return self.mark_started_many([block_id])[0]
+
+    def mark_started_many(self, block_ids: Sequence[str]) -> list[bool]:
+        """:meth:`mark_started` for several blocks with one directory sync.
+
+        Durable for all of them when this returns; per id, False if it was
+        already known.
+        """
+        out = []
+        for block_id in block_ids:
+            if self.known(block_id):
+                out.append(False)
+                continue
+            self._dir("started", block_id).mkdir(mode=0o700)
+            out.append(True)
+        if any(out):
+            _fsync_dir(self.path / "started")
+        return out
 
     def known(self, block_id: str) -> bool:
         """True if the id was ever written here (final, pending or consumed)."""
@@ -281,36 +293,85 @@ class KeyStore:
             raise
         return work
 
-    def _move(self, src: Path, area: str, block_id: str) -> None:
-        dst = self._dir(area, block_id)
-        if dst.exists():
-            shutil.rmtree(src, ignore_errors=True)
-            raise InputError(f"block_id={block_id!r}: already in {area}/ of {str(self.path)!r}")
-        os.rename(src, dst)
-        _fsync_dir(dst.parent)  # the rename is durable once the new parent is synced
-        journal = self._dir("started", block_id)
-        if journal.is_dir():  # the block is now pending/final: the journal entry is done
-            journal.rmdir()  # not synced: a stale entry is harmless and removed on open
+    def _move_many(self, moves: Sequence[tuple[Path, str]], area: str) -> None:
+        """Rename staged/pending block dirs into ``area`` and sync ``area`` once.
+
+        Every destination is checked before the first rename, so a clash
+        renames nothing (the staged dirs are removed). Each rename is atomic;
+        all are durable once the one parent sync returns.
+        """
+        clash = [bid for _, bid in moves if self._dir(area, bid).exists()]
+        if clash:
+            for src, _ in moves:
+                if src.parent == self.path / "tmp":
+                    shutil.rmtree(src, ignore_errors=True)
+            raise InputError(f"block_id={clash[0]!r}: already in {area}/ of {str(self.path)!r}")
+        for src, bid in moves:
+            os.rename(src, self._dir(area, bid))
+        if moves:
+            _fsync_dir(self.path / area)  # the renames are durable once the new parent is synced
+        for _, bid in moves:
+            journal = self._dir("started", bid)
+            if journal.is_dir():  # the block is now pending/final: the journal entry is done
+                journal.rmdir()  # not synced: a stale entry is harmless and removed on open
+
+    def _stage_many(self, items: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]]) -> list[tuple[Path, str]]:
+        ids = [bid for bid, _, _ in items]
+        if len(set(ids)) != len(ids):
+            raise InputError(f"block ids {ids!r}: each id at most once per write; a key id is never written twice")
+        staged: list[tuple[Path, str]] = []
+        try:
+            for bid, bits, meta in items:
+                staged.append((self._stage(bid, bits, meta), bid))
+        except BaseException:
+            for work, _ in staged:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        return staged
 
     def put(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> None:
         """Write a final key block atomically (one-phase)."""
-        work = self._stage(block_id, bits, meta)
-        self._move(work, "keys", block_id)
+        self.put_many([(block_id, bits, meta)])
+
+    def put_many(self, items: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]]) -> None:
+        """Write several final key blocks; each atomic, all durable on return.
+
+        Each block is built in ``tmp/`` (files fsynced) and renamed into
+        ``keys/``; one sync of ``keys/`` covers the renames of the batch
+        (instead of one per block). If any id is already known, nothing is
+        written.
+        """
+        self._move_many(self._stage_many(items), "keys")
 
     def prepare(self, block_id: str, bits: np.ndarray, meta: Mapping[str, Any]) -> None:
         """Write a block as pending (durable, not deliverable) for two-phase commit."""
-        work = self._stage(block_id, bits, meta)
-        self._move(work, "pending", block_id)
+        self.prepare_many([(block_id, bits, meta)])
+
+    def prepare_many(self, items: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]]) -> None:
+        """:meth:`prepare` for several blocks (as :meth:`put_many`, into ``pending/``)."""
+        self._move_many(self._stage_many(items), "pending")
 
     def commit(self, block_id: str) -> bool:
         """Make a pending block final. True if it was pending (idempotent on final)."""
-        st = self.state(block_id)
-        if st == "pending":
-            self._move(self._dir("pending", block_id), "keys", block_id)
-            return True
-        if st in ("final", "consumed"):
-            return False
-        raise InputError(f"block_id={block_id!r}: cannot commit, it was never prepared in {str(self.path)!r}")
+        return self.commit_many([block_id])[0]
+
+    def commit_many(self, block_ids: Sequence[str]) -> list[bool]:
+        """:meth:`commit` for several blocks with one directory sync; all durable on return."""
+        out, moves = [], []
+        for block_id in block_ids:
+            st = self.state(block_id)
+            if any(bid == block_id for _, bid in moves):
+                out.append(False)  # listed twice: committed once
+            elif st == "pending":
+                moves.append((self._dir("pending", block_id), block_id))
+                out.append(True)
+            elif st in ("final", "consumed"):
+                out.append(False)
+            else:
+                raise InputError(f"block_id={block_id!r}: cannot commit, it was never prepared in "
+                                 f"{str(self.path)!r}")
+        self._move_many(moves, "keys")
+        return out
 
     def abort(self, block_id: str) -> bool:
         """Discard a pending block, leaving its journal entry. True if one was discarded.

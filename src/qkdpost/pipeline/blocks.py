@@ -133,6 +133,11 @@ class _Span:
             c.nbytes[self.stage] = c.nbytes.get(self.stage, 0) + nb - self.s0[1]
 
 
+def _rows(a: np.ndarray, idx: list[int]) -> np.ndarray:
+    """``a[idx]`` without the copy when ``idx`` takes every row in order (the usual batch)."""
+    return a if idx == list(range(a.shape[0])) else a[idx]
+
+
 def _choose_method(cfg: Config, qber: float) -> str:
     m = cfg.reconcile.ec_method
     if m == "auto":
@@ -234,8 +239,7 @@ class BobBlocks:
         live = [b for b in live if b not in mine]
         too_noisy = [b for b in live if b.qber_estimate > cfg.estimate.qber_abort]  # NaN: unknown, not aborted
         live = [b for b in live if b not in too_noisy]
-        for b in live + too_noisy:
-            self.store.mark_started(b.block_id)
+        self.store.mark_started_many([b.block_id for b in live + too_noisy])  # one directory sync
         qs = [b.qber_estimate for b in live if np.isfinite(b.qber_estimate)]
         qber = max([cfg.reconcile.ec_qber_floor] + qs)
         method = _choose_method(cfg, qber)
@@ -280,7 +284,7 @@ class BobBlocks:
         if cand:
             with clock("verify"):
                 v_ok, tag_bits, eps_cor = self.kit.verify_bob(self.channel, [ids[i] for i in cand],
-                                                              corrected[cand], cfg)
+                                                              _rows(corrected, cand), cfg)
             for j, i in enumerate(cand):
                 ok[i] = bool(v_ok[j])
                 recs[ids[i]].leak_verify = int(tag_bits)
@@ -319,7 +323,7 @@ class BobBlocks:
 
         # 5. amplify
         with clock("amplify"):
-            finals = self.kit.amplify_bob(self.channel, [ids[i] for i in keep], corrected[keep],
+            finals = self.kit.amplify_bob(self.channel, [ids[i] for i in keep], _rows(corrected, keep),
                                         lengths[keep], cfg, seed=_seed_for(cfg, live[0].index, 2))
         if len(finals) != len(keep) or any(int(np.asarray(finals[j]).size) != int(lengths[i])
                                            for j, i in enumerate(keep)):
@@ -346,8 +350,8 @@ class BobBlocks:
                     self.store_channel.request("pipe.prepare", {
                         "ids": " ".join(metas), "metas": json.dumps(metas, sort_keys=True),
                     })
+                    self.store.put_many(job.items)  # the commit point; one directory sync per batch
                     for bid, final, meta in job.items:
-                        self.store.put(bid, final, meta)
                         keys[bid] = final
                         recs[bid].status, recs[bid].reason = "ok", ""
                     self.store_channel.request("pipe.commit", {"ids": " ".join(metas)})
@@ -473,8 +477,7 @@ class AliceBlocks:
         return {"ids": " ".join(self.store.ids("pending"))}
 
     def _resolve(self, body: dict[str, Any]) -> dict[str, Any]:
-        for b in body["commit"].split():
-            self.store.commit(b)
+        self.store.commit_many(body["commit"].split())
         for b in body["abort"].split():
             self.store.abort(b)
         return {}
@@ -508,8 +511,9 @@ class AliceBlocks:
             self.store.mark_dropped(bid, "qber_abort")
             self._close(bid, "dropped", "qber_abort")
         known, frames = [], {}
-        for bid, start, n in zip(ids, starts, lengths):
-            if not self.store.mark_started(bid):
+        fresh = self.store.mark_started_many(ids)  # one directory sync
+        for bid, start, n, new in zip(ids, starts, lengths, fresh):
+            if not new:
                 known.append(bid)
                 self._close(bid, "dropped", "interrupted_earlier")
                 continue
@@ -565,8 +569,8 @@ class AliceBlocks:
                 raise ProtocolError(f"block {bid}: Alice's final key has {key.size} bits, pipe.final agreed "
                                     f"{agreed}, Bob's metadata says {metas[bid]['final_length']}")
             keys[bid] = key
-        for bid, key in keys.items():
-            self.store.prepare(bid, key, metas[bid])
+        self.store.prepare_many([(bid, key, metas[bid]) for bid, key in keys.items()])
+        for bid in keys:
             r = self._record(bid)
             for k in ("n_sifted", "final_length", "secure_length", "qber_estimate", "qber_observed",
                       "ec_method", "bound"):
@@ -575,8 +579,9 @@ class AliceBlocks:
         return {}
 
     def _commit(self, body: dict[str, Any]) -> dict[str, Any]:
-        for bid in body["ids"].split():
-            self.store.commit(bid)
+        ids = body["ids"].split()
+        self.store.commit_many(ids)
+        for bid in ids:
             out = self._outputs.pop(bid, None)
             self._agreed.pop(bid, None)
             if out is not None:
