@@ -150,3 +150,18 @@ def test_one_decoy_sift_cascade_bound_positive_and_truth_inside(one_decoy_run):
     assert det["v1_test"] >= v1_true
     json.dumps(det)  # report-ready
     assert math.isfinite(det["value"])
+
+
+def test_bbm92_fixed_qber_tolerance_from_config():
+    """qber_tol fixes Tomamichel's Q_tol: less key than the observed-rate default, none above it."""
+    st = {"n_test": 50_000, "test_errors": 1_000}  # observed 2 %
+    n = 1_000_000
+    observed = _secure_length(fk, st, n, 150_000, 65, 2.0**-65, _cfg())
+    fixed = _secure_length(fk, st, n, 150_000, 65, 2.0**-65, _cfg(qber_tol=0.03))
+    want = fk.tomamichel2012(n, 50_000, 1_000, leak_ec=150_000.0, eps_sec=1e-10, eps_cor=2.0**-65, tag_bits=65,
+                             qber_tol=0.03)
+    assert 0 < fixed[0] == want.length < observed[0]
+    above = _secure_length(fk, st, n, 150_000, 65, 2.0**-65, _cfg(qber_tol=0.015))
+    assert above[0] == 0 and "exceeds qber_tol" in above[2]["reason"]
+    with pytest.raises(Exception, match="qber_tol"):
+        _cfg(qber_tol=0.6)

@@ -253,17 +253,26 @@ class FiniteKeyConfig:
         Decoy BB84: the intensities (mean photon numbers, signal first) and
         their probabilities, comma-separated, e.g. ``"0.5,0.1,0.0002"`` and
         ``"0.7,0.2,0.1"``; public protocol parameters the bound needs.
+    qber_tol : float
+        BBM92 (Tomamichel et al. 2012): the protocol's tolerated test-basis
+        error rate ``Q_tol``, fixed in advance as the paper's protocol has
+        it; a block whose observed rate exceeds it yields no key. 0 (the
+        default) uses each block's observed rate (variable length; see
+        docs/finitekey.md).
     """
 
     bound: str = "auto"
     eps_sec: float = 1e-10
     decoy_mu: str = ""
     decoy_p_mu: str = ""
+    qber_tol: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.bound in ("auto", "tomamichel2012", "lim2014", "rusca2018"), "bound", self.bound,
                "must be 'auto', 'tomamichel2012', 'lim2014' or 'rusca2018'")
         _check(0 < self.eps_sec < 1, "eps_sec", self.eps_sec, "must be in (0, 1)")
+        _check(0 <= self.qber_tol < 0.5, "qber_tol", self.qber_tol,
+               "must be in [0, 0.5): 0 for the observed rate, else the tolerated error rate", "e.g. 0.05")
         for name in ("decoy_mu", "decoy_p_mu"):
             try:
                 vals = self.floats(name)

@@ -254,7 +254,8 @@ def _secure_length(finitekey: Any, stats: Mapping[str, Any], n: int, leak_ec: in
         if k < 1:
             return 0, bound, {"reason": "no test-basis bits in this block: the phase error cannot be bounded"}
         res = finitekey.tomamichel2012(n, k, e, leak_ec=float(leak_ec), eps_sec=eps_sec,
-                                       eps_cor=float(eps_cor), tag_bits=int(leak_verify))
+                                       eps_cor=float(eps_cor), tag_bits=int(leak_verify),
+                                       qber_tol=cfg.finitekey.qber_tol or None)
     else:
         kind = "decoy BB84 (per-intensity counts)" if decoy else "BBM92 (no intensities)"
         raise InputError(f"bound={bound!r} does not apply to {kind} blocks; use bound='auto', 'lim2014' "
