@@ -505,6 +505,24 @@ def test_plan_prefers_shortening_and_limits_puncturing():
         assert p.leak_start >= 1.0 * p.n_key * binary_entropy(q)
 
 
+def test_plan_takes_the_code_that_needs_least_puncturing():
+    """Every shipped code of the chosen length that could reach the target needs at least as
+    many punctured positions as the chosen one (shortening a higher-rate code is preferred)."""
+    for n_key in (14746, 58982):
+        for q in (0.02, 0.03, 0.05, 0.07, 0.1):
+            p = plan_frame(n_key, q)
+            for c in available_codes():
+                if c["n"] != p.n or c["name"] == p.code:
+                    continue
+                try:
+                    other = plan_frame(n_key, q, code=c["name"])
+                except InputError:  # this code cannot serve the QBER at all
+                    continue
+                if abs(other.leak_start - p.leak_start) <= 1:  # also reaches the target
+                    assert other.n_punct >= p.n_punct, (q, c["name"])
+    assert plan_frame(58982, 0.02).code == "elk2009-r0.85-n65536"
+
+
 # ------------------------------------------------------------- bad inputs
 def test_bad_inputs_raise_clear_errors():
     rng = np.random.default_rng(11)
