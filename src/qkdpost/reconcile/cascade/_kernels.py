@@ -732,14 +732,19 @@ def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg):
     be given up (pending list full, round cap, no progress).
     """
     for f in range(st.shape[0]):
-        if st[f, S_DONE] == 0:
-            if st[f, S_ROUNDS] >= cfg[C_MAXROUNDS]:
-                st[f, S_DONE] = 2
-                st[f, S_ACTION] = 0
-                continue
-            _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
-        else:
+        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
+
+
+@kernel()
+def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
+    if st[f, S_DONE] == 0:
+        if st[f, S_ROUNDS] >= cfg[C_MAXROUNDS]:
+            st[f, S_DONE] = 2
             st[f, S_ACTION] = 0
+            return
+        _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
+    else:
+        st[f, S_ACTION] = 0
 
 
 @kernel()
@@ -763,83 +768,93 @@ def bob_emit(pend, st, geo, n, roff, out):
 
 
 @kernel()
-def bob_absorb(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk):
-    """Take in Alice's parities for this round's requests.
+def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, masks, maskk):
+    """Take in Alice's parities for this round's requests, then plan each frame's next round.
 
     ``par`` holds every parity of the round (uint8 0/1); frame f's range
     answers are ``par[offs[0, f] : offs[0, f + 1]]`` and its top-level
     answers ``par[offs[1, f] : offs[1, f + 1]]``. ``eng`` is Bob's tuple
     (bits, packed, pref, snap, flips uint64[N, P, W], scratch); ``masks``/``maskk`` as in
-    :func:`alice_block_parities`.
+    :func:`alice_block_parities`. Each frame is planned (as by
+    :func:`bob_plan`) right after its answers are absorbed, while its nodes
+    are still in cache; frames are independent, so the result is that of
+    ``bob_absorb`` for all frames followed by ``bob_plan``. The caller must
+    have built the permutations of passes up to ``max(S_PASS) + 1`` (and of
+    the one-block passes after it).
     """
+    for f in range(st.shape[0]):
+        if st[f, S_ACTION] != 0:
+            _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk, f)
+        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
+
+
+@kernel()
+def _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk, f):
     bits = eng[0]
     n = bits.shape[1]
-    for f in range(bits.shape[0]):
-        act = st[f, S_ACTION]
-        if act == 0:
-            continue
-        st[f, S_ROUNDS] += 1
-        if act == 1:
-            o = offs[0, f]
-            nsel = st[f, S_NSEL]
-            for i in range(nsel):
-                v = pend[f, i]
-                q, s, e, h = node_locate(v, geo, n)
-                m = s + (e - s + 1) // 2
-                dl = np.uint64(par[o + i] ^ _par_range(eng, pi, f, q, s, m, True))
-                dv = _get(tree, f, 1, v)
-                vl = v - h + 2 * h
-                _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
-                _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
-                if dl:
-                    _push(pend, st, f, vl, tree)
-                if dl ^ dv:
-                    _push(pend, st, f, vl + 1, tree)
-                _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl, q, s, m)
-                _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl + 1, q, m, e)
-            st[f, S_LEAK] += nsel
-            st[f, S_INFERRED] += nsel  # the sibling of every asked child
-        else:
-            o = offs[1, f]
-            q = st[f, S_PASS]
-            count = st[f, S_TOPCOUNT]
-            k = geo[G_K, q]
-            nb = geo[G_NB, q]
-            if q == 0:
-                bt = _word_parity(np.uint64(0))
-                packed = eng[1]
-                for w in range(packed.shape[1]):
-                    bt ^= _word_parity(packed[f, w])
-                at = np.uint8(0)
-                for b in range(count):
-                    at ^= par[o + b]
-                st[f, S_BTOT] = bt
-                st[f, S_ATOT] = at
-            acc = np.uint64(0)
+    act = st[f, S_ACTION]
+    st[f, S_ROUNDS] += 1
+    if act == 1:
+        o = offs[0, f]
+        nsel = st[f, S_NSEL]
+        for i in range(nsel):
+            v = pend[f, i]
+            q, s, e, h = node_locate(v, geo, n)
+            m = s + (e - s + 1) // 2
+            dl = np.uint64(par[o + i] ^ _par_range(eng, pi, f, q, s, m, True))
+            dv = _get(tree, f, 1, v)
+            vl = v - h + 2 * h
+            _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
+            _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
+            if dl:
+                _push(pend, st, f, vl, tree)
+            if dl ^ dv:
+                _push(pend, st, f, vl + 1, tree)
+            _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl, q, s, m)
+            _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl + 1, q, m, e)
+        st[f, S_LEAK] += nsel
+        st[f, S_INFERRED] += nsel  # the sibling of every asked child
+    else:
+        o = offs[1, f]
+        q = st[f, S_PASS]
+        count = st[f, S_TOPCOUNT]
+        k = geo[G_K, q]
+        nb = geo[G_NB, q]
+        if q == 0:
+            bt = _word_parity(np.uint64(0))
+            packed = eng[1]
+            for w in range(packed.shape[1]):
+                bt ^= _word_parity(packed[f, w])
+            at = np.uint8(0)
+            for b in range(count):
+                at ^= par[o + b]
+            st[f, S_BTOT] = bt
+            st[f, S_ATOT] = at
+        acc = np.uint64(0)
+        for b in range(nb):
+            s = b * k
+            e = min(s + k, n)
+            if b < count:
+                if count == 1 and maskk[q] == k:
+                    bp = _par_block0(eng, masks, f, q)
+                else:
+                    bp = _par_range(eng, pi, f, q, s, e, True)
+                d = np.uint64(par[o + b] ^ bp)
+                acc ^= d
+            else:
+                d = np.uint64(st[f, S_ATOT] ^ st[f, S_BTOT]) ^ acc
+                st[f, S_INFERRED] += 1
+            v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
+            _mark_known(tree, kpos, pi, f, v, q, s, e, d)
+            if d:
+                _push(pend, st, f, v, tree)
+        st[f, S_PASS] = q + 1
+        st[f, S_LEAK] += count
+        if k <= PEEL_MAX:
             for b in range(nb):
                 s = b * k
-                e = min(s + k, n)
-                if b < count:
-                    if count == 1 and maskk[q] == k:
-                        bp = _par_block0(eng, masks, f, q)
-                    else:
-                        bp = _par_range(eng, pi, f, q, s, e, True)
-                    d = np.uint64(par[o + b] ^ bp)
-                    acc ^= d
-                else:
-                    d = np.uint64(st[f, S_ATOT] ^ st[f, S_BTOT]) ^ acc
-                    st[f, S_INFERRED] += 1
                 v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
-                _mark_known(tree, kpos, pi, f, v, q, s, e, d)
-                if d:
-                    _push(pend, st, f, v, tree)
-            st[f, S_PASS] = q + 1
-            st[f, S_LEAK] += count
-            if k <= PEEL_MAX:
-                for b in range(nb):
-                    s = b * k
-                    v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
-                    _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, min(s + k, n))
+                _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, min(s + k, n))
 
 
 def _warmup() -> None:

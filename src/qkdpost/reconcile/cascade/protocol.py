@@ -404,18 +404,28 @@ class CascadeBob:
         offs = np.zeros((2, N + 1), dtype=np.int64)
         frame_idx = np.arange(N, dtype=np.int64)
         no_top = np.empty((0, 4), dtype=np.int32)
+        par = None
         try:
             while True:
-                q = int(st[:, K.S_PASS].max()) if N else 0
+                # permutations the next kernel call may use: the pass whose
+                # top-level parities may arrive, the next one (planned right
+                # after), and the one-block passes started locally after it
+                q0 = int(st[:, K.S_PASS].max()) if N else 0
+                q = q0
                 while q < P:
                     perms.ensure(q, inverse=True)
                     if geo[K.G_NB, q] == 2 and geo[K.G_K, q] > K.BIG_RANGE:
                         perms.ensure_mask(q, int(geo[K.G_K, q]))
-                    if q >= 1 and geo[K.G_NB, q] == 1:
+                    if q == q0 or (q >= 1 and geo[K.G_NB, q] == 1):
                         q += 1
                     else:
                         break
-                K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg)
+                if par is None:
+                    K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg)
+                else:
+                    K.bob_absorb_plan(
+                        eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, par, offs, perms.masks, perms.maskk
+                    )
                 act = st[:, K.S_ACTION]
                 if not act.any():
                     break
@@ -445,7 +455,6 @@ class CascadeBob:
                         par = np.concatenate([par, tpar])
                 except (KeyError, ValueError, TypeError) as exc:
                     raise ProtocolError(f"cascade.parities reply: bad or short parity field ({exc})") from None
-                K.bob_absorb(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, par, offs, perms.masks, perms.maskk)
         finally:
             try:
                 channel.request("cascade.end", {"sid": sid})
