@@ -21,6 +21,10 @@ code on row views.
 Array arguments are C-contiguous with a last axis of length 8; offsets
 (``v``, ``e``, ``k``) are row indices. Nothing is bounds-checked: callers
 are kernels that pass valid rows.
+
+Numba's on-disk cache is keyed on the calling kernel's source file, not on
+this one: after editing this module, touch ``_kernels.py`` (or clear the
+cache) so the kernels are recompiled.
 """
 
 from __future__ import annotations
