@@ -31,7 +31,7 @@ def main() -> None:
             os.replace(tmp, where)
 
         serve_alice(os.path.join(link, "alice.arrow"), out, cfg, port=0, on_listen=listening,
-                    idle_timeout_s=15, kit=kit)
+                    idle_timeout_s=60, kit=kit)  # > a restarted Bob's start-up on a loaded machine
     else:
         run_bob(os.path.join(link, "bob.arrow"), out, ("127.0.0.1", int(where)), cfg, retries=20,
                 retry_wait_s=0.5, kit=kit)

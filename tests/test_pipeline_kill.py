@@ -106,7 +106,9 @@ def test_kill_9_and_restart_keeps_stores_equal(link, tmp_path, victim, kind):
                 bob.wait(10)
                 bob = _start("bob", link, b_dir, newport, kind)
         rc, out = _finish(bob)
-        assert rc == 0, out[-3000:]
+        if rc != 0 and alice.poll() is not None:
+            out += "\n--- alice ---\n" + alice.stdout.read().decode()[-3000:]
+        assert rc == 0, out[-6000:]
     finally:
         for p in (alice, bob):
             if p.poll() is None:
