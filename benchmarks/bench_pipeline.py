@@ -141,6 +141,24 @@ def test_sifted_to_final(benchmark, impl, q):
                                 block_bits=N, qber=q, method="cascade")
 
 
+@pytest.mark.parametrize("q", [0.02, 0.05])
+@pytest.mark.parametrize("batch_blocks", [1, 2, 4, 8])
+def test_batch_blocks(benchmark, batch_blocks, q):
+    """The pipeline on 8 blocks of 10^6 bits with 1, 2, 4 or 8 blocks per reconciliation."""
+    k = 8
+    data = _blocks(q, k, 3)
+    cfg = Config().replace(block_bits=N, batch_blocks=batch_blocks, ec_method="cascade")
+
+    def go():
+        with tempfile.TemporaryDirectory() as tmp:
+            return _pipeline(data, cfg, Path(tmp))
+
+    t = benchmark.pedantic(go, rounds=1, iterations=1)
+    sec = benchmark.stats.stats.min
+    benchmark.extra_info.update(sifted_Mbps=k * N / sec / 1e6, final_bits=t["final_bits"], blocks=k,
+                                batch_blocks=batch_blocks, qber=q, round_trips=t.get("round_trips"))
+
+
 def test_no_ec_ceiling(benchmark):
     k = 16
     rng = np.random.default_rng(4)
