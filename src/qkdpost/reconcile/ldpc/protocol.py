@@ -192,9 +192,10 @@ class LdpcBob:
         Efficiency added per blind round (positions revealed per round =
         round(f_step * n_key * h(qber))); default by code length,
         :data:`adapt.DEFAULT_F_STEP`.
-    max_rounds : int
-        Blind rounds after the first attempt; frames still failing are
-        reported (``success=False``) and left as Bob had them.
+    max_rounds : int, optional
+        Blind rounds after the first attempt (default by code length,
+        :data:`adapt.DEFAULT_MAX_ROUNDS`); frames still failing go to the
+        ``fallback``.
     max_iter : int
         Decoder iterations of the first attempt.
     max_iter_blind : int, optional
@@ -224,7 +225,7 @@ class LdpcBob:
         Settings of the Cascade fallback (default :class:`CascadeConfig()`).
     """
 
-    def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int = 6,
+    def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int | None = None,
                  max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
                  patience: int = 6, code: str | None = None, seed: int | None = None,
                  max_state_bytes: int = 256 << 20, fallback: str = "cascade",
