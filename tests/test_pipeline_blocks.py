@@ -346,7 +346,8 @@ def test_rerun_with_another_alignment_setting_is_refused_on_both_sides(tmp_path)
     same = _Pair(tmp_path, cfg=_cfg(acquisition_s=1.0), alice_cfg=_cfg(acquisition_s=2.5))
     assert same.run(a, b) == []  # a re-run with the same cut: accepted, nothing new
     p2 = _Pair(tmp_path, cfg=_cfg(acquisition_s=0.7), alice_cfg=_cfg(acquisition_s=1.0))
-    with pytest.raises(ProtocolError, match=r"ConfigError.*differs: align.acquisition_s was 1.0, now 0.7\).*correlated keys"):
+    want = r"ConfigError.*differs: align.acquisition_s was 1.0, now 0.7\).*correlated keys"
+    with pytest.raises(ProtocolError, match=want):
         p2.bob.start()  # Alice refuses first, at hello
     fresh_alice = AliceEngine(_cfg(), KeyStore(tmp_path / "fresh"), Report("alice", {}), stream_id="alice-1",
                               kit=ToyKit())
