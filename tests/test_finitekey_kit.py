@@ -2,10 +2,11 @@
 
 One-decoy BB84 (Rusca et al. 2018) is wired: it needs the key-basis errors per
 intensity, which Bob counts after error correction (block stats ``m_key_c0``,
-``m_key_c1``). The pipeline's blocks do not carry them yet (docs/finitekey.md),
-so the end-to-end check below runs the stages by hand: simulate -> sift (both
+``m_key_c1``). The pipeline passes them (tests/test_pipeline_decoy.py); the
+check below runs the stages by hand on a longer link: simulate -> sift (both
 parties, loopback) -> Cascade (qkdpost's kit, loopback) -> bound, with the
-errors per intensity counted from Bob's corrections.
+errors per intensity counted from Bob's corrections, and the simulator's
+truth inside every bound.
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def test_block_cutter_and_key_buffer():
     assert list(c.blocks()) == []
     c.add(Segment(np.ones(15, np.uint8), {"n_test": 2}, t_end_s=1.5))
     out = list(c.blocks())
-    assert [(s, len(b)) for s, b, _, _ in out] == [(0, 10), (10, 10)]
+    assert [(s, len(b)) for s, b, _, _, _ in out] == [(0, 10), (10, 10)]
     np.testing.assert_array_equal(out[0][1], np.r_[np.arange(7) % 2, 1, 1, 1])
     # second segment: 3 of its 15 bits went to block 0 -> floor(2 * 3/15) = 0 test bits,
     # then 10 of the remaining 12 to block 1 -> floor(2 * 10/12) = 1
@@ -224,8 +224,8 @@ def test_block_cutter_shares_counters_conservatively():
     c.add(Segment(np.zeros(350, np.uint8), {"n_test": 350, "test_errors": 7}))
     out = list(c.blocks())
     assert len(out) == 3 and c.pending_bits == 50
-    n_tests = [s["n_test"] for _, _, s, _ in out]
-    errs = [s["test_errors"] for _, _, s, _ in out]
+    n_tests = [s["n_test"] for _, _, s, _, _ in out]
+    errs = [s["test_errors"] for _, _, s, _, _ in out]
     # the bit-less counters join the next segment: 354 test bits, 8 errors over 350 key bits
     assert n_tests == [101, 101, 101]  # floor(354 * 100/350), ...; the rest stays with the last 50 bits
     assert errs == [3, 2, 2]  # ceil(8 * 100/350) = 3, ceil(5 * 100/250) = 2, ceil(3 * 100/150) = 2
@@ -366,3 +366,15 @@ def test_hello_without_bobs_alignment_settings_is_refused(tmp_path):
         alice.handle("pipe.hello", body)
     with pytest.raises(ProtocolError, match="not JSON"):
         alice.handle("pipe.hello", {**body, "align": "{"})
+
+
+def test_block_cutter_hands_out_each_blocks_labels():
+    c = BlockCutter(6)
+    c.add(Segment(np.zeros(4, np.uint8), {}, labels=np.array([0, 1, 1, 0], np.uint8)))
+    c.add(Segment(np.ones(5, np.uint8), {}, labels=np.array([1, 1, 0, 0, 1], np.uint8)))
+    ((start, bits, stats, _, labels),) = list(c.blocks())
+    np.testing.assert_array_equal(labels, [0, 1, 1, 0, 1, 1])
+    assert (stats["n_key_c0"], stats["n_key_c1"]) == (2, 4) and start == 0
+    c.add(Segment(np.ones(3, np.uint8), {}))  # a segment without labels: the next block has none
+    ((_, _, stats2, _, labels2),) = list(c.blocks())
+    assert labels2 is None and "n_key_c0" not in stats2

@@ -149,3 +149,30 @@ def test_noisy_decoy_link_yields_no_key(tmp_path):
     assert t["blocks"] >= 1 and t["final_bits"] == 0 and "no_secure_length" in t["drop_reasons"]
     assert KeyStore(tmp_path / "out/alice").ids() == KeyStore(tmp_path / "out/bob").ids() == []
     assert np.all([b.secure_length == 0 for b in rep.blocks])
+
+
+def test_one_decoy_link_gives_identical_positive_keys_with_rusca2018(tmp_path):
+    """Two intensities: bound='auto' picks Rusca et al. 2018, fed with the key-basis errors per
+    intensity that Bob counts from his corrections (labels carried with the block)."""
+    mu1, p1 = (0.5, 0.2), (0.5, 0.5)
+    write_link(DecoyConfig(duration_s=7.0, **dict(LINK, intensities=mu1, intensity_probs=p1)), tmp_path / "link",
+               seed=5)
+    cfg = _cfg(decoy_mu="0.5,0.2", decoy_p_mu="0.5,0.5")
+    rep = run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out", cfg, plot=False)
+    sa, sb = _same_stores(tmp_path / "out")
+    assert rep.totals()["blocks_ok"] >= 1
+    for bid in sb.ids():
+        m = sb.meta(bid)
+        assert m["bound"] == "rusca2018" and 0 < m["final_length"] == m["secure_length"]
+        st, f = m["stats"], m["finitekey"]
+        mk = f["m_key"]
+        # Bob's corrections per intensity add up to the errors EC fixed in this block
+        b = next(x for x in rep.blocks if x.block_id == bid)
+        assert sum(mk) == b.errors_corrected > 0
+        res = fk.rusca2018([st["n_key_c0"], st["n_key_c1"]], mk, [st["n_test_c0"], st["n_test_c1"]],
+                           [st["m_test_c0"], st["m_test_c1"]], mu=mu1, p_mu=p1, leak_ec=b.leak_ec,
+                           eps_sec=Config().finitekey.eps_sec, eps_cor=b.extra["eps_cor"], tag_bits=b.leak_verify)
+        assert res.length == m["secure_length"]
+    with pytest.raises(Exception, match="three for the two-decoy bound"):
+        run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out2",
+                  cfg.replace(bound="lim2014"), plot=False)

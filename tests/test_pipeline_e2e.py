@@ -112,10 +112,11 @@ def test_corrupt_input_stops_with_clear_error_and_keeps_earlier_keys(benign, tmp
 
 def test_decoy_link_runs_end_to_end_with_lim2014(tmp_path):
     """Decoy BB84 (Alice's slot log, Bob's timestamps + sync): blocks go through every
-    stage and the two-decoy bound of Lim et al. 2014 on per-intensity counts. With
-    a 2^16-bit block the statistical terms leave no key (positive keys need ~4e6-bit
-    blocks at these intensities, see docs/pipeline.md): the block is dropped on both
-    sides with the bound's reason."""
+    stage and the two-decoy bound of Lim et al. 2014 on per-intensity counts. On the
+    simulator's default link shape (here 10 dB, p_Z = 0.8, weak decoys) a 2^16-bit
+    block leaves no key (its small test basis; a balanced link gets a key at 2^16
+    bits, tests/test_pipeline_decoy.py): the block is dropped on both sides with the
+    bound's reason."""
     write_link(DecoyConfig(duration_s=0.05, loss_db=10), tmp_path / "link", seed=1)
     cfg = _cfg(block_bits=1 << 16, decoy_mu="0.5,0.1,0.0002", decoy_p_mu="0.7,0.2,0.1")
     rep = run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out", cfg, plot=False)

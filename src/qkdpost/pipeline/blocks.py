@@ -72,6 +72,9 @@ class SiftedBlock:
         QBER estimated from the test basis.
     stream_time_s : float
         Capture time (seconds from stream start) at the block's end.
+    labels : ndarray of uint8, shape (n,), optional
+        Decoy BB84: the public intensity class of each key bit (Bob counts
+        the bits error correction changed per class for the one-decoy bound).
     """
 
     block_id: str
@@ -81,6 +84,7 @@ class SiftedBlock:
     stats: dict[str, Any] = field(default_factory=dict)
     qber_estimate: float = float("nan")
     stream_time_s: float = float("nan")
+    labels: np.ndarray | None = None
 
 
 @dataclass
@@ -298,7 +302,12 @@ class BobBlocks:
                 if not ok[i]:
                     continue
                 r = recs[b.block_id]
-                ell, bound, details = self.kit.secure_length(b.stats, int(b.bits.size), r.leak_ec, r.leak_verify,
+                stats = b.stats
+                if b.labels is not None:
+                    # key-basis errors per intensity (one-decoy bound): the bits EC changed, exact after verification
+                    changed = np.bincount(b.labels[corrected[i] != b.bits], minlength=2)
+                    stats = dict(stats, **{f"m_key_c{c}": int(v) for c, v in enumerate(changed.tolist())})
+                ell, bound, details = self.kit.secure_length(stats, int(b.bits.size), r.leak_ec, r.leak_verify,
                                                              r.extra.get("eps_cor", cfg.verify.eps_cor), cfg)
                 r.secure_length, r.bound = int(ell), bound
                 r.extra["finitekey"] = details

@@ -189,10 +189,10 @@ class BobEngine:
     def push(self, seg: Segment) -> list[KeyBlock]:
         """Add Bob's sifted segment; process every block it completes."""
         self.cutter.add(seg)
-        for start, bits, stats, t_end in self.cutter.blocks():
+        for start, bits, stats, t_end, labels in self.cutter.blocks():
             self._queue.append(SiftedBlock(
                 block_id=block_id(self.run_id, self._index), index=self._index, start=start, bits=bits,
-                stats=stats, qber_estimate=qber_from_stats(stats), stream_time_s=t_end,
+                stats=stats, qber_estimate=qber_from_stats(stats), stream_time_s=t_end, labels=labels,
             ))
             self._index += 1
         out: list[KeyBlock] = []

@@ -101,11 +101,13 @@ class BobFront:
         if self.topology == "decoy":
             from ..sift.decoy import BobDecoySift
 
-            if cfg.finitekey.bound in ("auto", "lim2014") and len(cfg.finitekey.floats("decoy_mu")) != 3:
+            need = {"auto": (2, 3), "lim2014": (3,), "rusca2018": (2,)}.get(cfg.finitekey.bound, (2, 3))
+            if len(cfg.finitekey.floats("decoy_mu")) not in need:
                 raise ConfigError(
-                    f"decoy_mu={cfg.finitekey.decoy_mu!r}: decoy BB84 needs the three intensities for the "
-                    "two-decoy bound (lim2014), signal first, e.g. --decoy-mu 0.5,0.1,0.0002 "
-                    "--decoy-p-mu 0.7,0.2,0.1")
+                    f"decoy_mu={cfg.finitekey.decoy_mu!r}: decoy BB84 needs the intensities of Alice's log, "
+                    "signal first: three for the two-decoy bound (lim2014), e.g. --decoy-mu 0.5,0.1,0.0002 "
+                    "--decoy-p-mu 0.7,0.2,0.1, or two for the one-decoy bound (rusca2018), e.g. "
+                    "--decoy-mu 0.5,0.2 --decoy-p-mu 0.5,0.5")
 
             self.sift: Any = BobDecoySift(info, sift_config(cfg), random_bits=random_bits)
         else:

@@ -243,8 +243,8 @@ def _secure_length(finitekey: Any, stats: Mapping[str, Any], n: int, leak_ec: in
         else:
             if not all(f"m_key_c{c}" in stats for c in range(2)):
                 raise InputError("bound='rusca2018' needs the key-basis errors per intensity (block stats "
-                                 "m_key_c0, m_key_c1, counted by Bob after error correction); this pipeline's "
-                                 "blocks do not carry them: use three intensities and bound='lim2014'")
+                                 "m_key_c0, m_key_c1, counted by Bob after error correction from the block's "
+                                 "intensity labels); this block has none: sift it with Alice's decoy log")
             mk = [min(int(stats[f"m_key_c{c}"]), nk[c]) for c in range(2)]
             res = finitekey.rusca2018(nk, mk, nt, mt, mu=mu, p_mu=p, leak_ec=float(leak_ec), eps_sec=eps_sec,
                                       eps_cor=float(eps_cor), tag_bits=int(leak_verify))
@@ -261,4 +261,6 @@ def _secure_length(finitekey: Any, stats: Mapping[str, Any], n: int, leak_ec: in
         raise InputError(f"bound={bound!r} does not apply to {kind} blocks; use bound='auto', 'lim2014' "
                          "(two decoys) or 'rusca2018' (one decoy) for decoy BB84, 'tomamichel2012' for BBM92")
     details = {"reason": res.reason, "value": res.value, **{k_: v for k_, v in res.bounds.items()}}
+    if res.bound == "rusca2018":
+        details["m_key"] = [int(v) for v in res.params["m_key"]]  # Bob's count, not in the shared stats
     return int(res.length), res.bound, details

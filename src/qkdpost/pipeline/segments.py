@@ -105,8 +105,12 @@ class BlockCutter:
         if np.isfinite(seg.t_end_s):
             self._t_end = float(seg.t_end_s)
 
-    def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, Any], float]]:
-        """Yield every complete block: (start offset, bits, stats, capture time)."""
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, Any], float, np.ndarray | None]]:
+        """Yield every complete block: (start offset, bits, stats, capture time, labels).
+
+        ``labels`` is the per-bit class (decoy intensity) when every segment
+        carried one, else None.
+        """
         while self._have >= self.block_bits:
             need = self.block_bits
             parts: list[np.ndarray] = []
@@ -147,14 +151,15 @@ class BlockCutter:
                 self._segs[0][2] = None if labels is None else labels[need:]
                 need = 0
             block = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+            lab = None
             if all(lp is not None for lp in lparts):
-                lab = np.concatenate(lparts)  # type: ignore[arg-type]
+                lab = np.concatenate(lparts) if len(lparts) > 1 else lparts[0].copy()  # type: ignore[union-attr]
                 for c, cnt in enumerate(np.bincount(lab, minlength=3).tolist()):
                     stats[f"n_key_c{c}"] = int(cnt)
             self._have -= self.block_bits
             start = self.offset
             self.offset += self.block_bits
-            yield start, block, stats, self._t_end
+            yield start, block, stats, self._t_end, lab
 
     @property
     def pending_bits(self) -> int:
