@@ -63,12 +63,17 @@ def test_missing_input_file_is_a_clear_error(tmp_path, capsys):
 
 
 def test_two_processes_over_tcp_smoke(link, tmp_path):
-    """`qkdpost serve --role alice` and `qkdpost run --role bob` as real processes: same keys."""
+    """`qkdpost serve --role alice` and `qkdpost run --role bob` as real processes, the channel
+    authenticated with a pre-shared key file: same keys."""
     exe = [sys.executable, "-c", "import sys; from qkdpost.cli import main; sys.exit(main(sys.argv[1:]))"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    key = tmp_path / "auth.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    auth = ["--auth-key-file", str(key)]
     alice = subprocess.Popen(exe + ["serve", "--role", "alice", "--input", str(link / "alice.arrow"),
                                     "--listen", "127.0.0.1:0", "--out", str(tmp_path / "alice"),
-                                    "--sessions", "1", "--idle-timeout", "60", "--no-plot", *FLAGS],
+                                    "--sessions", "1", "--idle-timeout", "60", "--no-plot", *FLAGS, *auth],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     try:
         line = ""
@@ -79,7 +84,7 @@ def test_two_processes_over_tcp_smoke(link, tmp_path):
                 break
         port = int(line.rsplit(":", 1)[1])
         bob = subprocess.run(exe + ["run", "--role", "bob", "--input", str(link / "bob.arrow"),
-                                    "--peer", f"127.0.0.1:{port}", "--out", str(tmp_path / "bob"), *FLAGS],
+                                    "--peer", f"127.0.0.1:{port}", "--out", str(tmp_path / "bob"), *FLAGS, *auth],
                              capture_output=True, text=True, timeout=300, env=env)
         assert bob.returncode == 0, bob.stderr[-3000:]
         alice.wait(60)

@@ -35,7 +35,7 @@ def _handlers(log=None):
 
 
 class _ServerThread:
-    def __init__(self, timeout_s=5.0, max_sessions=1, responder=None):
+    def __init__(self, timeout_s=5.0, max_sessions=1, responder=None, auth_key=None):
         self.port = None
         self.ready = threading.Event()
         self.ended = []
@@ -54,6 +54,7 @@ class _ServerThread:
                 on_listen=on_listen,
                 on_session_end=lambda r, why: self.ended.append(why),
                 idle_timeout_s=10,
+                auth_key=auth_key,
             )
 
         self.thread = threading.Thread(target=run, daemon=True)
@@ -162,7 +163,7 @@ def test_version_mismatch_and_garbage_rejected():
         bad = struct.pack("<8sHBB", transport.MAGIC, 99, _codec.VERSION, 0)
         c.sendall(struct.pack("<I", len(bad)) + bad)
         (n,) = struct.unpack("<I", c.recv(4))
-        magic, _, _, status = struct.unpack("<8sHBB", c.recv(n))
+        magic, _, _, status, _, _ = transport._HELLO.unpack(c.recv(n))
         assert status == 1
         c.close()
         # an HTTP client
@@ -219,3 +220,139 @@ def test_parse_address():
     assert parse_address("[::1]:80") == ("::1", 80)
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_address("host:http")
+
+
+KEY = bytes(range(32))
+
+
+def test_authenticated_channel_round_trip_and_same_counts():
+    srv = _ServerThread(auth_key=KEY)
+    x = np.random.default_rng(2).integers(0, 2, (3, 100), dtype=np.uint8)
+    with TcpChannel("127.0.0.1", srv.port, timeout_s=5, auth_key=KEY) as chan:
+        reply = chan.request("t.parity", {"x": x})
+        again = chan.request("t.parity", {"x": x})  # same payload, next sequence number: still accepted
+    srv.join()
+    np.testing.assert_array_equal(reply["p"], again["p"])
+    loop = LoopbackChannel(Responder(_handlers()))
+    loop.request("t.parity", {"x": x})
+    loop.request("t.parity", {"x": x})
+    assert chan.stats.as_dict() == loop.stats.as_dict()  # tags are transport overhead, not protocol bytes
+    assert srv.ended == ["closed"]
+
+
+def test_auth_mismatches_are_refused_with_a_clear_reason():
+    srv = _ServerThread(auth_key=KEY, max_sessions=None)
+    with pytest.raises(ChannelError, match="requires an authenticated channel"):
+        TcpChannel("127.0.0.1", srv.port, timeout_s=5)
+    with TcpChannel("127.0.0.1", srv.port, timeout_s=5, auth_key=bytes(32)) as chan:  # another key
+        with pytest.raises((ChannelError, PeerDisconnected)):
+            chan.request("t.echo", {"a": 1})
+    plain = _ServerThread()
+    with pytest.raises(ChannelError, match="has no auth key"):
+        TcpChannel("127.0.0.1", plain.port, timeout_s=5, auth_key=KEY)
+
+
+class _Tamper:
+    """A man in the middle on 127.0.0.1 that can rewrite frames from Bob to Alice."""
+
+    def __init__(self, target_port, mutate):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.mutate = mutate
+        threading.Thread(target=self._run, args=(target_port,), daemon=True).start()
+
+    @staticmethod
+    def _frame(sock):
+        head = b""
+        while len(head) < 4:
+            got = sock.recv(4 - len(head))
+            if not got:
+                return None
+            head += got
+        (n,) = struct.unpack("<I", head)
+        data = b""
+        while len(data) < n:
+            got = sock.recv(n - len(data))
+            if not got:
+                return None
+            data += got
+        return data
+
+    def _run(self, target_port):
+        bob, _ = self.lsock.accept()
+        alice = socket.create_connection(("127.0.0.1", target_port))
+
+        def pump(src, dst, mutate):
+            k = 0
+            while True:
+                f = self._frame(src)
+                if f is None:
+                    break
+                f = mutate(k, f)
+                k += 1
+                for frame in (f if isinstance(f, list) else [f]):
+                    dst.sendall(struct.pack("<I", len(frame)) + frame)
+            dst.close()
+
+        threading.Thread(target=pump, args=(alice, bob, lambda k, f: f), daemon=True).start()
+        pump(bob, alice, self.mutate)
+
+
+def _flip_last_request(k, f):
+    if k == 2:  # hello, first request pass; the second request is altered (one payload bit)
+        f = bytearray(f)
+        f[20] ^= 1
+        return bytes(f)
+    return f
+
+
+def _replay_first_request(state):
+    def mutate(k, f):
+        if k == 1:
+            state["first"] = f
+        if k == 2:
+            return state["first"]  # Bob's first request again instead of his second
+        return f
+    return mutate
+
+
+@pytest.mark.parametrize("attack", ["flip", "replay"])
+def test_tampered_or_replayed_frames_end_the_session(attack):
+    srv = _ServerThread(auth_key=KEY)
+    mitm = _Tamper(srv.port, _flip_last_request if attack == "flip" else _replay_first_request({}))
+    with TcpChannel("127.0.0.1", mitm.port, timeout_s=5, auth_key=KEY) as chan:
+        chan.request("t.echo", {"a": np.arange(10)})
+        with pytest.raises((ChannelError, PeerDisconnected)):
+            chan.request("t.echo", {"a": np.arange(10, 20)})
+    srv.join()
+    assert len(srv.ended) == 1 and "authentication failed" in srv.ended[0]
+
+
+def test_unauthenticated_man_in_the_middle_goes_unnoticed_without_a_key():
+    """The control case: without a key the same bit flip is accepted (why deployments need auth_key)."""
+    srv = _ServerThread()
+    mitm = _Tamper(srv.port, lambda k, f: bytes(f[:-1]) + bytes([f[-1] ^ 1]) if k == 2 else f)
+    with TcpChannel("127.0.0.1", mitm.port, timeout_s=5) as chan:
+        chan.request("t.echo", {"a": np.arange(10)})
+        back = chan.request("t.echo", {"a": np.arange(10, 20, dtype=np.uint8)})
+    srv.join()
+    assert back["a"][-1] == 19 ^ 1  # altered in flight, and nobody could tell
+
+
+def test_auth_key_file_checks(tmp_path):
+    good = tmp_path / "auth.key"
+    good.write_bytes(KEY)
+    good.chmod(0o600)
+    assert transport.load_auth_key(good) == KEY
+    good.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        transport.load_auth_key(good)
+    short = tmp_path / "short.key"
+    short.write_bytes(b"x" * 8)
+    short.chmod(0o600)
+    with pytest.raises(ConfigError, match="at least 32"):
+        transport.load_auth_key(short)
+    with pytest.raises(ConfigError, match="cannot read"):
+        transport.load_auth_key(tmp_path / "missing.key")

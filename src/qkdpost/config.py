@@ -347,10 +347,17 @@ class TransportConfig:
         the peer counts as gone.
     connect_timeout_s : float
         Longest wait for the TCP connection and handshake.
+    auth_key_file : str
+        Pre-shared key file (>= 32 random bytes, mode 0600) that
+        authenticates every message between the parties
+        (:func:`qkdpost.transport.load_auth_key`); both sides must name the
+        same key. Empty: unauthenticated (only for a link authenticated
+        below qkdpost, or tests).
     """
 
     timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
+    auth_key_file: str = ""
 
     def __post_init__(self) -> None:
         _check(0 < self.timeout_s <= 86400, "timeout_s", self.timeout_s, "must be in (0, 86400] seconds")

@@ -6,26 +6,47 @@ Each frame is ``u32 length (little endian) | payload``. The first frame in
 each direction is the handshake::
 
     b"QKDPOST\\0" | u16 transport version | u8 codec version | u8 status
+                  | u8 authenticated | 16-byte nonce
 
-Bob sends it with status 0; Alice answers with status 0 (accepted) or 1
-(version mismatch, then closes). Every later frame is one message encoded by
-:mod:`qkdpost._codec` (the exact bytes the loopback channel counts): Bob's
-request ``kind``, Alice's reply ``kind + ".reply"``, or ``kind + ".error"``
-with fields ``error`` and ``message`` when her handler failed (Bob raises
+Bob sends it with status 0; Alice answers with status 0 (accepted), 1
+(version mismatch), 2 (she requires authentication, Bob offered none) or 3
+(Bob offered authentication, she has no key), closing on a refusal. Every
+later frame is one message encoded by :mod:`qkdpost._codec` (the exact bytes
+the loopback channel counts): Bob's request ``kind``, Alice's reply
+``kind + ".reply"``, or ``kind + ".error"`` with fields ``error`` and
+``message`` when her handler failed (Bob raises
 :class:`~qkdpost.errors.ProtocolError`; Alice keeps serving).
+
+Authentication
+--------------
+QKD needs an authenticated classical channel. With a pre-shared key on both
+sides (``auth_key``, at least 32 random bytes, :func:`load_auth_key`) every
+frame after the handshake carries a 16-byte tag
+``HMAC-SHA256(K, direction | u64 sequence number | payload)`` with the
+session key ``K = HMAC-SHA256(psk, "qkdpost-auth-v1" | nonce_Bob | nonce_Alice)``
+(fresh nonces from the OS CSPRNG per connection), checked in constant time:
+a modified, injected, reordered, replayed or reflected frame, or a peer with
+another key, ends the connection with :class:`~qkdpost.errors.ChannelError`.
+This is computational authentication: keys stay secure afterwards even if
+HMAC-SHA256 were broken later, as long as it holds during the run
+(Mosca, Stebila, Ustaoglu, PQCrypto 2013, doi:10.1007/978-3-642-38616-9_9);
+information-theoretic Wegman-Carter tags drawing on the key store are not
+implemented. Without a key the channel is unauthenticated (tests, loopback
+captures, or a link authenticated below this layer).
 
 Failures on the wire become :class:`~qkdpost.errors.PeerDisconnected` (the
 peer closed, reset, or did not answer within the timeout) or
-:class:`~qkdpost.errors.ChannelError` (framing or handshake broken).
-
-The channel is not authenticated here: in deployment it runs over an
-authenticated link (e.g. TLS with pre-shared keys or a Wegman-Carter MAC
-layer), which this module does not provide.
+:class:`~qkdpost.errors.ChannelError` (framing, handshake or authentication
+broken).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import secrets
 import socket
 import struct
 import threading
@@ -36,14 +57,19 @@ from . import _codec
 from .channel import Channel
 from .errors import ChannelError, InputError, PeerDisconnected, ProtocolError, QkdpostError
 
-__all__ = ["TcpChannel", "serve", "Server", "parse_address", "TRANSPORT_VERSION", "MAX_FRAME"]
+__all__ = ["TcpChannel", "serve", "Server", "parse_address", "load_auth_key", "auth_key_of", "TRANSPORT_VERSION", "MAX_FRAME"]
 
 log = logging.getLogger(__name__)
 
-TRANSPORT_VERSION = 1
+TRANSPORT_VERSION = 2  # 2: authentication flag and nonce in the handshake
 MAGIC = b"QKDPOST\x00"
 _LEN = struct.Struct("<I")
-_HELLO = struct.Struct("<8sHBB")
+_HEAD = struct.Struct("<8sHBB")  # magic, versions, status: the part every version shares
+_HELLO = struct.Struct("<8sHBBB16s")
+_TAG = 16
+_REFUSALS = {1: "version mismatch", 2: "Alice requires an authenticated channel (give both sides the same "
+             "auth key)", 3: "Alice has no auth key (give both sides the same auth key, or neither)"}
+_MIN_KEY = 32
 MAX_FRAME = 1 << 31  # 2 GiB: a 10^8-bit block as uint8 plus headroom
 
 
@@ -109,14 +135,15 @@ def _recv_frame(sock: socket.socket, what: str, limit: int = MAX_FRAME) -> bytes
     return _recv_exact(sock, n, what)
 
 
-def _hello(status: int = 0) -> bytes:
-    return _HELLO.pack(MAGIC, TRANSPORT_VERSION, _codec.VERSION, status)
+def _hello(status: int = 0, auth: bool = False, nonce: bytes = bytes(16)) -> bytes:
+    return _HELLO.pack(MAGIC, TRANSPORT_VERSION, _codec.VERSION, status, int(auth), nonce)
 
 
-def _check_hello(data: bytes, who: str) -> int:
-    if len(data) != _HELLO.size:
+def _check_hello(data: bytes, who: str) -> tuple[int, bool, bytes]:
+    """(status, authenticated, nonce) of a peer's handshake; versions checked first."""
+    if len(data) < _HEAD.size:
         raise ChannelError(f"handshake from {who}: {len(data)} bytes, expected {_HELLO.size}; the peer is not qkdpost")
-    magic, tver, cver, status = _HELLO.unpack(data)
+    magic, tver, cver, status = _HEAD.unpack(data[: _HEAD.size])
     if magic != MAGIC:
         raise ChannelError(f"handshake from {who}: wrong magic {magic!r}; the peer is not qkdpost")
     if tver != TRANSPORT_VERSION or cver != _codec.VERSION:
@@ -124,7 +151,70 @@ def _check_hello(data: bytes, who: str) -> int:
             f"handshake from {who}: peer speaks transport v{tver}/codec v{cver}, this build "
             f"v{TRANSPORT_VERSION}/v{_codec.VERSION}; run the same qkdpost version on both sides"
         )
-    return status
+    if len(data) != _HELLO.size:
+        raise ChannelError(f"handshake from {who}: {len(data)} bytes, expected {_HELLO.size}; the peer is not qkdpost")
+    _, _, _, status, auth, nonce = _HELLO.unpack(data)
+    return status, bool(auth), nonce
+
+
+def load_auth_key(path: str | os.PathLike[str]) -> bytes:
+    """Read a pre-shared authentication key file (>= 32 bytes, owner-only permissions).
+
+    Make one with ``head -c 32 /dev/urandom > auth.key && chmod 600 auth.key``
+    and give both parties the same file over a trusted path.
+    """
+    from .errors import ConfigError
+
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as fh:
+            key = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"auth_key_file={str(path)!r}: cannot read it ({exc.strerror}); create it with "
+                          "'head -c 32 /dev/urandom > auth.key && chmod 600 auth.key'") from None
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise ConfigError(f"auth_key_file={str(path)!r}: readable by group or others (mode "
+                          f"{st.st_mode & 0o777:o}); run 'chmod 600 {path}'")
+    if len(key) < _MIN_KEY:
+        raise ConfigError(f"auth_key_file={str(path)!r}: holds {len(key)} bytes, at least {_MIN_KEY} random bytes "
+                          "are needed; create it with 'head -c 32 /dev/urandom > auth.key'")
+    return key
+
+
+def auth_key_of(cfg: Any) -> bytes | None:
+    """The pre-shared key a :class:`~qkdpost.config.Config` names (``transport.auth_key_file``), or None."""
+    path = cfg.transport.auth_key_file
+    return load_auth_key(path) if path else None
+
+
+class _Auth:
+    """Per-connection frame tags (see the module docstring); one per party."""
+
+    def __init__(self, psk: bytes, nonce_bob: bytes, nonce_alice: bytes, me: bytes):
+        self._key = hmac.new(psk, b"qkdpost-auth-v1" + nonce_bob + nonce_alice, hashlib.sha256).digest()
+        self._me, self._peer = me, (b"A" if me == b"B" else b"B")
+        self._sent = 0
+        self._received = 0
+
+    def _tag(self, direction: bytes, seq: int, payload: bytes) -> bytes:
+        mac = hmac.new(self._key, direction + struct.pack("<Q", seq), hashlib.sha256)
+        mac.update(payload)
+        return mac.digest()[:_TAG]
+
+    def seal(self, payload: bytes) -> bytes:
+        tag = self._tag(self._me, self._sent, payload)
+        self._sent += 1
+        return payload + tag
+
+    def open(self, frame: bytes, what: str) -> bytes:
+        if len(frame) < _TAG:
+            raise ChannelError(f"{what}: frame of {len(frame)} bytes has no authentication tag")
+        payload, tag = frame[:-_TAG], frame[-_TAG:]
+        if not hmac.compare_digest(tag, self._tag(self._peer, self._received, payload)):
+            raise ChannelError(f"{what}: authentication failed (frame {self._received} from the peer has a wrong "
+                               "tag): the peer holds another auth key, or the link was tampered with")
+        self._received += 1
+        return payload
 
 
 class TcpChannel(Channel):
@@ -138,12 +228,17 @@ class TcpChannel(Channel):
         Longest wait for one reply; longer means the peer is gone.
     connect_timeout_s : float
         Longest wait for the connection and the handshake.
+    auth_key : bytes, optional
+        Pre-shared key (:func:`load_auth_key`): every frame is authenticated
+        (module docstring); Alice must hold the same key.
     """
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 60.0, connect_timeout_s: float = 10.0):
+    def __init__(self, host: str, port: int, *, timeout_s: float = 60.0, connect_timeout_s: float = 10.0,
+                 auth_key: bytes | None = None):
         super().__init__()
         self.address = (host, int(port))
         self.timeout_s = float(timeout_s)
+        self._auth: _Auth | None = None
         try:
             sock = socket.create_connection(self.address, timeout=connect_timeout_s)
         except OSError as exc:
@@ -152,10 +247,17 @@ class TcpChannel(Channel):
             ) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            _send_frame(sock, _hello(), "handshake")
-            status = _check_hello(_recv_frame(sock, "handshake", _HELLO.size + 1), f"{host}:{port}")
+            nonce = secrets.token_bytes(16)
+            _send_frame(sock, _hello(0, auth_key is not None, nonce), "handshake")
+            status, auth, alice_nonce = _check_hello(_recv_frame(sock, "handshake", _HELLO.size + 1), f"{host}:{port}")
             if status != 0:
-                raise ChannelError(f"Alice at {host}:{port} refused the handshake (status {status})")
+                why = _REFUSALS.get(status, f"status {status}")
+                raise ChannelError(f"Alice at {host}:{port} refused the handshake: {why}")
+            if auth != (auth_key is not None):
+                raise ChannelError(f"Alice at {host}:{port} answered without authentication to an authenticated "
+                                   "handshake; the peer is not a qkdpost server holding the auth key")
+            if auth_key is not None:
+                self._auth = _Auth(auth_key, nonce, alice_nonce, b"B")
         except BaseException:
             sock.close()
             raise
@@ -167,8 +269,10 @@ class TcpChannel(Channel):
             raise PeerDisconnected(f"channel to {self.address[0]}:{self.address[1]} is closed")
         wire = _codec.encode(kind, body)
         try:
-            _send_frame(self._sock, wire, f"request {kind!r}")
+            _send_frame(self._sock, wire if self._auth is None else self._auth.seal(wire), f"request {kind!r}")
             back = _recv_frame(self._sock, f"reply to {kind!r}")
+            if self._auth is not None:
+                back = self._auth.open(back, f"reply to {kind!r}")
         except ChannelError:
             self.close()
             raise
@@ -204,11 +308,16 @@ class Server:
         Longest wait for a new connection's handshake (Bob's
         ``connect_timeout_s``); short, so a peer that connects and sends
         nothing cannot hold the single accept loop for ``timeout_s``.
+    auth_key : bytes, optional
+        Pre-shared key (:func:`load_auth_key`): Bob must offer the same key;
+        unauthenticated peers are refused.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 60.0,
-                 handshake_timeout_s: float = 10.0):
+                 handshake_timeout_s: float = 10.0, auth_key: bytes | None = None):
         self.timeout_s = float(timeout_s)
+        self._key = auth_key
+        self._auths: dict[socket.socket, _Auth] = {}  # per accepted connection, taken by serve_one
         self.handshake_timeout_s = float(handshake_timeout_s)
         if not self.handshake_timeout_s > 0:
             raise InputError(f"handshake_timeout_s={handshake_timeout_s!r}: must be > 0 seconds; "
@@ -241,11 +350,18 @@ class Server:
         try:
             hello = _recv_frame(conn, "handshake", _HELLO.size + 1)  # before it: nothing big is buffered
             try:
-                _check_hello(hello, f"{addr[0]}:{addr[1]}")
+                _, auth, bob_nonce = _check_hello(hello, f"{addr[0]}:{addr[1]}")
             except ChannelError:
                 _send_frame(conn, _hello(1), "handshake")
                 raise
-            _send_frame(conn, _hello(0), "handshake")
+            if auth != (self._key is not None):
+                status = 2 if self._key is not None else 3
+                _send_frame(conn, _hello(status), "handshake")
+                raise ChannelError(f"handshake from {addr[0]}:{addr[1]}: {_REFUSALS[status]}")
+            nonce = secrets.token_bytes(16)
+            _send_frame(conn, _hello(0, auth, nonce), "handshake")
+            if self._key is not None:
+                self._auths[conn] = _Auth(self._key, bob_nonce, nonce, b"A")
         except ChannelError as exc:
             log.warning("rejected connection from %s:%s: %s", addr[0], addr[1], exc)
             conn.close()
@@ -260,6 +376,10 @@ class Server:
         ``"closed"`` when Bob hung up between requests (normal end),
         otherwise the text of the PeerDisconnected/ChannelError that ended it.
         """
+        auth = self._auths.pop(conn, None)
+        if self._key is not None and auth is None:
+            conn.close()
+            return "connection was not accepted by this server's handshake"
         try:
             while True:
                 try:
@@ -272,6 +392,8 @@ class Server:
                     return "closed"
                 try:
                     data = _recv_frame(conn, "request")
+                    if auth is not None:
+                        data = auth.open(data, "request")
                 except ChannelError as exc:
                     return str(exc)
                 try:
@@ -286,8 +408,9 @@ class Server:
                 except Exception as exc:  # a bug on Alice's side: tell Bob, keep serving
                     log.exception("request %r failed", kind)
                     reply_kind, reply = kind + ".error", {"error": type(exc).__name__, "message": "internal error"}
+                wire = _codec.encode(reply_kind, reply)
                 try:
-                    _send_frame(conn, _codec.encode(reply_kind, reply), f"reply to {kind!r}")
+                    _send_frame(conn, wire if auth is None else auth.seal(wire), f"reply to {kind!r}")
                 except ChannelError as exc:
                     return str(exc)
         finally:
@@ -325,6 +448,7 @@ def serve(
     on_listen: Callable[[int], None] | None = None,
     on_session_end: Callable[[Handles, str], None] | None = None,
     idle_timeout_s: float | None = None,
+    auth_key: bytes | None = None,
 ) -> int:
     """Alice's server loop: accept Bob, answer with a fresh responder, repeat.
 
@@ -342,6 +466,8 @@ def serve(
         Called with the responder and the reason when a session ends.
     idle_timeout_s : float, optional
         Stop when no Bob connects for this long (None: wait forever).
+    auth_key : bytes, optional
+        Pre-shared key; see :class:`Server`.
 
     Returns
     -------
@@ -349,7 +475,8 @@ def serve(
         Number of sessions served.
     """
     served = 0
-    with Server(host, port, timeout_s=timeout_s, handshake_timeout_s=handshake_timeout_s) as server:
+    with Server(host, port, timeout_s=timeout_s, handshake_timeout_s=handshake_timeout_s,
+                auth_key=auth_key) as server:
         if on_listen is not None:
             on_listen(server.port)
         while max_sessions is None or served < max_sessions:

@@ -180,7 +180,7 @@ def serve_alice(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
                 idle_timeout_s: float | None = None, on_listen: Callable[[int], None] | None = None,
                 kit: Any = None, plot: bool = True) -> Report:
     """Alice's server: answer Bob's sessions over TCP, each from the start of her file."""
-    from ..transport import serve
+    from ..transport import auth_key_of, serve
 
     cfg = cfg or Config()
     out = Path(out_dir)
@@ -203,7 +203,8 @@ def serve_alice(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
     try:
         serve(make, host, port, timeout_s=cfg.transport.timeout_s,
               handshake_timeout_s=cfg.transport.connect_timeout_s, max_sessions=max_sessions,
-              on_listen=on_listen, on_session_end=ended, idle_timeout_s=idle_timeout_s)
+              on_listen=on_listen, on_session_end=ended, idle_timeout_s=idle_timeout_s,
+              auth_key=auth_key_of(cfg))
     finally:
         report.finish()
         report.write(out, plot=plot)
@@ -214,7 +215,7 @@ def run_bob(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], peer:
             cfg: Config | None = None, *, progress: bool = False, retries: int = 3, retry_wait_s: float = 1.0,
             kit: Any = None, plot: bool = True) -> Report:
     """Bob's side over TCP, reconnecting after a lost connection (up to ``retries`` times)."""
-    from ..transport import TcpChannel
+    from ..transport import TcpChannel, auth_key_of
 
     cfg = cfg or Config()
     out = Path(out_dir)
@@ -225,7 +226,7 @@ def run_bob(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], peer:
         while True:
             try:
                 with TcpChannel(peer[0], peer[1], timeout_s=cfg.transport.timeout_s,
-                                connect_timeout_s=cfg.transport.connect_timeout_s) as chan:
+                                connect_timeout_s=cfg.transport.connect_timeout_s, auth_key=auth_key_of(cfg)) as chan:
                     _bob_session(cfg, path, chan, store, report, progress=progress, kit=kit)
                 break
             except PeerDisconnected as exc:

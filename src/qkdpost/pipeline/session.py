@@ -137,12 +137,12 @@ class Session:
         :meth:`close` or by leaving the ``with`` block, also when Bob never
         connected.
         """
-        from ..transport import Server
+        from ..transport import Server, auth_key_of
 
         if self._server is not None:
             raise ConfigError("serve_in_background() was already called on this session")
         server = Server(host, port, timeout_s=self.cfg.transport.timeout_s,
-                        handshake_timeout_s=self.cfg.transport.connect_timeout_s)
+                        handshake_timeout_s=self.cfg.transport.connect_timeout_s, auth_key=auth_key_of(self.cfg))
         self._listener = server
         self.port = server.port
 
