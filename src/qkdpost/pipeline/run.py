@@ -183,6 +183,7 @@ def serve_alice(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
     from ..transport import auth_key_of, serve
 
     cfg = cfg or Config()
+    _warn_if_unauthenticated(cfg)
     out = Path(out_dir)
     store = KeyStore(out)
     report = Report("alice", cfg.to_dict(), input=str(path), mode="tcp")
@@ -218,6 +219,7 @@ def run_bob(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], peer:
     from ..transport import TcpChannel, auth_key_of
 
     cfg = cfg or Config()
+    _warn_if_unauthenticated(cfg)
     out = Path(out_dir)
     store = KeyStore(out)
     report = Report("bob", cfg.to_dict(), input=str(path), peer=f"{peer[0]}:{peer[1]}", mode="tcp")
@@ -240,3 +242,9 @@ def run_bob(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], peer:
         report.finish()
         report.write(out, plot=plot)
     return report
+
+
+def _warn_if_unauthenticated(cfg: Config) -> None:
+    if not cfg.transport.auth_key_file:
+        log.warning("the channel to the peer is not authenticated (no auth_key_file): fine on a link "
+                    "authenticated below qkdpost or for tests, not for a deployment; see docs/pipeline.md")
