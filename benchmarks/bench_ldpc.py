@@ -154,13 +154,14 @@ if pytest is not None:
     def test_reconcile_ldpc_2_16(benchmark, qber):
         n_key = 58982
         rng = np.random.default_rng(2)
-        a, b = fixed_weight_frames(rng, 4, n_key, qber)
+        a, b = fixed_weight_frames(rng, 16, n_key, qber)  # 16 frames: the 8 decoder lanes stay busy
         reconcile_ldpc(a[:1], b[:1], qber=qber, seed=0)  # warm-up
         res = benchmark.pedantic(lambda: reconcile_ldpc(a, b, qber=qber, seed=1), rounds=1, iterations=1)
         secs = benchmark.stats.stats.mean
         benchmark.extra_info.update({
             "mbit_per_s": a.size / secs / 1e6, "f": float(np.mean(res.leaked_bits) / (n_key * binary_entropy(qber))),
-            "fer": float(1 - res.success.mean()), "code": res.preset,
+            "fer": float(1 - res.success.mean()), "code": res.preset, "frames": int(a.shape[0]),
+            "threads": numba.get_num_threads(),
         })
 
 
