@@ -46,9 +46,9 @@ import numpy as np
 
 from ..bits import pack_bits
 from ..errors import ConfigError, InputError
-from ..keystore import KeyStore
+from ..keystore import KeyStore, _fsync_dir, _shred_file, _write_private
 
-__all__ = ["Kme", "DeliveryError", "KEY_ID_NAMESPACE", "key_id"]
+__all__ = ["Kme", "DeliveryError", "KEY_ID_NAMESPACE", "key_id", "key_bits"]
 
 #: Namespace of the deterministic key IDs (a fixed random UUID of this project).
 KEY_ID_NAMESPACE = uuid.UUID("6f1c2b7e-3d4a-4f0e-9a51-0b7c8e2d9f43")
@@ -69,33 +69,13 @@ def key_id(block_id: str, key_size: int, index: int) -> str:
     return str(uuid.uuid5(KEY_ID_NAMESPACE, f"{block_id}:{key_size}:{index}"))
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), mode 0600."""
+def _replace_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically (temp file fsynced, rename, directory fsynced), mode 0600."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    tmp.unlink(missing_ok=True)  # a leftover of a crash
+    _write_private(tmp, data)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _shred(path: Path) -> None:
-    try:
-        size = path.stat().st_size
-        with open(path, "r+b") as fh:
-            fh.write(os.urandom(size))
-            fh.flush()
-            os.fsync(fh.fileno())
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    _fsync_dir(path.parent)
 
 
 class Kme:
@@ -159,7 +139,7 @@ class Kme:
         return led
 
     def _save_ledger(self) -> None:
-        _write_private(self._ledger_path, (json.dumps(self._ledger, sort_keys=True) + "\n").encode())
+        _replace_private(self._ledger_path, (json.dumps(self._ledger, sort_keys=True) + "\n").encode())
 
     def _pool_file(self, block_id: str) -> Path:
         return self._dir / f"{KeyStore.check_id(block_id)}.key"
@@ -178,7 +158,7 @@ class Kme:
         """Move a block from the store into the pool (pool copy and ledger first, then the store's claim)."""
         blk = self.store.read(block_id)
         n = blk.bits.size // self.key_size
-        _write_private(self._pool_file(block_id), pack_bits(blk.bits).tobytes())
+        _replace_private(self._pool_file(block_id), pack_bits(blk.bits).tobytes())
         self._ledger["blocks"][block_id] = {"keys": n, "bits": int(blk.bits.size), "delivered": []}
         self._save_ledger()
         self.store.consume(block_id)
@@ -191,7 +171,7 @@ class Kme:
     def _finish(self, block_id: str) -> None:
         ent = self._ledger["blocks"][block_id]
         if len(ent["delivered"]) >= ent["keys"]:
-            _shred(self._pool_file(block_id))
+            _shred_file(self._pool_file(block_id))
             del self._ledger["blocks"][block_id]
 
     def _blocks_in_order(self) -> Iterable[str]:
