@@ -357,6 +357,25 @@ def test_lane_decoder_equals_scalar_decoder_bit_for_bit(name, q, nf, patience, w
     assert (it > 0).any() and (it < 0).any()  # both outcomes occur, so masking is exercised
 
 
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 20), st.integers(0, 5))
+def test_lane_decoder_equals_scalar_decoder_on_tiny_code(seed, nf, patience):
+    """Any number of frames (padding, refills), any patience: bit-identical to the oracle
+    (small enough to run under NUMBA_DISABLE_JIT=1 too)."""
+    code, _ = tiny_regular(96, 3, 6, seed=3)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, (nf, code.n), dtype=np.uint8)
+    q = rng.uniform(0.02, 0.12)
+    y = bsc(rng, x, q)
+    syn = code.syndrome(x)
+    llr = np.stack([llr_for(y[i], q) for i in range(nf)])
+    it, L, R = decode_many(code, llr, syn, 12, patience=patience, state=True)
+    for i in range(nf):
+        it1, L1, R1 = scalar_decode(code, llr[i], syn[i], 12, patience)
+        assert it[i] == it1
+        assert np.array_equal(L[i], L1) and np.array_equal(R[i], R1)
+
+
 def test_lane_decoder_subset_leaves_other_frames_untouched():
     code = load_code("mm2012-r0.70-n16384")
     rng = np.random.default_rng(14)
