@@ -401,9 +401,9 @@ def test_vectorised_multiply_accumulate_matches_scalar():
             np.testing.assert_array_equal(got, want, err_msg=str(mode.dtype))
 
 
-def test_afft_with_two_threads_is_identical():
+@pytest.mark.parametrize("n,m", [(40_000, 20_001), (1_000_003, 400_000)])  # the second splits 2^13-blocks
+def test_afft_with_two_threads_is_identical(n, m):
     rng = np.random.default_rng(5)
-    n, m = 40_000, 20_001
     xw, sw = pack_bits(_bits(rng, n)), pack_bits(_bits(rng, n + m - 1))
     one = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft")
     two = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft", threads=2)

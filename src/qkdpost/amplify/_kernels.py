@@ -1185,16 +1185,23 @@ def afft_forward(F, L, lam, terms, tstart, mode):
 def afft_inverse(F, L, lam, terms, tstart, mode):
     """Inverse of :func:`afft_forward` (interpolation), in place, in the mirrored order."""
     Lc = min(L, AFFT_BLOCK_LOG)
+    afft_inverse_low(F, L, lam, terms, tstart, mode, 0, 1 << (L - Lc))
+    for l in range(Lc + 1, L + 1):
+        _afft_level(F, l, 0, 1 << (L - l), lam, terms, tstart, mode, True)
+
+
+@kernel(None)
+def afft_inverse_low(F, L, lam, terms, tstart, mode, b_lo, b_hi):
+    """The inverse's levels 1 .. Lc on the 2^Lc-element blocks b_lo <= b < b_hi (independent blocks)."""
+    Lc = min(L, AFFT_BLOCK_LOG)
     low = 5 if L >= 5 else 0
-    for b in range(1 << (L - Lc)):
+    for b in range(b_lo, b_hi):
         if low:
             _afft_bottom3(F, b << (Lc - 3), (b + 1) << (Lc - 3), lam, mode, True)
             _afft_level4(F, b << (Lc - 4), (b + 1) << (Lc - 4), lam, mode, True)
             _afft_level5(F, b << (Lc - 5), (b + 1) << (Lc - 5), lam, mode, True)
         for l in range(low + 1, Lc + 1):
             _afft_level(F, l, b << (Lc - l), (b + 1) << (Lc - l), lam, terms, tstart, mode, True)
-    for l in range(Lc + 1, L + 1):
-        _afft_level(F, l, 0, 1 << (L - l), lam, terms, tstart, mode, True)
 
 
 def _pointwise_head(A, B, mode):
