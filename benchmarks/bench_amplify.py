@@ -6,9 +6,11 @@ single-threaded). Run:
     QKDPOST_BENCH_SIZES=1e6,1e7 /tmp/venv/bin/pytest benchmarks/bench_amplify.py \
         --benchmark-only -p no:cacheprovider -o addopts="" --benchmark-columns=min,mean,rounds
 
-and the peak-memory check (one process per size, resident set size):
+and the peak-memory check (one process per size, resident set size) and the
+two-core wall time (threads=1 vs 2; needs both cores idle):
 
     /tmp/venv/bin/python benchmarks/bench_amplify.py --peak-memory 1e8
+    /tmp/venv/bin/python benchmarks/bench_amplify.py --two-threads 1e8
 """
 
 from __future__ import annotations
@@ -106,8 +108,29 @@ def _peak_memory(n: int) -> None:
           f"wall {wall:.2f} s, cpu {cpu:.2f} s, {n / cpu / 1e6:.1f} Mbit/s per core, out {y.size} bits")
 
 
+def _two_threads(n: int) -> None:
+    """Wall time of one hash with threads=1 and threads=2 (the two-core moonshot), best of 3."""
+    from qkdpost.amplify import toeplitz_hash
+
+    toeplitz_hash(*_inputs(3_000_000), threads=2)  # compiled kernels, thread pool code paths
+    x, s, m = _inputs(n)
+    for threads in (1, 2):
+        best = min(_wall(toeplitz_hash, x, s, m, threads) for _ in range(3))
+        print(f"n={n} m={m} threads={threads}: {best:.3f} s wall = {n / best / 1e6:.1f} Mbit/s", flush=True)
+
+
+def _wall(fn, x, s, m, threads):
+    import time
+
+    t = time.perf_counter()
+    fn(x, s, m, threads=threads)
+    return time.perf_counter() - t
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--peak-memory":
         _peak_memory(int(float(sys.argv[2])))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--two-threads":
+        _two_threads(int(float(sys.argv[2])))
     else:
         print(__doc__)
