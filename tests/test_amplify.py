@@ -197,15 +197,16 @@ def test_draw_seed_uses_qrng_and_checks_its_length():
 
 
 @pytest.mark.parametrize("method", amplify.METHODS)
-def test_two_party_amplification_gives_equal_keys(method):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_party_amplification_gives_equal_keys(method, threads):
     rng = np.random.default_rng(21)
     n = 3000
     blocks = rng.integers(0, 2, (3, n), dtype=np.uint8)
     ids = [7, 8, 9]
     lengths = [1000, 1, 2999]
-    alice = amplify.AmplifyAlice({i: blocks[k] for k, i in enumerate(ids)}, method=method)
+    alice = amplify.AmplifyAlice({i: blocks[k] for k, i in enumerate(ids)}, method=method, threads=threads)
     chan = LoopbackChannel(Responder(alice.handlers()))
-    bob_keys = amplify.AmplifyBob(method=method).run(chan, ids, blocks.copy(), lengths)
+    bob_keys = amplify.AmplifyBob(method=method, threads=3 - threads).run(chan, ids, blocks.copy(), lengths)
     assert chan.stats.round_trips == 1
     for fid, m in zip(ids, lengths):
         assert bob_keys[fid].shape == (m,)

@@ -297,13 +297,17 @@ class AmplifyConfig:
     pa_method : {"toeplitz", "modified"}
         Toeplitz hashing, or the modified form [I | T'] of Hayashi and
         Tsurumaru (IEEE TIT 62, 2213 (2016)) with an (n-1)-bit seed.
+    pa_threads : int
+        Threads per hash (1 or 2); 2 helps large blocks when a core is idle.
     """
 
     pa_method: str = "toeplitz"
+    pa_threads: int = 1
 
     def __post_init__(self) -> None:
         _check(self.pa_method in ("toeplitz", "modified"), "pa_method", self.pa_method,
                "must be 'toeplitz' or 'modified'")
+        _check(self.pa_threads in (1, 2), "pa_threads", self.pa_threads, "must be 1 or 2")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -482,10 +482,10 @@ def draw_seed_words(nbits: int, qrng: RandomSource | None = None) -> np.ndarray:
     return words
 
 
-def _hash_words(method: str, xw: np.ndarray, n: int, sw: np.ndarray, m: int) -> np.ndarray:
+def _hash_words(method: str, xw: np.ndarray, n: int, sw: np.ndarray, m: int, threads: int = 1) -> np.ndarray:
     if method == "toeplitz":
-        return toeplitz_hash_packed(xw, n, sw, m)
-    return modified_toeplitz_hash_packed(xw, n, sw, m)
+        return toeplitz_hash_packed(xw, n, sw, m, threads=threads)
+    return modified_toeplitz_hash_packed(xw, n, sw, m, threads=threads)
 
 
 class AmplifyAlice:
@@ -502,11 +502,15 @@ class AmplifyAlice:
     method : {"toeplitz", "modified"}
     qrng : callable, optional
         ``qrng(nbytes) -> bytes``; default the OS CSPRNG.
+    threads : int
+        Threads per hash (see :func:`toeplitz_hash_packed`); default 1.
     """
 
-    def __init__(self, blocks: Mapping[int, Any], *, method: str = "toeplitz", qrng: RandomSource | None = None):
+    def __init__(self, blocks: Mapping[int, Any], *, method: str = "toeplitz", qrng: RandomSource | None = None,
+                 threads: int = 1):
         if method not in METHODS:
             raise InputError(f"method={method!r}: choose one of {METHODS}")
+        self.threads = _check_threads(threads)
         self._blocks = {int(k): as_bits(v, f"blocks[{k}]") for k, v in blocks.items()}
         self.method = method
         self._qrng = qrng
@@ -530,7 +534,7 @@ class AmplifyAlice:
             n = x.size
             nseed = seed_length(n, int(m), self.method)
             sw = draw_seed_words(nseed, self._qrng)
-            self.keys[fid] = unpack_bits(_hash_words(self.method, pack_bits(x), n, sw, int(m)), int(m))
+            self.keys[fid] = unpack_bits(_hash_words(self.method, pack_bits(x), n, sw, int(m), self.threads), int(m))
             seeds.append(sw)
         flat = np.concatenate(seeds) if seeds else np.zeros(0, dtype=np.uint64)
         return {"seeds": flat}
@@ -542,12 +546,15 @@ class AmplifyBob:
     Parameters
     ----------
     method : {"toeplitz", "modified"}
+    threads : int
+        Threads per hash (see :func:`toeplitz_hash_packed`); default 1.
     """
 
-    def __init__(self, *, method: str = "toeplitz"):
+    def __init__(self, *, method: str = "toeplitz", threads: int = 1):
         if method not in METHODS:
             raise InputError(f"method={method!r}: choose one of {METHODS}")
         self.method = method
+        self.threads = _check_threads(threads)
 
     def run(self, channel: Any, frame_ids: Sequence[int], bob_bits_2d: Any, lengths: Sequence[int]) -> dict[int, np.ndarray]:
         """Amplify Bob's blocks; one round trip for the whole batch.
@@ -588,5 +595,5 @@ class AmplifyBob:
             nw = (ns + 63) >> 6
             sw = flat[pos : pos + nw]
             pos += nw
-            out[fid] = unpack_bits(_hash_words(self.method, pack_bits(bits[row]), n, sw, int(m)), int(m))
+            out[fid] = unpack_bits(_hash_words(self.method, pack_bits(bits[row]), n, sw, int(m), self.threads), int(m))
         return out

@@ -168,7 +168,8 @@ class QkdpostKit(StageKit):
                       cfg: Config) -> tuple[dict[str, Handler], Callable[[str], np.ndarray]]:
         from ..amplify import AmplifyAlice
 
-        alice = AmplifyAlice({frame_id(b): bits for b, bits in frames.items()}, method=cfg.amplify.pa_method)
+        alice = AmplifyAlice({frame_id(b): bits for b, bits in frames.items()}, method=cfg.amplify.pa_method,
+                             threads=cfg.amplify.pa_threads)
         agreed = {frame_id(b): int(m) for b, m in lengths.items()}
         on_seeds = alice.handlers()["amplify.seeds"]
 
@@ -194,7 +195,8 @@ class QkdpostKit(StageKit):
         from ..amplify import AmplifyBob
 
         fids = [frame_id(b) for b in ids]
-        keys = AmplifyBob(method=cfg.amplify.pa_method).run(channel, fids, bits, [int(m) for m in lengths])
+        keys = AmplifyBob(method=cfg.amplify.pa_method, threads=cfg.amplify.pa_threads).run(
+            channel, fids, bits, [int(m) for m in lengths])
         return [keys[f] for f in fids]
 
 
