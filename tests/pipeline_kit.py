@@ -143,3 +143,15 @@ class ToyKit(StageKit):
     def amplify_bob(self, channel, ids, bits, lengths, cfg, *, seed):
         s = channel.request("toy.seed", {"ids": " ".join(ids)})["seed"]
         return [bits[j][: lengths[j]] ^ _stream(s + ids[j].encode(), int(lengths[j])) for j in range(len(ids))]
+
+
+def same_stores(out):
+    """Assert Alice's and Bob's stores under ``out`` hold byte-identical keys under the same ids."""
+    from qkdpost.keystore import KeyStore
+
+    sa, sb = KeyStore(out / "alice"), KeyStore(out / "bob")
+    assert sa.ids() == sb.ids()
+    for bid in sb.ids():
+        assert (out / "alice/keys" / bid / "key.bin").read_bytes() == (out / "bob/keys" / bid / "key.bin").read_bytes()
+        assert sa.meta(bid)["final_length"] == sb.meta(bid)["final_length"]
+    return sa, sb

@@ -19,6 +19,7 @@ from qkdpost.config import Config
 from qkdpost.keystore import KeyStore
 from qkdpost.pipeline.run import run_local
 from qkdpost.simulate import DecoyConfig, write_link
+from pipeline_kit import same_stores
 
 MU = (0.5, 0.2, 0.0)
 P_MU = (0.4, 0.45, 0.15)
@@ -46,18 +47,9 @@ def benign_run(benign, tmp_path_factory):
     return rep, out
 
 
-def _same_stores(out):
-    sa, sb = KeyStore(out / "alice"), KeyStore(out / "bob")
-    assert sa.ids() == sb.ids()
-    for bid in sb.ids():
-        assert (out / "alice/keys" / bid / "key.bin").read_bytes() == (out / "bob/keys" / bid / "key.bin").read_bytes()
-        assert sa.meta(bid)["final_length"] == sb.meta(bid)["final_length"]
-    return sa, sb
-
-
 def test_benign_decoy_link_gives_identical_positive_keys(benign_run):
     rep, out = benign_run
-    sa, sb = _same_stores(out)
+    sa, sb = same_stores(out)
     t = rep.totals()
     assert rep.info["front"]["topology"] == "decoy"
     assert t["blocks_ok"] >= 1 and t["final_bits"] > 0 and len(sb.ids()) == t["blocks_ok"]
@@ -134,7 +126,7 @@ def test_simulator_truth_inside_the_bounds_on_the_sifted_counts(benign, benign_r
 def test_benign_decoy_link_two_blocks_other_seeds(tmp_path, seed):
     write_link(DecoyConfig(duration_s=14.0, **LINK), tmp_path / "link", seed=seed)
     rep = run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out", _cfg(), plot=False)
-    _same_stores(tmp_path / "out")
+    same_stores(tmp_path / "out")
     t = rep.totals()
     assert t["blocks_ok"] >= 2 and t["final_bits"] > 0
 
@@ -159,7 +151,7 @@ def test_one_decoy_link_gives_identical_positive_keys_with_rusca2018(tmp_path):
                seed=5)
     cfg = _cfg(decoy_mu="0.5,0.2", decoy_p_mu="0.5,0.5")
     rep = run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out", cfg, plot=False)
-    sa, sb = _same_stores(tmp_path / "out")
+    sa, sb = same_stores(tmp_path / "out")
     assert rep.totals()["blocks_ok"] >= 1
     for bid in sb.ids():
         m = sb.meta(bid)

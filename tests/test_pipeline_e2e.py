@@ -11,6 +11,7 @@ from qkdpost.keystore import KeyStore
 from qkdpost.pipeline.kit import QkdpostKit
 from qkdpost.pipeline.run import run_local
 from qkdpost.simulate import BBM92Config, DecoyConfig, write_link
+from pipeline_kit import same_stores
 
 DUR = 1.5
 
@@ -35,18 +36,9 @@ def noisy(tmp_path_factory):
     return d
 
 
-def _same_stores(out):
-    sa, sb = KeyStore(out / "alice"), KeyStore(out / "bob")
-    assert sa.ids() == sb.ids()
-    for bid in sb.ids():
-        assert (out / "alice/keys" / bid / "key.bin").read_bytes() == (out / "bob/keys" / bid / "key.bin").read_bytes()
-        assert sa.meta(bid)["final_length"] == sb.meta(bid)["final_length"]
-    return sa, sb
-
-
 def test_benign_link_cascade_gives_identical_positive_keys(benign, tmp_path):
     rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, _cfg(), plot=False)
-    sa, sb = _same_stores(tmp_path)
+    sa, sb = same_stores(tmp_path)
     t = rep.totals()
     assert t["blocks_ok"] >= 2 and t["final_bits"] > 0 and t["blocks_ok"] == len(sb.ids())
     for bid in sb.ids():
@@ -88,7 +80,7 @@ class _MiscorrectOnce(QkdpostKit):
 def test_verification_failure_drops_block_on_both_sides(benign, tmp_path):
     rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, _cfg(), plot=False,
                     kit=_MiscorrectOnce())
-    sa, sb = _same_stores(tmp_path)
+    sa, sb = same_stores(tmp_path)
     reasons = {b.index: b.reason for b in rep.blocks}
     assert reasons[1] == "verify_failed" and all(r == "" for i, r in reasons.items() if i != 1)
     bid = rep.blocks[1].block_id
@@ -107,7 +99,7 @@ def test_corrupt_input_stops_with_clear_error_and_keeps_earlier_keys(benign, tmp
         run_local(benign / "alice.arrow", bad, tmp_path / "out", _cfg(), plot=False)
     data = json.loads((tmp_path / "out/report.json").read_text())
     assert "input_error" in data and str(bad) in data["input_error"]["file"]
-    _same_stores(tmp_path / "out")
+    same_stores(tmp_path / "out")
 
 
 def test_decoy_link_runs_end_to_end_with_lim2014(tmp_path):
@@ -126,7 +118,7 @@ def test_decoy_link_runs_end_to_end_with_lim2014(tmp_path):
     fk = b.extra["finitekey"]
     assert {"s0", "s1", "v1_test", "phi"} <= set(fk) and fk["leak_ec"] == b.leak_ec
     assert b.status == "dropped" and b.reason == "no_secure_length"
-    _same_stores(tmp_path / "out")
+    same_stores(tmp_path / "out")
     # the intensities are configuration; without them the bound cannot run
     with pytest.raises(ConfigError, match="decoy_mu=''"):
         run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "o2", _cfg(block_bits=1 << 16),
@@ -141,7 +133,7 @@ def test_topology_mismatch_is_a_config_error(benign, tmp_path):
 def test_rerun_and_report_plot(benign, tmp_path):
     cfg = _cfg(block_bits=1 << 16, workers=1)
     run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, cfg)
-    _same_stores(tmp_path)
+    same_stores(tmp_path)
     n = len(KeyStore(tmp_path / "bob").ids())
     assert n >= 1 and (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
     rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, cfg, plot=False)
@@ -152,7 +144,7 @@ def test_rerun_and_report_plot(benign, tmp_path):
 def test_benign_link_ldpc_gives_identical_keys(benign, tmp_path):
     rep = run_local(benign / "alice.arrow", benign / "bob.arrow", tmp_path, _cfg(ec_method="ldpc", block_bits=40000),
                     plot=False)
-    sa, sb = _same_stores(tmp_path)
+    sa, sb = same_stores(tmp_path)
     assert rep.totals()["blocks_ok"] >= 1
     for bid in sb.ids():
         m = sb.meta(bid)
