@@ -168,3 +168,15 @@ def test_one_decoy_link_gives_identical_positive_keys_with_rusca2018(tmp_path):
     with pytest.raises(Exception, match="three for the two-decoy bound"):
         run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out2",
                   cfg.replace(bound="lim2014"), plot=False)
+
+
+def test_intercept_resend_on_the_decoy_link_yields_no_key(tmp_path):
+    """The benign link above with every pulse intercepted and resent: the test basis shows ~25 %
+    errors in every intensity class and the bound (abort threshold lifted) gives no key."""
+    write_link(DecoyConfig(duration_s=7.0, **dict(LINK, intercept_resend=1.0)), tmp_path / "link", seed=5)
+    rep = run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out",
+                    _cfg(qber_abort=0.45), plot=False)
+    t = rep.totals()
+    assert t["blocks"] >= 1 and t["final_bits"] == 0 and "no_secure_length" in t["drop_reasons"]
+    assert KeyStore(tmp_path / "out/alice").ids() == KeyStore(tmp_path / "out/bob").ids() == []
+    assert all(abs(b.qber_estimate - 0.25) < 0.04 for b in rep.blocks)

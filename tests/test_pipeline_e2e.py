@@ -67,6 +67,23 @@ def test_noisy_link_15_percent_yields_no_key_and_says_why(noisy, tmp_path):
     assert "no_secure_length" in t["drop_reasons"]
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.45])
+def test_intercept_resend_link_yields_no_key(tmp_path, fraction):
+    """Eve measures a fraction of Bob's photons in a random basis and resends them (simulator):
+    QBER about fraction/4 on top of the misalignment. Full interception trips the abort
+    threshold; at 0.45 (QBER ~12 %, abort lifted) the finite-key bound itself gives zero."""
+    write_link(BBM92Config(duration_s=DUR, intercept_resend=fraction), tmp_path / "link", seed=33)
+    rep = run_local(tmp_path / "link/alice.arrow", tmp_path / "link/bob.arrow", tmp_path / "out",
+                    _cfg(qber_abort=0.4 if fraction < 1 else 0.11), plot=False)
+    t = rep.totals()
+    assert t["blocks"] >= 1 and t["final_bits"] == 0 and t["blocks_ok"] == 0
+    assert KeyStore(tmp_path / "out/alice").ids() == KeyStore(tmp_path / "out/bob").ids() == []
+    q = np.mean([b.qber_estimate for b in rep.blocks])
+    assert abs(q - (fraction / 4 + 0.0125)) < 0.03  # the attack shows in the test basis
+    want = "qber_abort" if fraction == 1.0 else "no_secure_length"
+    assert want in t["drop_reasons"]
+
+
 class _MiscorrectOnce(QkdpostKit):
     """Flips one of Bob's corrected bits in the second block: verification must catch it."""
 

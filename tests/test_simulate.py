@@ -563,3 +563,26 @@ def test_random_configs_give_consistent_streams(topology, eff, dark, dead, ap, j
         total = sum(tr["counts"][c][b]["detected"] for c in tr["counts"] for b in "ZX")
         assert total <= np.count_nonzero(link.bob.ch != 4)
         assert sum(tr["counts"][c][b]["emitted"] for c in tr["counts"] for b in "ZX") == tr["slots"]
+
+
+def test_intercept_resend_error_probability_and_simulated_qber():
+    """Eve measuring a fraction f in a random basis: same-basis error (1-f) m + f (m/2 + 1/4) (oracle
+    by hand), other basis a fair coin; the simulated truth QBER follows."""
+    from qkdpost.simulate.link import _bob_bit_prob
+
+    mis = (0.01, 0.03)
+    for f in (0.0, 0.3, 1.0):
+        for al in (0, 1):
+            for x in (0, 1):
+                for be in (0, 1):
+                    p = [_bob_bit_prob(al, x, be, y, mis, f) for y in (0, 1)]
+                    assert sum(p) == pytest.approx(1.0)
+                    if be == al:
+                        assert p[1 - x] == pytest.approx((1 - f) * mis[be] + f * (mis[be] / 2 + 0.25))
+                    else:
+                        assert p == pytest.approx([0.5, 0.5])
+    truth = generate(BBM92Config(duration_s=0.5, intercept_resend=1.0, misalignment_z=0.0, misalignment_x=0.0),
+                     seed=3).truth
+    assert truth["coincidences"]["Z"]["qber"] == pytest.approx(0.25, abs=0.02)
+    with pytest.raises(ConfigError, match="intercept_resend"):
+        BBM92Config(intercept_resend=1.5)

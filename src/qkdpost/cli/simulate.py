@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tick-s", type=float, default=None, help="TDC bin (s), e.g. 1e-12")
     p.add_argument("--misalignment-z", type=float, default=None)
     p.add_argument("--misalignment-x", type=float, default=None)
+    p.add_argument("--intercept-resend", type=float, default=None, metavar="F",
+                   help="fraction of Bob's photons (pulses) an eavesdropper measures and resends (default 0)")
     p.add_argument("--p-z-alice", type=float, default=None, help="probability of the Z basis at Alice")
     p.add_argument("--p-z-bob", type=float, default=None, help="probability of the Z basis at Bob")
     p.add_argument("--pair-statistics", choices=("thermal", "poisson"), default=None)

@@ -120,6 +120,8 @@ def _common(cfg: Any) -> None:
     for name in ("misalignment_z", "misalignment_x"):
         v = getattr(cfg, name)
         _check(_finite(v) and 0 <= v <= 0.5, name, v, "must be an error probability in [0, 0.5]")
+    _check(_finite(cfg.intercept_resend) and 0 <= cfg.intercept_resend <= 1, "intercept_resend",
+           cfg.intercept_resend, "must be a fraction in [0, 1]")
     for name in ("p_z_alice", "p_z_bob"):
         v = getattr(cfg, name)
         _check(_finite(v) and 0 <= v <= 1, name, v, "must be a probability in [0, 1]")
@@ -157,6 +159,11 @@ class BBM92Config:
         Transmission loss from the source to Alice's and to Bob's receiver (dB).
     misalignment_z, misalignment_x : float
         Probability that Bob's photon flips in the Z (H/V) or X (D/A) basis.
+    intercept_resend : float
+        Fraction of Bob's photons an eavesdropper measures in a random basis
+        (Z or X, 1/2 each) and resends as she found them: sifted bits of an
+        intercepted photon are wrong with probability 1/4 (an attack the
+        finite-key bound must catch; 0 = no eavesdropper).
     p_z_alice, p_z_bob : float
         Probability that the passive beam splitter sends a photon to the Z analyser.
     alice_detectors, bob_detectors : DetectorConfig
@@ -177,6 +184,7 @@ class BBM92Config:
     loss_db: float = 6.0
     misalignment_z: float = 0.01
     misalignment_x: float = 0.015
+    intercept_resend: float = 0.0
     p_z_alice: float = 0.5
     p_z_bob: float = 0.5
     alice_detectors: DetectorConfig = field(default_factory=DetectorConfig)
@@ -231,6 +239,9 @@ class DecoyConfig:
         Probability of each class (same length, sums to 1).
     loss_db, misalignment_z, misalignment_x, p_z_alice, p_z_bob : float
         As in :class:`BBM92Config` (p_z_bob: Bob's passive basis choice).
+    intercept_resend : float
+        Fraction of pulses an eavesdropper measures in a random basis and
+        resends (same mean photon number) as she found them.
     bob_detectors : DetectorConfig
         Bob's detectors.
     sync_every : int
@@ -249,6 +260,7 @@ class DecoyConfig:
     loss_db: float = 20.0
     misalignment_z: float = 0.01
     misalignment_x: float = 0.015
+    intercept_resend: float = 0.0
     p_z_alice: float = 0.8
     p_z_bob: float = 0.8
     bob_detectors: DetectorConfig = field(

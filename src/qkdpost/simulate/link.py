@@ -97,6 +97,32 @@ def _db(loss_db: float) -> float:
     return 10.0 ** (-loss_db / 10.0)
 
 
+def _bob_bit_prob(al: int, x: int, be: int, y: int, mis: tuple[float, float], intercept: float) -> float:
+    """P(Bob reads bit y in basis be | Alice's basis al and bit x).
+
+    Same basis: equal bits up to the misalignment flip; other basis: a fair
+    coin. With probability ``intercept`` an eavesdropper first measures the
+    photon in a random basis e and resends her result (e, x_e), which Bob
+    then reads as an honest photon from (e, x_e): x_e = x if e = al, else a
+    fair coin.
+    """
+
+    def honest(a: int, xa: int) -> float:
+        if a != be:
+            return 0.5
+        return 1.0 - mis[be] if y == xa else mis[be]
+
+    q = honest(al, x)
+    if intercept:
+        eve = 0.0
+        for e in (0, 1):
+            for xe in (0, 1):
+                p_xe = (1.0 if xe == x else 0.0) if e == al else 0.5
+                eve += 0.5 * p_xe * honest(e, xe)
+        q = (1.0 - intercept) * q + intercept * eve
+    return q
+
+
 def joint_table(cfg: BBM92Config) -> np.ndarray:
     """Joint click probabilities of one SPDC pair, before dead time.
 
@@ -136,10 +162,7 @@ def joint_table(cfg: BBM92Config) -> np.ndarray:
         bob = {None: 1.0 - tb}
         for be in (0, 1):
             for y in (0, 1):
-                if al is None or al != be:
-                    q = 0.5
-                else:
-                    q = 1.0 - mis[be] if y == x else mis[be]
+                q = 0.5 if al is None else _bob_bit_prob(al, x, be, y, mis, cfg.intercept_resend)
                 bob[(be, y)] = tb * pb[be] * q
         a_det = None if al is None else 2 * al + x
         for bk, p_b in bob.items():
@@ -172,10 +195,7 @@ def _decoy_table(cfg: DecoyConfig) -> np.ndarray:
                 c = bit | (basis << 1) | (cls << 2)
                 for be in (0, 1):
                     for y in (0, 1):
-                        if be != basis:
-                            q = 0.5
-                        else:
-                            q = 1.0 - mis[be] if y == bit else mis[be]
+                        q = _bob_bit_prob(basis, bit, be, y, mis, cfg.intercept_resend)
                         d = 2 * be + y
                         tab[c, d] = mu * tch * pb[be] * q * eff[d]
                 lam = tab[c, :4].sum()
