@@ -196,3 +196,29 @@ def test_https_with_client_certificates_checks_the_sae(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_block_claimed_by_another_consumer_is_not_delivered_by_the_kme(tmp_path, monkeypatch):
+    """KeyStore.consume() is the store's at-most-once claim: if another consumer of the store wins it
+    between the KME's pool copy and its own claim, the KME must drop its pool copy, not serve it."""
+    blocks = _stores(tmp_path)
+    master, _ = _kmes(tmp_path)
+    real_consume = master.store.consume
+    other = {}
+
+    def race(block_id=None):
+        if block_id == IDS[0] and not other:
+            other[IDS[0]] = KeyStore(tmp_path / "alice").consume(IDS[0])  # the other application wins
+        return real_consume(block_id)
+
+    monkeypatch.setattr(master.store, "consume", race)
+    with pytest.raises(DeliveryError) as e:
+        master.enc_keys("SAE_B", number=1)
+    assert e.value.status == 503
+    np.testing.assert_array_equal(other[IDS[0]].bits, blocks[IDS[0]])  # the other consumer has that block
+    assert not (tmp_path / "alice/delivery" / f"{IDS[0]}.key").exists()  # no copy left in the pool
+    taken = {key_id(IDS[0], 256, i) for i in range(3)}
+    got = master.enc_keys("SAE_B", number=5)["keys"]  # the rest of the stock: blocks 1 and 2
+    assert not {k["key_ID"] for k in got} & taken
+    master2, _ = _kmes(tmp_path)  # nor after a restart
+    assert master2.status("SAE_B")["stored_key_count"] == 0

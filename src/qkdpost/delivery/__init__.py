@@ -161,7 +161,15 @@ class Kme:
         _replace_private(self._pool_file(block_id), pack_bits(blk.bits).tobytes())
         self._ledger["blocks"][block_id] = {"keys": n, "bits": int(blk.bits.size), "delivered": []}
         self._save_ledger()
-        self.store.consume(block_id)
+        try:
+            self.store.consume(block_id)
+        except InputError:
+            # another consumer of the store won the claim: that block is theirs, the pool copy must go
+            del self._ledger["blocks"][block_id]
+            self._save_ledger()
+            _shred_file(self._pool_file(block_id))
+            raise DeliveryError(503, f"block {block_id} was taken from the key store by another consumer "
+                                     "while this KME claimed it; retry") from None
 
     def _key_bytes(self, block_id: str, index: int) -> bytes:
         data = self._pool_file(block_id).read_bytes()
