@@ -112,6 +112,22 @@ def test_crash_between_pool_and_store_claim_neither_loses_nor_repeats(tmp_path, 
     assert slave.dec_keys("SAE_A", [first["key_ID"]])["keys"][0]["key"] == first["key"]
 
 
+def _cert(tmp_path, name, ca=None):
+    """A key and certificate made by openssl: self-signed (CN=name, for 127.0.0.1), or signed by ``ca``."""
+    key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    if ca is None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                        "-out", str(crt), "-days", "1", "-subj", f"/CN={name}",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    else:
+        csr = tmp_path / f"{name}.csr"
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+                        "-subj", f"/CN={name}"], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+                        "-CAcreateserial", "-out", str(crt), "-days", "1"], check=True, capture_output=True)
+    return key, crt
+
+
 def _get(url, data=None, ctx=None):
     req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -156,25 +172,11 @@ def test_rest_api_round_trip(tmp_path):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certificates")
 def test_https_with_client_certificates_checks_the_sae(tmp_path):
-    def cert(name, ca=None):
-        key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
-        if ca is None:
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                            "-out", str(crt), "-days", "1", "-subj", f"/CN={name}",
-                            "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-        else:
-            csr = tmp_path / f"{name}.csr"
-            subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-                            "-subj", f"/CN={name}"], check=True, capture_output=True)
-            subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
-                            "-CAcreateserial", "-out", str(crt), "-days", "1"], check=True, capture_output=True)
-        return key, crt
-
     _stores(tmp_path)
     master, _ = _kmes(tmp_path)
-    kme_key, kme_crt = cert("kme")
-    ca = cert("sae-ca")
-    sae_a, sae_x = cert("SAE_A", ca), cert("SAE_X", ca)
+    kme_key, kme_crt = _cert(tmp_path, "kme")
+    ca = _cert(tmp_path, "sae-ca")
+    sae_a, sae_x = _cert(tmp_path, "SAE_A", ca), _cert(tmp_path, "SAE_X", ca)
     srv = make_server(master, tls_cert=str(kme_crt), tls_key=str(kme_key), client_ca=str(ca[1]))
     serve_in_thread(srv)
     try:
@@ -222,3 +224,27 @@ def test_block_claimed_by_another_consumer_is_not_delivered_by_the_kme(tmp_path,
     assert not {k["key_ID"] for k in got} & taken
     master2, _ = _kmes(tmp_path)  # nor after a restart
     assert master2.status("SAE_B")["stored_key_count"] == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certificates")
+def test_a_silent_client_holds_neither_the_accept_loop_nor_a_thread(tmp_path):
+    """The TLS handshake runs on the connection's own thread with a timeout: a peer that connects and
+    sends nothing must not stop the KME from serving others, and is dropped after the timeout."""
+    import socket
+
+    _stores(tmp_path)
+    master, _ = _kmes(tmp_path)
+    kme_key, kme_crt = _cert(tmp_path, "kme")
+    srv = make_server(master, tls_cert=str(kme_crt), tls_key=str(kme_key), request_timeout_s=1.0)
+    serve_in_thread(srv)
+    silent = socket.create_connection(("127.0.0.1", srv.server_address[1]))
+    try:
+        silent.settimeout(10)
+        url = f"https://127.0.0.1:{srv.server_address[1]}/api/v1/keys/SAE_B/status"
+        st, body = _get(url, ctx=ssl.create_default_context(cafile=str(kme_crt)))  # not stuck behind it
+        assert st == 200 and body["stored_key_count"] == 8
+        assert silent.recv(1) == b""  # the KME hung up on the silent peer after its timeout
+    finally:
+        silent.close()
+        srv.shutdown()
+        srv.server_close()

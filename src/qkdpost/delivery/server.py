@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,10 +52,26 @@ def _peer_cn(handler: BaseHTTPRequestHandler) -> str | None:
     return None
 
 
-def _handler_for(kme: Kme, require_client_cert: bool) -> type[BaseHTTPRequestHandler]:
+class _KmeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a failed TLS handshake or a timed-out peer: one line, no traceback on stderr
+        log.warning("KME connection from %s ended: %s", client_address[0], sys.exc_info()[1])
+
+
+def _handler_for(kme: Kme, require_client_cert: bool, timeout_s: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "qkdpost-kme"
         protocol_version = "HTTP/1.1"
+        timeout = timeout_s  # applied to the connection by setup(): a silent peer cannot hold a thread
+
+        def setup(self) -> None:
+            super().setup()
+            if isinstance(self.connection, ssl.SSLSocket):
+                # on this connection's thread, under the timeout (not in the accept loop, where one
+                # silent peer would stop the KME from accepting anybody)
+                self.connection.do_handshake()
 
         def log_message(self, fmt: str, *args: Any) -> None:  # no key material: only the request line
             log.info("%s %s", self.address_string(), fmt % args)
@@ -147,12 +164,18 @@ def _int(query: dict[str, list[str]], name: str, default: int | None) -> int | N
 
 
 def make_server(kme: Kme, host: str = "127.0.0.1", port: int = 0, *, tls_cert: str | None = None,
-                tls_key: str | None = None, client_ca: str | None = None) -> ThreadingHTTPServer:
-    """An ETSI 014 HTTP(S) server for ``kme`` (call ``serve_forever()``; ``server_address`` has the port)."""
+                tls_key: str | None = None, client_ca: str | None = None,
+                request_timeout_s: float = 30.0) -> ThreadingHTTPServer:
+    """An ETSI 014 HTTP(S) server for ``kme`` (call ``serve_forever()``; ``server_address`` has the port).
+
+    ``request_timeout_s`` bounds the TLS handshake and every wait for a
+    client's bytes (an idle keep-alive connection is closed after it).
+    """
     if client_ca and not tls_cert:
         raise ConfigError("client_ca needs tls_cert and tls_key: client certificates are checked over HTTPS only")
-    server = ThreadingHTTPServer((host, port), _handler_for(kme, bool(client_ca)))
-    server.daemon_threads = True
+    if not request_timeout_s > 0:
+        raise ConfigError(f"request_timeout_s={request_timeout_s!r}: must be > 0 seconds, e.g. 30")
+    server = _KmeServer((host, port), _handler_for(kme, bool(client_ca), float(request_timeout_s)))
     if tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -164,7 +187,7 @@ def make_server(kme: Kme, host: str = "127.0.0.1", port: int = 0, *, tls_cert: s
         except (OSError, ssl.SSLError) as exc:
             server.server_close()
             raise ConfigError(f"TLS files {tls_cert!r}/{tls_key!r}/{client_ca!r}: {exc}") from None
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     return server
 
 
