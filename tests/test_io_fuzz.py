@@ -150,13 +150,28 @@ def _check_ptu(path, data, rng):
     flavour = _FLAVOUR_OF[tags["TTResultFormat_TTTRRecType"]]
     n = int(info.extra["records"])
     recs = np.frombuffer(data[off : off + 4 * n], "<u4")
-    want = _expected(lambda: O.decode_ptu_t2(recs, flavour, keep), tol)
+    if flavour.endswith("T3"):
+        from qkdpost.io.ptu import _period_ticks
+
+        period = _period_ticks(tags["MeasDesc_GlobalResolution"], res)
+        want = _expected(lambda: O.decode_ptu_t3(recs, flavour, period, keep), tol)
+    else:
+        want = _expected(lambda: O.decode_ptu_t2(recs, flavour, keep), tol)
     return _compare(path, lambda: (info, it), want, off, 4)
 
 
 def _valid_ptu(rng):
-    flavour = str(rng.choice([f for f in O.PTU_TYPES if f != "PicoHarpT3"]))
+    flavour = str(rng.choice(list(O.PTU_TYPES)))
     n = int(rng.integers(1, 25))
+    if flavour.endswith("T3"):
+        pico = flavour == "PicoHarpT3"
+        ev = [("marker", int(x), 0, int(rng.integers(1, 16))) if rng.integers(0, 4) == 0 else
+              ("photon", int(x), int(rng.integers(0, 4096)), int(rng.integers(1, 5) if pico else rng.integers(0, 64)))
+              for x in np.cumsum(rng.integers(0, 3000, n))]  # few overflow records (v1 writes one per 1024)
+        recs = O.encode_ptu_t3(ev, flavour)
+        res = float(rng.choice([1e-12, 4e-12, 25e-12]))
+        return O.ptu_header(O.PTU_TYPES[flavour], len(recs), res, measurement_mode=3,
+                            global_resolution=res * float(rng.choice([3125, 3125.37, 1]))) + recs.tobytes()
     t = np.cumsum(rng.integers(0, 80_000_000, n))
     ev = []
     for x in t:

@@ -229,6 +229,99 @@ def test_ptu_known_answer_records(tmp_path):
     assert info.channel_map[1] == "H" and info.channel_map[0] == "unused" and info.channel_map[0x81] == "marker"
 
 
+PTU_T3_FLAVOURS = ["PicoHarpT3", "HydraHarpT3", "HydraHarp2T3", "TimeHarp260NT3", "TimeHarp260PT3", "GenericT3"]
+
+
+def ptu_t3_events(rng, flavour, n):
+    nsync = np.cumsum(rng.integers(0, 3000, n)).astype(np.int64)
+    pico = flavour == "PicoHarpT3"
+    ev = []
+    for x in nsync:
+        if rng.integers(0, 10) == 0:
+            ev.append(("marker", int(x), 0, int(rng.integers(1, 16))))
+        else:
+            ev.append(("photon", int(x), int(rng.integers(0, 4096 if pico else 32768)),
+                       int(rng.integers(1, 5) if pico else rng.integers(0, 64))))
+    return ev
+
+
+def test_ptu_t3_known_answer(tmp_path):
+    """Hand-built HydraHarp v2 T3 records: sync period 12.5 ns = 3125 ticks of 4 ps."""
+    recs = [
+        (3 << 25) | (100 << 10) | 5,  # input 3, dtime 100, nsync 5 -> 5 * 3125 + 100, channel 4
+        (1 << 31) | (0x3F << 25) | 2,  # overflow: 2 * 1024 sync periods
+        (1 << 31) | (2 << 25) | 7,  # marker 2 at nsync 2048 + 7
+        (0 << 25) | (9 << 10) | 8,  # input 0, nsync 2048 + 8
+    ]
+    p = tmp_path / "hh.ptu"
+    O.write_ptu(p, None, "HydraHarp2T3", records=recs, resolution=4e-12, sync_period=12.5e-9)
+    info, t, ch, _ = collect(read_ptu(p))
+    assert info.tick_s == 4e-12 and float(info.extra["sync_period_s"]) == 12.5e-9 and 0 not in info.channel_map
+    np.testing.assert_array_equal(t, [5 * 3125 + 100, 2055 * 3125, 2056 * 3125 + 9])
+    np.testing.assert_array_equal(ch, [4, 0x82, 1])
+
+
+@pytest.mark.parametrize("flavour", PTU_T3_FLAVOURS)
+def test_ptu_t3_cross_check_with_ptufile(tmp_path, flavour):
+    rng = np.random.default_rng(8)
+    p = tmp_path / f"{flavour}.ptu"
+    recs = O.write_ptu(p, ptu_t3_events(rng, flavour, 3000), flavour, resolution=4e-12, sync_period=12.5e-9)
+    assert len(recs) > 3000  # overflow records were needed
+    with ptufile.PtuFile(p) as f:
+        d = f.decode_records()
+    d = d[(d["channel"] >= 0) | (d["marker"] > 0)]
+    want_t = d["time"].astype(np.int64) * 3125 + np.maximum(d["dtime"], 0)
+    order = np.argsort(want_t, kind="stable")
+    info, t, ch, _ = collect(read_ptu(p, reorder_window_s=1e-6, chunk_events=700))
+    np.testing.assert_array_equal(t, want_t[order])
+    mark = d["marker"][order] > 0
+    np.testing.assert_array_equal(ch >= 0x80, mark)
+    np.testing.assert_array_equal(ch[mark] & 0xF, d["marker"][order][mark])
+    np.testing.assert_array_equal(ch[~mark], d["channel"][order][~mark] + 1)  # ptufile counts inputs from 0
+
+
+@FAST
+@given(flavour=st.sampled_from(PTU_T3_FLAVOURS), n=st.integers(1, 200), chunk=st.integers(1, 64),
+       keep=st.booleans(), seed=st.integers(0, 2**32 - 1), period=st.sampled_from([12.5e-9, 12.5000137e-9, 1e-6]))
+def test_ptu_t3_matches_oracle(tmp_path_factory, flavour, n, chunk, keep, seed, period):
+    from qkdpost.io.ptu import _period_ticks
+
+    rng = np.random.default_rng(seed)
+    p = tmp_path_factory.mktemp("t3") / "f.ptu"
+    recs = O.write_ptu(p, ptu_t3_events(rng, flavour, n), flavour, resolution=4e-12, sync_period=period)
+    info, t, ch, _ = collect(read_ptu(p, keep_markers=keep, reorder_window_s=1e-3, chunk_events=chunk))
+    want_t, want_ch, _ = O.order_events(O.decode_ptu_t3(recs, flavour, _period_ticks(period, 4e-12), keep),
+                                        int(1e-3 / 4e-12))
+    np.testing.assert_array_equal(t, want_t)
+    np.testing.assert_array_equal(ch, want_ch)
+
+
+def test_ptu_t3_fractional_sync_period_does_not_drift():
+    """A measured sync period that is not a whole number of ticks: within one tick of the exact value
+    after 10 h at 80 MHz (2.9e12 syncs), where N * P is near 2**53 and doubles are 1-2 ticks apart."""
+    from fractions import Fraction
+
+    from qkdpost.io._kernels import decode_ptu_t3, new_state, PTU_HYDRAHARP2
+    from qkdpost.io.ptu import _period_ticks
+
+    period, res = 12.5000137e-9, 4e-12
+    p_int, p_frac = _period_ticks(period, res)
+    assert p_int == 3125 and 0 < p_frac < 1
+    nsync = 2_880_000_000_000
+    count = nsync >> 10
+    ofl = []
+    while count:
+        c = min(count, 1023)
+        ofl.append((1 << 31) | (0x3F << 25) | c)
+        count -= c
+    recs = np.array(ofl + [(5 << 25) | (17 << 10) | (nsync & 0x3FF)], dtype="<u4")
+    t, c = np.zeros(4, np.int64), np.zeros(4, np.uint8)
+    k = decode_ptu_t3(recs, PTU_HYDRAHARP2, True, 0, p_int, p_frac, new_state(), t, c, 0)
+    assert k == 1
+    exact = Fraction(nsync) * (Fraction(p_int) + Fraction(p_frac)) + 17  # the same P, computed exactly
+    assert abs(int(t[0]) - exact) <= 1
+
+
 def test_ptu_bad_inputs(tmp_path):
     p = tmp_path / "bad.ptu"
     good_recs = [0x02000005, 0x02000006]
@@ -245,9 +338,9 @@ def test_ptu_bad_inputs(tmp_path):
     p.write_bytes(full[:200])
     with pytest.raises(FileFormatError, match="truncated PTU header"):
         read_ptu(p)
-    # T3 record type
-    O.write_ptu(p, None, "PicoHarpT3", records=good_recs)
-    with pytest.raises(FileFormatError, match="T3"):
+    # T3 without a plausible sync period
+    O.write_ptu(p, None, "PicoHarpT3", records=good_recs, resolution=4e-12, sync_period=2e-12)
+    with pytest.raises(FileFormatError, match="sync period"):
         read_ptu(p)
     # unknown record type
     p.write_bytes(O.ptu_header(0x00010299, 2, 1e-12) + np.array(good_recs, "<u4").tobytes())

@@ -9,6 +9,7 @@ additionally read by the independent ``ptufile`` package.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -91,6 +92,11 @@ PTU_TYPES = {
     "TimeHarp260PT2": 0x00010206,
     "GenericT2": 0x00010207,
     "PicoHarpT3": 0x00010303,
+    "HydraHarpT3": 0x00010304,
+    "HydraHarp2T3": 0x01010304,
+    "TimeHarp260NT3": 0x00010305,
+    "TimeHarp260PT3": 0x00010306,
+    "GenericT3": 0x00010307,
 }
 TY_EMPTY8, TY_BOOL8, TY_INT8, TY_FLOAT8, TY_TDATETIME = 0xFFFF0008, 0x00000008, 0x10000008, 0x20000008, 0x21000008
 TY_ANSI, TY_WIDE, TY_BLOB, TY_F8ARRAY = 0x4001FFFF, 0x4002FFFF, 0xFFFFFFFF, 0x2001FFFF
@@ -109,8 +115,12 @@ def _tag(name, typ, value=0, idx=-1, data=b""):
     return head + data
 
 
-def ptu_header(rectype, n_records, resolution, *, extra_tags=(), measurement_mode=2):
-    """A PTU header with the tags ptufile needs, ending in Header_End."""
+def ptu_header(rectype, n_records, resolution, *, extra_tags=(), measurement_mode=2, global_resolution=None):
+    """A PTU header with the tags ptufile needs, ending in Header_End.
+
+    ``global_resolution`` (T3: the sync period) defaults to ``resolution``.
+    """
+    glob = resolution if global_resolution is None else global_resolution
     comment = "qkdpost test file".encode("windows-1252").ljust(24, b"\0")
     tags = [
         _tag("File_GUID", TY_ANSI, 40, data=b"{00000000-0000-0000-0000-000000000000}\0\0"),
@@ -120,7 +130,7 @@ def ptu_header(rectype, n_records, resolution, *, extra_tags=(), measurement_mod
         _tag("Measurement_SubMode", TY_INT8, 0),
         _tag("TTResult_SyncRate", TY_INT8, 10_000_000),
         _tag("MeasDesc_Resolution", TY_FLOAT8, resolution),
-        _tag("MeasDesc_GlobalResolution", TY_FLOAT8, resolution),
+        _tag("MeasDesc_GlobalResolution", TY_FLOAT8, glob),
         _tag("TTResultFormat_TTTRRecType", TY_INT8, rectype),
         _tag("TTResultFormat_BitsPerRecord", TY_INT8, 32),
         _tag("TTResult_NumberOfRecords", TY_INT8, n_records),
@@ -174,12 +184,98 @@ def encode_ptu_t2(events, flavour):
     return np.array(recs, dtype="<u4")
 
 
-def write_ptu(path, events, flavour, resolution=1e-12, *, extra_tags=(), records=None):
-    """Write a complete PTU T2 file; returns the records written."""
-    recs = encode_ptu_t2(events, flavour) if records is None else np.asarray(records, "<u4")
-    Path(path).write_bytes(ptu_header(PTU_TYPES[flavour], len(recs), resolution, extra_tags=extra_tags)
-                           + recs.tobytes())
+def write_ptu(path, events, flavour, resolution=1e-12, *, extra_tags=(), records=None, sync_period=None):
+    """Write a complete PTU T2 or T3 file (T3: ``sync_period`` in seconds); returns the records written."""
+    t3 = flavour.endswith("T3")
+    enc = encode_ptu_t3 if t3 else encode_ptu_t2
+    recs = enc(events, flavour) if records is None else np.asarray(records, "<u4")
+    mode = 3 if t3 else 2
+    Path(path).write_bytes(ptu_header(PTU_TYPES[flavour], len(recs), resolution, extra_tags=extra_tags,
+                                      measurement_mode=mode, global_resolution=sync_period) + recs.tobytes())
     return recs
+
+
+def encode_ptu_t3(events, flavour):
+    """uint32 T3 records for ``events`` = list of (kind, nsync, dtime, value) in file order.
+
+    kind "photon": value = input (PicoHarp 1..4, HydraHarp-type 0..63); kind
+    "marker": value = marker bits 1..15 (its dtime is ignored). Overflow
+    records are inserted as needed (one per wrap for PicoHarp and HydraHarp
+    v1, with a count for the others); nsync must not decrease.
+    """
+    recs = []
+    base = 0
+    pico = flavour == "PicoHarpT3"
+    wrap = 1 << 16 if pico else 1 << 10
+    for kind, nsync, dtime, value in events:
+        if pico or flavour == "HydraHarpT3":
+            while nsync - base >= wrap:
+                recs.append((0xF << 28) if pico else ((1 << 31) | (0x3F << 25) | 1))
+                base += wrap
+        else:
+            n = (nsync - base) // wrap
+            while n > 0:
+                c = min(n, (1 << 10) - 1)
+                recs.append((1 << 31) | (0x3F << 25) | c)
+                base += c * wrap
+                n -= c
+        ns = nsync - base
+        if pico:
+            if kind == "marker":
+                recs.append((0xF << 28) | (value << 16) | ns)
+            else:
+                recs.append((value << 28) | (dtime << 16) | ns)
+        elif kind == "marker":
+            recs.append((1 << 31) | (value << 25) | ns)
+        else:
+            recs.append((value << 25) | (dtime << 10) | ns)
+    return np.array(recs, dtype="<u4")
+
+
+def decode_ptu_t3(recs, flavour, period, keep_markers=True):
+    """Events (t, ch, record index): t = floor(nsync * period) + dtime with period = (int, frac) in ticks.
+
+    Plain loop; BadRecord on an undefined record.
+    """
+    p_int, p_frac = period
+    out = []
+    ofl = 0
+    pico = flavour == "PicoHarpT3"
+    limit = (1 << 62) // (p_int + 1)  # sync counts whose time would not fit: an error, not a wrapped time
+    for i, r in enumerate(int(x) for x in recs):
+        if pico:
+            chan, dt, ns = r >> 28, (r >> 16) & 0xFFF, r & 0xFFFF
+            if chan == 15:
+                if dt & 0xF == 0:
+                    ofl += 1 << 16
+                    continue
+                if keep_markers:
+                    if ofl + ns > limit:
+                        raise BadRecord(i, out, "range")
+                    out.append(((ofl + ns) * p_int + math.floor((ofl + ns) * p_frac), 0x80 | (dt & 0xF), i))
+                continue
+            if not 1 <= chan <= 4:
+                raise BadRecord(i, out)
+            c = chan
+        else:
+            special, chan, dt, ns = r >> 31, (r >> 25) & 0x3F, (r >> 10) & 0x7FFF, r & 0x3FF
+            if special and chan == 0x3F:
+                ofl += (1 << 10) * (1 if flavour == "HydraHarpT3" else (ns or 1))
+                continue
+            if special and 1 <= chan <= 15:
+                if keep_markers:
+                    if ofl + ns > limit:
+                        raise BadRecord(i, out, "range")
+                    out.append(((ofl + ns) * p_int + math.floor((ofl + ns) * p_frac), 0x80 | chan, i))
+                continue
+            if special:
+                raise BadRecord(i, out)
+            c = chan + 1
+        n = ofl + ns
+        if n > limit:
+            raise BadRecord(i, out, "range")
+        out.append((n * p_int + math.floor(n * p_frac) + dt, c, i))
+    return out
 
 
 

@@ -26,7 +26,7 @@ sources are the vendors' own format descriptions, summarised in
 from __future__ import annotations
 
 import numpy as np
-from numba import boolean, int64, uint8, uint16, uint32, uint64, types
+from numba import boolean, float64, int64, uint8, uint16, uint32, uint64, types
 
 from .._jit import kernel, register
 
@@ -67,7 +67,7 @@ ERR_DISPLACED = 5  # an out-of-order event belongs more than MAX_DISPLACEMENT ev
 #: the insertion work linear (at most this many moves per event) on any input.
 MAX_DISPLACEMENT = 1024
 
-# PTU T2 flavours (see decode_ptu_t2)
+# PTU flavours (see decode_ptu_t2, decode_ptu_t3)
 PTU_PICOHARP = 0
 PTU_HYDRAHARP1 = 1
 PTU_HYDRAHARP2 = 2  # also TimeHarp 260 N/P and Generic (MultiHarp, PicoHarp 330)
@@ -78,6 +78,11 @@ PICOHARP_T2_WRAP = 210698240
 HYDRAHARP1_T2_WRAP = 33552000
 #: HydraHarp v2 / TimeHarp 260 / Generic T2: each counted overflow adds 2**25.
 HYDRAHARP2_T2_WRAP = 1 << 25
+
+#: PicoHarp 300 T3: one overflow adds 2**16 sync periods (16-bit nsync field).
+PICOHARP_T3_WRAP = 1 << 16
+#: HydraHarp / TimeHarp 260 / Generic T3: one overflow adds 2**10 sync periods (10-bit nsync field).
+HYDRAHARP_T3_WRAP = 1 << 10
 
 #: Channel code given to marker records: ``MARKER_BASE | marker_bits``.
 MARKER_BASE = 0x80
@@ -364,6 +369,112 @@ def decode_ptu_t2(rec, flavour, keep_markers, tol, state, t_out, ch_out, start):
     return k
 
 
+@kernel(int64(uint32[::1], int64, boolean, int64, int64, float64, int64[::1], int64[::1], uint8[::1], int64))
+def decode_ptu_t3(rec, flavour, keep_markers, tol, period_int, period_frac, state, t_out, ch_out,
+                  start):  # pragma: no cover - jit
+    """Decode PicoQuant T3 records (uint32 each) into absolute times.
+
+    PicoHarp 300 (``PTU_PICOHARP``): bits 31..28 channel (inputs 1..4),
+    27..16 dtime, 15..0 nsync; channel 15 is an overflow (+2**16 sync
+    periods) when dtime bits 3..0 are 0, else a marker (those bits). HydraHarp / TimeHarp
+    260 / Generic: bit 31 special, 30..25 channel, 24..10 dtime, 9..0 nsync;
+    special channel 63 is an overflow (v1: +2**10 periods; v2: the count in
+    the nsync field, 0 meaning 1, times 2**10), special 1..15 a marker.
+
+    A photon's time in ticks of the dtime resolution is
+    ``floor(N * P) + dtime`` with ``N`` the sync count including overflows
+    and ``P = period_int + period_frac`` the sync period in ticks; the
+    integer part is exact and the fractional product stays below 2**53 for
+    any capture, so no rounding builds up over hours. The ordering block is
+    the same as in :func:`decode_ptu_t2` (see the note above it).
+    """
+    ofl = state[S_OFFSET]  # sync periods from overflow records
+    tmax = state[S_MAX]
+    n_ofl = state[S_COUNT_A]
+    n_mark = state[S_COUNT_B]
+    moved = state[S_MOVED]
+    k = start
+    for i in range(rec.size):
+        r = np.int64(rec[i])
+        if flavour == PTU_PICOHARP:
+            chan = r >> 28
+            dt = (r >> 16) & 0xFFF
+            ns = r & 0xFFFF
+            if chan == 15:
+                if dt & 0xF == 0:  # no marker bit: an overflow
+                    ofl += PICOHARP_T3_WRAP
+                    n_ofl += 1
+                    continue
+                n_mark += 1
+                if not keep_markers:
+                    continue
+                c = MARKER_BASE | (dt & 0xF)
+                dt = 0  # a marker's time is its sync period (the dtime field holds the marker bits)
+            elif 1 <= chan <= 4:
+                c = chan
+            else:
+                state[S_ERR] = ERR_RECORD
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = chan
+                return -1
+        else:
+            chan = (r >> 25) & 0x3F
+            dt = (r >> 10) & 0x7FFF
+            ns = r & 0x3FF
+            if r >> 31:
+                if chan == 0x3F:
+                    if flavour == PTU_HYDRAHARP1 or ns == 0:
+                        ofl += HYDRAHARP_T3_WRAP
+                    else:
+                        ofl += HYDRAHARP_T3_WRAP * ns
+                    n_ofl += 1
+                    continue
+                if 1 <= chan <= 15:
+                    n_mark += 1
+                    if not keep_markers:
+                        continue
+                    c = MARKER_BASE | chan
+                    dt = 0
+                else:
+                    state[S_ERR] = ERR_RECORD
+                    state[S_ERR_REC] = i
+                    state[S_ERR_VAL] = chan
+                    return -1
+            else:
+                c = chan + 1
+        nsync = ofl + ns
+        if nsync > T_MAX // (period_int + 1):
+            state[S_ERR] = ERR_RANGE
+            state[S_ERR_REC] = i
+            state[S_ERR_VAL] = nsync
+            return -1
+        t = nsync * period_int + np.int64(np.floor(nsync * period_frac)) + dt
+        if t >= tmax:  # in order: every held event is <= tmax
+            tmax = t
+            t_out[k] = t
+            ch_out[k] = np.uint8(c)
+        else:
+            if t < tmax - tol:
+                state[S_ERR] = ERR_BACKWARDS
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                state[S_MAX] = tmax
+                return -1
+            if _insert(t_out, ch_out, k, t, np.uint8(c)) < 0:
+                state[S_ERR] = ERR_DISPLACED
+                state[S_ERR_REC] = i
+                state[S_ERR_VAL] = t
+                return -1
+            moved += 1
+        k += 1
+    state[S_OFFSET] = ofl
+    state[S_MAX] = tmax
+    state[S_COUNT_A] = n_ofl
+    state[S_COUNT_B] = n_mark
+    state[S_MOVED] = moved
+    return k
+
+
 @kernel(int64(types.Array(int64, 1, "A", readonly=True), types.Array(uint16, 1, "A", readonly=True),
               int64, int64[::1], int64[::1], uint8[::1], int64))
 def decode_qutag(t_in, ch_in, tol, state, t_out, ch_out, start):  # pragma: no cover - jit
@@ -418,5 +529,6 @@ def _warmup() -> None:
     c = np.zeros(4, np.uint8)
     decode_qcrypto(np.zeros(2, np.uint64), False, 15, False, 0, new_state(), t, c, 0)
     decode_ptu_t2(np.zeros(2, np.uint32), PTU_HYDRAHARP2, True, 0, new_state(), t, c, 0)
+    decode_ptu_t3(np.zeros(2, np.uint32), PTU_HYDRAHARP2, True, 0, 3125, 0.5, new_state(), t, c, 0)
     rec = np.zeros(2, dtype=np.dtype([("t", "<i8"), ("c", "<u2")]))
     decode_qutag(rec["t"], rec["c"], 0, new_state(), t, c, 0)

@@ -1,4 +1,4 @@
-"""Importer for PicoQuant PTU files with T2 (time-tag) records.
+"""Importer for PicoQuant PTU files with T2 (time-tag) or T3 (sync + delay) records.
 
 File layout (PicoQuant's "PTU file format" description and demo readers):
 
@@ -16,6 +16,14 @@ Channel codes in the output: 0 is the sync input, HydraHarp-type input
 ``c`` (0-based) is ``c + 1``, PicoHarp inputs are as stored, markers are
 ``0x80 | marker_bits``. The default channel map marks 0 as "sync" and the
 marker codes as "marker"; detector inputs stay unused until configured.
+
+T3 records (pulsed sources: a sync count and a delay after the sync) become
+absolute times in ticks of the delay resolution ``MeasDesc_Resolution``:
+``floor(N * P) + dtime`` with ``N`` the sync count and ``P`` the sync period
+``MeasDesc_GlobalResolution`` in those ticks (snapped to an integer when it is
+one to 1e-9); :func:`qkdpost.io._kernels.decode_ptu_t3`. Channel codes as for
+T2 (there are no sync records in T3); the sync period is kept in
+``info.extra["sync_period_s"]``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from . import _kernels as K
 from ._stream import RecordStream, check_record_region, file_size, tolerance_ticks
 from .model import StreamInfo, parse_channel_map
 
-__all__ = ["read_ptu", "read_ptu_header", "RECORD_TYPES", "TAG_TYPES", "MAGIC"]
+__all__ = ["read_ptu", "read_ptu_header", "RECORD_TYPES", "RECORD_TYPES_T3", "TAG_TYPES", "MAGIC"]
 
 MAGIC = b"PQTTTR\0\0"
 
@@ -63,7 +71,15 @@ RECORD_TYPES = {
     0x00010206: ("TimeHarp 260P T2", K.PTU_HYDRAHARP2),
     0x00010207: ("Generic T2 (MultiHarp, PicoHarp 330)", K.PTU_HYDRAHARP2),
 }
-_T3_TYPES = {0x00010303, 0x00010304, 0x01010304, 0x00010305, 0x00010306, 0x00010307}
+#: T3 record type code -> (name, kernel flavour).
+RECORD_TYPES_T3 = {
+    0x00010303: ("PicoHarp T3", K.PTU_PICOHARP),
+    0x00010304: ("HydraHarp T3 v1", K.PTU_HYDRAHARP1),
+    0x01010304: ("HydraHarp T3 v2", K.PTU_HYDRAHARP2),
+    0x00010305: ("TimeHarp 260N T3", K.PTU_HYDRAHARP2),
+    0x00010306: ("TimeHarp 260P T3", K.PTU_HYDRAHARP2),
+    0x00010307: ("Generic T3 (MultiHarp, PicoHarp 330)", K.PTU_HYDRAHARP2),
+}
 
 _ENTRY = struct.Struct("<32siIq")
 MAX_TAGS = 100_000
@@ -138,6 +154,16 @@ def read_ptu_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
         raise FileFormatError(path, None, f"no Header_End tag within {MAX_TAGS} header entries; the header is corrupt")
 
 
+def _period_ticks(period_s: float, tick_s: float) -> tuple[int, float]:
+    """The sync period in ticks as (integer part, fraction); snapped when it is an integer to 1e-9."""
+    ratio = period_s / tick_s
+    near = round(ratio)
+    if abs(ratio - near) <= 1e-9 * ratio:
+        return int(near), 0.0
+    whole = math.floor(ratio)
+    return int(whole), float(ratio - whole)
+
+
 def _tdatetime(days: float) -> Any:
     """PicoQuant TDateTime (days since 1899-12-30) -> datetime, or the raw float if absurd."""
     if not math.isfinite(days) or not -1e6 < days < 1e6:
@@ -154,13 +180,14 @@ def read_ptu(
     chunk_events: int = 1 << 20,
     party: str = "",
 ) -> tuple[StreamInfo, RecordStream]:
-    """Stream the T2 records of a PTU file as ``(info, chunks)``.
+    """Stream the T2 or T3 records of a PTU file as ``(info, chunks)``.
 
     Parameters
     ----------
     path : str or os.PathLike
-        PicoQuant ``.ptu`` file with T2 records (PicoHarp 300, HydraHarp v1/v2,
-        TimeHarp 260 N/P, Generic T2 of MultiHarp and PicoHarp 330).
+        PicoQuant ``.ptu`` file with T2 or T3 records (PicoHarp 300,
+        HydraHarp v1/v2, TimeHarp 260 N/P, Generic of MultiHarp and PicoHarp
+        330). T3 times are absolute (module docstring).
     keep_markers : bool
         Keep marker records as events with channel ``0x80 | bits``.
     channel_map : str or mapping, optional
@@ -175,9 +202,9 @@ def read_ptu(
     Raises
     ------
     FileFormatError
-        Bad magic or header, a T3 or unknown record type, a missing or
-        impossible resolution, fewer records than the header says, undefined
-        records or time going backwards (during iteration).
+        Bad magic or header, an unknown record type, a missing or impossible
+        resolution or sync period, fewer records than the header says,
+        undefined records or time going backwards (during iteration).
     """
     path = os.fspath(path)
     tags, data_offset = read_ptu_header(path)
@@ -185,17 +212,21 @@ def read_ptu(
     rectype = tags.get("TTResultFormat_TTTRRecType")
     if type(rectype) is not int:  # noqa: E721 - a Bool8 tag must not pass as a number
         raise FileFormatError(path, None, "PTU header has no TTResultFormat_TTTRRecType tag; cannot decode records")
-    if rectype in _T3_TYPES:
-        raise FileFormatError(path, None, f"record type 0x{rectype:08X} is a T3 (histogramming) format; only T2 "
-                              "time-tag records carry absolute timestamps: record in T2 mode")
-    if rectype not in RECORD_TYPES:
-        raise FileFormatError(path, None, f"unknown record type 0x{rectype:08X}; supported T2 types: "
-                              + ", ".join(f"0x{k:08X} {v[0]}" for k, v in RECORD_TYPES.items()))
-    kind, flavour = RECORD_TYPES[rectype]
-    res = tags.get("MeasDesc_GlobalResolution")
+    t3 = rectype in RECORD_TYPES_T3
+    if not t3 and rectype not in RECORD_TYPES:
+        raise FileFormatError(path, None, f"unknown record type 0x{rectype:08X}; supported types: "
+                              + ", ".join(f"0x{k:08X} {v[0]}" for k, v in {**RECORD_TYPES, **RECORD_TYPES_T3}.items()))
+    kind, flavour = (RECORD_TYPES_T3 if t3 else RECORD_TYPES)[rectype]
+    res = tags.get("MeasDesc_Resolution" if t3 else "MeasDesc_GlobalResolution")
     if not isinstance(res, float) or not (1e-15 <= res <= 1e-3):
-        raise FileFormatError(path, None, f"MeasDesc_GlobalResolution={res!r}: missing or not a plausible tick "
+        name = "MeasDesc_Resolution" if t3 else "MeasDesc_GlobalResolution"
+        raise FileFormatError(path, None, f"{name}={res!r}: missing or not a plausible tick "
                               "length (1 fs .. 1 ms); the header is corrupt")
+    period = tags.get("MeasDesc_GlobalResolution") if t3 else None
+    if t3 and (not isinstance(period, float) or not (res <= period <= 1.0)):
+        raise FileFormatError(path, None, f"MeasDesc_GlobalResolution={period!r}: a T3 file needs the sync period "
+                              f"in seconds, at least the delay resolution {res!r} and at most 1 s; the header "
+                              "is corrupt")
     body = size - data_offset
     declared = tags.get("TTResult_NumberOfRecords")
     if type(declared) is int and declared > 0:  # noqa: E721
@@ -208,9 +239,11 @@ def read_ptu(
         n = check_record_region(path, data_offset, 4, size, "PTU")
     if n == 0:
         raise FileFormatError(path, data_offset, "PTU file holds no records")
-    cmap = {0: "sync", **{K.MARKER_BASE | m: "marker" for m in range(1, 16)}}
+    cmap = {**({} if t3 else {0: "sync"}), **{K.MARKER_BASE | m: "marker" for m in range(1, 16)}}
     cmap.update(parse_channel_map(channel_map))
     extra = {"format": "ptu", "record_type": kind, "source": os.path.basename(path), "records": str(n)}
+    if t3:
+        extra["sync_period_s"] = repr(period)
     for tag in ("HW_Type", "HW_SerialNo", "File_Comment"):
         if isinstance(tags.get(tag), str):
             extra[tag] = tags[tag]
@@ -227,8 +260,15 @@ def read_ptu(
     tol = tolerance_ticks(reorder_window_s, res)
     keep = bool(keep_markers)
 
-    def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray, start: int) -> Any:
-        return K.decode_ptu_t2(block.view("<u4"), flavour, keep, tol, state, t_out, ch_out, start)
+    if t3:
+        p_int, p_frac = _period_ticks(period, res)
+
+        def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray, start: int) -> Any:
+            return K.decode_ptu_t3(block.view("<u4"), flavour, keep, tol, p_int, p_frac, state, t_out, ch_out, start)
+    else:
+
+        def decode(block: np.ndarray, state: np.ndarray, t_out: np.ndarray, ch_out: np.ndarray, start: int) -> Any:
+            return K.decode_ptu_t2(block.view("<u4"), flavour, keep, tol, state, t_out, ch_out, start)
 
     stream = RecordStream(path, data_offset, 4, n, decode, f"PTU {kind}", chunk_events, K.new_state(), tol)
     return info, stream
