@@ -378,3 +378,23 @@ def test_block_cutter_hands_out_each_blocks_labels():
     c.add(Segment(np.ones(3, np.uint8), {}))  # a segment without labels: the next block has none
     ((_, _, stats2, _, labels2),) = list(c.blocks())
     assert labels2 is None and "n_key_c0" not in stats2
+
+
+def test_hello_accepts_parties_with_different_pa_threads(tmp_path):
+    """pa_threads is how many threads one machine hashes with (like pipeline.workers): the keys are the same
+    either way, so the parties may differ in it; the shared protocol settings are still compared."""
+    import json
+
+    from qkdpost.pipeline.engine import PROTOCOL, shared_config
+
+    alice_cfg = _cfg().replace(pa_threads=1)
+    bob_cfg = _cfg().replace(pa_threads=2)
+    assert shared_config(alice_cfg) == shared_config(bob_cfg)
+    alice = AliceEngine(alice_cfg, KeyStore(tmp_path / "a"), Report("alice", {}), stream_id="alice-1", kit=ToyKit())
+    body = {"protocol": PROTOCOL, "qkdpost": "x", "shared": shared_config(bob_cfg), "bob_stream": "bob-1",
+            "align": json.dumps(bob_cfg.to_dict()["align"], sort_keys=True)}
+    alice.handle("pipe.hello", body)  # accepted
+    other = _cfg().replace(pa_method="modified")  # a protocol setting still has to match
+    with pytest.raises(ProtocolError, match="ConfigError.*amplify.pa_method"):
+        AliceEngine(alice_cfg, KeyStore(tmp_path / "b"), Report("alice", {}), stream_id="alice-1",
+                    kit=ToyKit()).handle("pipe.hello", {**body, "shared": shared_config(other)})

@@ -41,11 +41,14 @@ PROTOCOL = 1
 # Settings both parties must share (the rest, e.g. workers, timeouts, chunk
 # sizes, are each party's own business).
 _SHARED = ("sift", "estimate", "reconcile", "verify", "finitekey", "amplify")
+_LOCAL = (("amplify", "pa_threads"),)  # fields of shared sections that stay per machine (same keys either way)
 
 
 def shared_config(cfg: Config) -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k in _SHARED}
     d["pipeline"] = {k: cfg.to_dict()["pipeline"][k] for k in ("block_bits", "seed")}
+    for sec, k in _LOCAL:  # how one machine computes, not what: the parties may differ
+        d[sec].pop(k, None)
     return json.dumps(d, sort_keys=True)
 
 
