@@ -398,3 +398,16 @@ def test_hello_accepts_parties_with_different_pa_threads(tmp_path):
     with pytest.raises(ProtocolError, match="ConfigError.*amplify.pa_method"):
         AliceEngine(alice_cfg, KeyStore(tmp_path / "b"), Report("alice", {}), stream_id="alice-1",
                     kit=ToyKit()).handle("pipe.hello", {**body, "shared": shared_config(other)})
+
+
+def test_block_objects_never_show_key_bits_in_their_repr():
+    """House rule: key material never in reprs (a repr ends up in logs and tracebacks)."""
+    from qkdpost.pipeline.blocks import SiftedBlock, StoreJob
+
+    secret = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 1], dtype=np.uint8)
+    shown = [repr(Segment(secret.copy(), {"n_test": 5})),
+             repr(SiftedBlock(block_id="r-000001", index=1, start=0, bits=secret.copy(), labels=secret.copy())),
+             repr(StoreJob(batch=[], recs={}, clock=None, items=[("r-000001", secret.copy(), {"final_length": 13})]))]
+    for text in shown:
+        assert "array" not in text and "1, 0, 1, 1" not in text, text
+    assert "r-000001" in shown[1] and "n_test" in shown[0]  # the public fields are still shown

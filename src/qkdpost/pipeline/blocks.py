@@ -80,11 +80,11 @@ class SiftedBlock:
     block_id: str
     index: int
     start: int
-    bits: np.ndarray
+    bits: np.ndarray = field(repr=False)  # never show key bits
     stats: dict[str, Any] = field(default_factory=dict)
     qber_estimate: float = float("nan")
     stream_time_s: float = float("nan")
-    labels: np.ndarray | None = None
+    labels: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -99,7 +99,7 @@ class StoreJob:
     batch: list[SiftedBlock]
     recs: dict[str, Any]
     clock: Any
-    items: list[tuple[str, np.ndarray, dict[str, Any]]]
+    items: list[tuple[str, np.ndarray, dict[str, Any]]] = field(repr=False)  # final keys: never shown
 
 
 def _seed_for(cfg: Config, index: int, stage: int) -> int | None:

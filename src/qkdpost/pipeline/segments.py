@@ -30,10 +30,11 @@ class Segment:
     ``"t_end_s"`` is not a counter but the capture time at the segment's end.
     """
 
-    bits: np.ndarray
+    bits: np.ndarray = field(repr=False)  # never show key bits
     stats: dict[str, Any] = field(default_factory=dict)
     t_end_s: float = float("nan")
-    labels: np.ndarray | None = None  # per-bit class (decoy intensity), counted exactly per block
+    # per-bit class (decoy intensity), counted exactly per block
+    labels: np.ndarray | None = field(default=None, repr=False)
 
 
 def qber_from_stats(stats: dict[str, Any]) -> float:
