@@ -356,3 +356,14 @@ def test_auth_key_file_checks(tmp_path):
         transport.load_auth_key(short)
     with pytest.raises(ConfigError, match="cannot read"):
         transport.load_auth_key(tmp_path / "missing.key")
+
+
+@pytest.mark.parametrize("bad", [b"", b"short key", "a text key of more than 32 characters", bytearray(8)])
+def test_short_or_non_bytes_auth_keys_are_refused_at_the_boundary(bad):
+    """An empty or short key would "authenticate" with a tag anyone can compute: refused, not used."""
+    from qkdpost.errors import InputError
+
+    with pytest.raises(InputError, match="at least 32"):
+        transport.Server("127.0.0.1", 0, auth_key=bad)
+    with pytest.raises(InputError, match="at least 32"):
+        TcpChannel("127.0.0.1", 1, auth_key=bad)  # refused before any connection attempt

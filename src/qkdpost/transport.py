@@ -187,6 +187,17 @@ def auth_key_of(cfg: Any) -> bytes | None:
     return load_auth_key(path) if path else None
 
 
+def _check_key(auth_key: Any) -> bytes | None:
+    """The pre-shared key as given to TcpChannel/Server: None, or at least ``_MIN_KEY`` bytes."""
+    if auth_key is None:
+        return None
+    if not isinstance(auth_key, (bytes, bytearray)) or len(auth_key) < _MIN_KEY:
+        what = f"{len(auth_key)} bytes" if isinstance(auth_key, (bytes, bytearray)) else type(auth_key).__name__
+        raise InputError(f"auth_key: {what}; a pre-shared key of at least {_MIN_KEY} random bytes is needed "
+                         "(load_auth_key), or None for an unauthenticated channel")
+    return bytes(auth_key)
+
+
 class _Auth:
     """Per-connection frame tags (see the module docstring); one per party."""
 
@@ -236,6 +247,7 @@ class TcpChannel(Channel):
     def __init__(self, host: str, port: int, *, timeout_s: float = 60.0, connect_timeout_s: float = 10.0,
                  auth_key: bytes | None = None):
         super().__init__()
+        auth_key = _check_key(auth_key)
         self.address = (host, int(port))
         self.timeout_s = float(timeout_s)
         self._auth: _Auth | None = None
@@ -316,7 +328,7 @@ class Server:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 60.0,
                  handshake_timeout_s: float = 10.0, auth_key: bytes | None = None):
         self.timeout_s = float(timeout_s)
-        self._key = auth_key
+        self._key = _check_key(auth_key)
         self._auths: dict[socket.socket, _Auth] = {}  # per accepted connection, taken by serve_one
         self.handshake_timeout_s = float(handshake_timeout_s)
         if not self.handshake_timeout_s > 0:
