@@ -665,7 +665,16 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
         lvs = np.empty(w, dtype=np.int64)
         for i in range(w):
             lvs[i] = _level(ce[i] - cs[i])
-        order = np.argsort(lvs, kind="mergesort")
+        # stable counting sort by level (levels < 64): the order of a stable argsort
+        cnt = np.zeros(65, dtype=np.int64)
+        for i in range(w):
+            cnt[lvs[i] + 1] += 1
+        for lv in range(64):
+            cnt[lv + 1] += cnt[lv]
+        order = np.empty(w, dtype=np.int64)
+        for i in range(w):
+            order[cnt[lvs[i]]] = i
+            cnt[lvs[i]] += 1
         sel = np.zeros(w, dtype=np.bool_)
         a = 0
         marked = 0
