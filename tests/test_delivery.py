@@ -248,3 +248,25 @@ def test_a_silent_client_holds_neither_the_accept_loop_nor_a_thread(tmp_path):
         silent.close()
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("length", ["-5", "abc", str(1 << 30)])
+def test_a_bad_content_length_is_a_400_at_once(tmp_path, length):
+    import socket
+
+    _stores(tmp_path)
+    master, _ = _kmes(tmp_path)
+    srv = make_server(master)
+    serve_in_thread(srv)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=5) as c:
+            c.sendall(f"POST /api/v1/keys/SAE_B/enc_keys HTTP/1.1\r\nHost: kme\r\nContent-Length: {length}\r\n"
+                      "Connection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := c.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
+        assert b"Content-Length" in reply and master.status("SAE_B")["stored_key_count"] == 8  # nothing taken
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -86,9 +86,13 @@ def _handler_for(kme: Kme, require_client_cert: bool, timeout_s: float) -> type[
             self.wfile.write(data)
 
         def _body(self) -> dict[str, Any]:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > _MAX_BODY:
-                raise DeliveryError(400, f"request body of {n} bytes is too large")
+            text = self.headers.get("Content-Length") or "0"
+            try:
+                n = int(text)
+            except ValueError:
+                raise DeliveryError(400, f"Content-Length {text[:32]!r} is not a byte count") from None
+            if not 0 <= n <= _MAX_BODY:
+                raise DeliveryError(400, f"request body of {n} bytes: must be 0 to {_MAX_BODY} bytes")
             if n == 0:
                 return {}
             try:
