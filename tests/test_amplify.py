@@ -410,3 +410,32 @@ def test_afft_with_two_threads_is_identical(n, m):
     two = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft", threads=2)
     np.testing.assert_array_equal(one, two)
     np.testing.assert_array_equal(one, amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="karatsuba"))
+
+
+@pytest.mark.slow
+def test_afft_matches_karatsuba_on_a_random_sweep_of_shapes():
+    """Review sweep: every n < 140 and word-boundary n with edge m (1, 31..65, n/2, n-1, n), random
+    shapes up to 6*10^4 bits (1-4 column blocks), and random shapes of 0.4-3*10^6 bits where the plan
+    uses the wrapped 2^16-point transform; one and two threads, all equal to Karatsuba."""
+    rng = np.random.default_rng(20261128)
+    cases = []
+    for n in list(range(1, 140)) + [191, 192, 193, 255, 256, 257, 511, 512, 513, 2047, 2048, 2049, 4095, 4097]:
+        cases += [(n, m) for m in sorted({1, 2, 31, 32, 33, 63, 64, 65, n // 2, n - 1, n}) if 1 <= m <= n]
+    for _ in range(150):
+        n = int(rng.integers(1, 60_000))
+        cases.append((n, int(rng.integers(1, n + 1))))
+    wrapped = 0
+    while wrapped < 12:
+        n = int(rng.integers(400_000, 3_000_000))
+        m = int(n * rng.uniform(0.3, 0.7))
+        k, w, size = amplify._afft_plan(n, m)
+        if size < 1 << (((m + w - 1 + 31) >> 5) + ((w + 31) >> 5) - 2).bit_length():
+            cases.append((n, m))
+            wrapped += 1
+    for n, m in cases:
+        xw = rng.integers(0, 2**64, (n + 63) >> 6, dtype=np.uint64, endpoint=False)
+        sw = rng.integers(0, 2**64, (n + m + 62) >> 6, dtype=np.uint64, endpoint=False)
+        want = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="karatsuba")
+        for threads in (1, 2):
+            got = amplify.toeplitz_hash_packed(xw, n, sw, m, algorithm="afft", threads=threads)
+            np.testing.assert_array_equal(got, want, err_msg=f"n={n} m={m} threads={threads}")
