@@ -586,6 +586,30 @@ def test_alice_rejects_malformed_requests():
         h["ldpc.reveal"]({"frame_ids": np.array([0]), "start": 0, "stop": 4})
 
 
+@pytest.mark.parametrize("kind,cut", [("ldpc.syndromes", "column"), ("ldpc.syndromes", "row"),
+                                      ("ldpc.reveal", "column"), ("ldpc.reveal", "row")])
+def test_bob_rejects_malformed_replies(kind, cut):
+    """A reply of the wrong shape (a peer out of step, a truncated message) is a ProtocolError
+    naming the message, never zero-padded into a wrong syndrome or revealed value."""
+    rng = np.random.default_rng(16)
+    a, b = _frames(rng, 2, 14746, 0.05)
+    alice = LdpcAlice({i: a[i] for i in range(2)}, sim_seed=1)
+    handlers = alice.handlers()
+    field = "syndromes" if kind == "ldpc.syndromes" else "values"
+    honest = handlers[kind]
+
+    def tampered(body):
+        reply = honest(body)
+        v = np.asarray(reply[field])
+        return {field: v[:, :-1] if cut == "column" else v[:-1]}
+
+    handlers[kind] = tampered
+    # f_start below 1 makes the first attempt fail, so a reveal round follows
+    bob = LdpcBob(seed=2, f_start=0.9, max_rounds=2, fallback="drop")
+    with pytest.raises(ProtocolError, match=kind):
+        bob.run(LoopbackChannel(Responder(handlers)), np.arange(2), b, 0.05)
+
+
 @settings(max_examples=5, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([0.025, 0.045, 0.065, 0.09]))
 def test_property_success_means_identical_keys_and_exact_leak(seed, q):

@@ -86,6 +86,22 @@ def _unpack(packed: np.ndarray, count: int) -> np.ndarray:
     return np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=-1, count=count, bitorder="little")
 
 
+def _reply_bits(reply: Mapping[str, Any], kind: str, field: str, rows: int, count: int) -> np.ndarray:
+    """Alice's packed reply field as uint8 (rows, count) bits, or ProtocolError if its shape is wrong.
+
+    np.unpackbits would zero-pad a short row silently (a wrong syndrome, not an error).
+    """
+    try:
+        packed = np.asarray(reply[field])
+    except (KeyError, TypeError):
+        raise ProtocolError(f"{kind} reply: field {field!r} missing") from None
+    want = (rows, (count + 7) // 8)
+    if packed.dtype != np.uint8 or packed.shape != want:
+        raise ProtocolError(f"{kind} reply: {field} is {packed.dtype} {packed.shape}, expected uint8 {want} "
+                            "(Alice and Bob out of step)")
+    return _unpack(packed, count)
+
+
 class LdpcAlice:
     """Alice's side: answers syndrome and reveal requests for her frames.
 
@@ -336,7 +352,7 @@ class LdpcBob:
         reply = channel.request("ldpc.syndromes", {
             "frame_ids": ids, "code": plan.code, "n_key": n_key, "n_punct": plan.n_punct, "layout_seed": seed,
         })
-        syn = np.ascontiguousarray(_unpack(reply["syndromes"], code.m).reshape(nf, code.m))
+        syn = np.ascontiguousarray(_reply_bits(reply, "ldpc.syndromes", "syndromes", nf, code.m))
 
         # Bob's view of each codeword: known mask (1 known, 2 punctured), known values.
         mask = np.zeros(code.n, dtype=np.uint8)
@@ -365,7 +381,7 @@ class LdpcBob:
                 if stop <= cursor:
                     break
                 rep = channel.request("ldpc.reveal", {"frame_ids": ids[todo], "start": cursor, "stop": stop})
-                got = _unpack(rep["values"], stop - cursor).reshape(todo.shape[0], stop - cursor)
+                got = _reply_bits(rep, "ldpc.reveal", "values", todo.shape[0], stop - cursor)
                 pos = lay.reveal_order[cursor:stop]
                 new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
                 sel = np.ix_(todo, pos)
