@@ -584,6 +584,14 @@ def test_alice_rejects_malformed_requests():
                              "n_punct": 0, "layout_seed": b"\0" * 16})
     with pytest.raises(ProtocolError, match="before"):
         h["ldpc.reveal"]({"frame_ids": np.array([0]), "start": 0, "stop": 4})
+    req = {"code": "mm2012-r0.50-n16384", "n_key": 100, "n_punct": 0, "layout_seed": b"\0" * 16}
+    for ids in (np.int64(0), np.zeros((1, 1), np.int64)):  # not a 1-D list of frame ids
+        with pytest.raises(ProtocolError, match="frame_ids"):
+            h["ldpc.syndromes"](dict(req, frame_ids=ids))
+    h["ldpc.syndromes"](dict(req, frame_ids=np.array([0])))
+    for ids in (np.int64(0), np.zeros((1, 1), np.int64)):
+        with pytest.raises(ProtocolError, match="frame_ids"):
+            h["ldpc.reveal"]({"frame_ids": ids, "start": 0, "stop": 4})
 
 
 @pytest.mark.parametrize("kind,cut", [("ldpc.syndromes", "column"), ("ldpc.syndromes", "row"),

@@ -153,6 +153,8 @@ class LdpcAlice:
             seed = bytes(body["layout_seed"])
         except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError (unknown code)
             raise ProtocolError(f"ldpc.syndromes: malformed request ({exc})") from None
+        if ids.ndim != 1:
+            raise ProtocolError(f"ldpc.syndromes: frame_ids must be a 1-D list of ids, got shape {ids.shape}")
         if not (0 <= n_punct <= code.punct_order.shape[0]) or not (0 < n_key <= code.n - n_punct):
             raise ProtocolError(f"ldpc.syndromes: n_key={n_key}, n_punct={n_punct} impossible for {code.name}")
         if len(seed) != 16:
@@ -181,6 +183,8 @@ class LdpcAlice:
             start, stop = int(body["start"]), int(body["stop"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"ldpc.reveal: malformed request ({exc})") from None
+        if ids.ndim != 1:
+            raise ProtocolError(f"ldpc.reveal: frame_ids must be a 1-D list of ids, got shape {ids.shape}")
         lay = self._layout
         if lay is None:
             raise ProtocolError("ldpc.reveal before ldpc.syndromes")
