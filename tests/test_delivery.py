@@ -14,7 +14,8 @@ import uuid
 import numpy as np
 import pytest
 
-from qkdpost.delivery import DeliveryError, Kme, key_bits, key_id
+from qkdpost.bits import pack_bits
+from qkdpost.delivery import ID_SECRET_BITS, DeliveryError, Kme, key_bits, key_id
 from qkdpost.delivery.server import make_server, serve_in_thread
 from qkdpost.errors import ConfigError
 from qkdpost.keystore import KeyStore
@@ -22,7 +23,7 @@ from qkdpost.keystore import KeyStore
 IDS = ["run-000000", "run-000001", "run-000002"]
 
 
-def _stores(tmp_path, nbits=(1000, 600, 900)):
+def _stores(tmp_path, nbits=(1000, 700, 900)):
     """Alice's and Bob's stores with identical blocks, as the pipeline leaves them."""
     rng = np.random.default_rng(4)
     blocks = {bid: rng.integers(0, 2, n, dtype=np.uint8) for bid, n in zip(IDS, nbits)}
@@ -31,6 +32,11 @@ def _stores(tmp_path, nbits=(1000, 600, 900)):
         for bid, bits in blocks.items():
             st.put(bid, bits, {"final_length": int(bits.size)})
     return blocks
+
+
+def _kid(blocks, bid, i, key_size=256):
+    """The key ID both KMEs derive: HMAC under the block's last 128 bits (its naming secret)."""
+    return key_id(bid, key_size, i, pack_bits(blocks[bid][-ID_SECRET_BITS:]).tobytes())
 
 
 def _kmes(tmp_path, **kw):
@@ -44,12 +50,14 @@ def _kmes(tmp_path, **kw):
 def test_master_and_slave_deliver_the_same_keys_once(tmp_path):
     blocks = _stores(tmp_path)
     master, slave = _kmes(tmp_path)
-    # 1000 bits -> 3 keys, 600 -> 2, 900 -> 3 (the tail bits of each block are not delivered)
+    # 1000 - 128 bits -> 3 keys, 700 - 128 -> 2, 900 - 128 -> 3 (naming secret and tail bits never delivered)
     assert master.status("SAE_B")["stored_key_count"] == 8 == slave.status("SAE_B")["stored_key_count"]
     got = master.enc_keys("SAE_B", number=4)["keys"]
     ids = [k["key_ID"] for k in got]
-    assert ids == [key_id(IDS[0], 256, i) for i in range(3)] + [key_id(IDS[1], 256, 0)]
-    assert all(uuid.UUID(i).version == 5 for i in ids)
+    assert ids == [_kid(blocks, IDS[0], i) for i in range(3)] + [_kid(blocks, IDS[1], 0)]
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+    # the name depends on key bits nobody outside the two KMEs has: not guessable from the block id
+    assert key_id(IDS[1], 256, 1, bytes(16)) != _kid(blocks, IDS[1], 1)
     # key i of a block is bits [256 i, 256 (i+1)) of the stored block
     np.testing.assert_array_equal(key_bits(got[1]["key"]), blocks[IDS[0]][256:512])
     np.testing.assert_array_equal(key_bits(got[3]["key"]), blocks[IDS[1]][:256])
@@ -77,7 +85,7 @@ def test_refusals_name_the_problem(tmp_path):
         (lambda: master.enc_keys("SAE_B", number=0), 400, "number"),
         (lambda: master.enc_keys("SAE_B", size=128), 400, "256-bit keys only"),
         (lambda: master.enc_keys("SAE_B", additional_slave_sae_ids=["SAE_C"]), 400, "multicast"),
-        (lambda: master.dec_keys("SAE_A", [key_id(IDS[0], 256, 0)]), 400, "master side"),
+        (lambda: master.dec_keys("SAE_A", [str(uuid.uuid4())]), 400, "master side"),
         (lambda: slave.dec_keys("SAE_A", ["not-a-uuid"]), 400, "not a UUID"),
         (lambda: slave.dec_keys("SAE_A", [str(uuid.uuid4())]), 400, "is not here"),
     ]:
@@ -92,7 +100,7 @@ def test_refusals_name_the_problem(tmp_path):
 
 
 def test_crash_between_pool_and_store_claim_neither_loses_nor_repeats(tmp_path, monkeypatch):
-    _stores(tmp_path)
+    blocks = _stores(tmp_path)
     master, _ = _kmes(tmp_path)
 
     def crash(*a, **k):
@@ -105,10 +113,10 @@ def test_crash_between_pool_and_store_claim_neither_loses_nor_repeats(tmp_path, 
     master2, slave = _kmes(tmp_path)  # ...restart: recovery consumes it, the pool keeps it
     assert IDS[0] not in KeyStore(tmp_path / "alice").ids()
     first = master2.enc_keys("SAE_B", number=1)["keys"][0]
-    assert first["key_ID"] == key_id(IDS[0], 256, 0)  # nothing was handed out before the crash
+    assert first["key_ID"] == _kid(blocks, IDS[0], 0)  # nothing was handed out before the crash
     master3, _ = _kmes(tmp_path)  # restart after a delivery: it goes on, never repeats
     nxt = master3.enc_keys("SAE_B", number=1)["keys"][0]
-    assert nxt["key_ID"] == key_id(IDS[0], 256, 1)
+    assert nxt["key_ID"] == _kid(blocks, IDS[0], 1)
     assert slave.dec_keys("SAE_A", [first["key_ID"]])["keys"][0]["key"] == first["key"]
 
 
@@ -219,7 +227,7 @@ def test_block_claimed_by_another_consumer_is_not_delivered_by_the_kme(tmp_path,
     assert e.value.status == 503
     np.testing.assert_array_equal(other[IDS[0]].bits, blocks[IDS[0]])  # the other consumer has that block
     assert not (tmp_path / "alice/delivery" / f"{IDS[0]}.key").exists()  # no copy left in the pool
-    taken = {key_id(IDS[0], 256, i) for i in range(3)}
+    taken = {_kid(blocks, IDS[0], i) for i in range(3)}
     got = master.enc_keys("SAE_B", number=5)["keys"]  # the rest of the stock: blocks 1 and 2
     assert not {k["key_ID"] for k in got} & taken
     master2, _ = _kmes(tmp_path)  # nor after a restart

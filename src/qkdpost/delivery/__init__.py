@@ -10,11 +10,15 @@ which side is master is a deployment choice.
 
 How keys are cut and named
 --------------------------
-Both stores hold identical final blocks under identical ids. A KME cuts every
-block, in block-id order, into keys of ``key_size`` bits (the bits of a block
-left over at the end are not delivered) and names key ``i`` of block ``b``
-``uuid5(KEY_ID_NAMESPACE, f"{b}:{key_size}:{i}")``: both sides derive the same
-IDs without talking to each other, and an ID reveals nothing about the key.
+Both stores hold identical final blocks under identical ids. A KME keeps the
+last ``ID_SECRET_BITS`` of every block as a naming secret (never delivered),
+cuts the rest, in block-id order, into keys of ``key_size`` bits (bits left
+over at the end are not delivered either) and names key ``i`` of block ``b``
+by the first 16 bytes of ``HMAC-SHA256(secret_b, f"{b}:{key_size}:{i}")`` as a
+UUID: both sides derive the same IDs without talking to each other, an ID
+reveals nothing about any delivered key (the secret is independent key
+bits), and nobody without the key can name a key the master has not handed
+out yet.
 
 At most once, and no key lost in a crash
 ----------------------------------------
@@ -34,6 +38,8 @@ logic and is usable on its own.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -48,10 +54,10 @@ from ..bits import pack_bits
 from ..errors import ConfigError, InputError
 from ..keystore import KeyStore, _fsync_dir, _shred_file, _write_private
 
-__all__ = ["Kme", "DeliveryError", "KEY_ID_NAMESPACE", "key_id", "key_bits"]
+__all__ = ["Kme", "DeliveryError", "ID_SECRET_BITS", "key_id", "key_bits"]
 
-#: Namespace of the deterministic key IDs (a fixed random UUID of this project).
-KEY_ID_NAMESPACE = uuid.UUID("6f1c2b7e-3d4a-4f0e-9a51-0b7c8e2d9f43")
+#: Bits at the end of each block kept as its key-naming secret (never delivered).
+ID_SECRET_BITS = 128
 
 _SAE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -64,9 +70,15 @@ class DeliveryError(InputError):
         self.status = int(status)
 
 
-def key_id(block_id: str, key_size: int, index: int) -> str:
-    """The ETSI key_ID of key ``index`` of a block cut into ``key_size``-bit keys."""
-    return str(uuid.uuid5(KEY_ID_NAMESPACE, f"{block_id}:{key_size}:{index}"))
+def key_id(block_id: str, key_size: int, index: int, secret: bytes) -> str:
+    """The ETSI key_ID of key ``index`` of a block cut into ``key_size``-bit keys (``secret``: its naming bits)."""
+    mac = hmac.new(secret, f"{block_id}:{key_size}:{index}".encode(), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=mac[:16], version=4))
+
+
+def _keys_in(nbits: int, key_size: int) -> int:
+    """Keys a block of ``nbits`` final bits gives (its naming secret set aside)."""
+    return max(0, nbits - ID_SECRET_BITS) // key_size
 
 
 def _replace_private(path: Path, data: bytes) -> None:
@@ -157,7 +169,7 @@ class Kme:
     def _take(self, block_id: str) -> None:
         """Move a block from the store into the pool (pool copy and ledger first, then the store's claim)."""
         blk = self.store.read(block_id)
-        n = blk.bits.size // self.key_size
+        n = _keys_in(blk.bits.size, self.key_size)
         _replace_private(self._pool_file(block_id), pack_bits(blk.bits).tobytes())
         self._ledger["blocks"][block_id] = {"keys": n, "bits": int(blk.bits.size), "delivered": []}
         self._save_ledger()
@@ -170,6 +182,15 @@ class Kme:
             _shred_file(self._pool_file(block_id))
             raise DeliveryError(503, f"block {block_id} was taken from the key store by another consumer "
                                      "while this KME claimed it; retry") from None
+
+    def _secret(self, block_id: str) -> bytes:
+        """The block's naming secret: its last ID_SECRET_BITS bits (pool copy, or the store's before the take)."""
+        if block_id in self._ledger["blocks"]:
+            data = np.frombuffer(self._pool_file(block_id).read_bytes(), dtype=np.uint8)
+            bits = np.unpackbits(data, bitorder="little")[: self._ledger["blocks"][block_id]["bits"]]
+        else:
+            bits = self.store.read(block_id).bits
+        return pack_bits(bits[bits.size - ID_SECRET_BITS :]).tobytes()
 
     def _key_bytes(self, block_id: str, index: int) -> bytes:
         data = self._pool_file(block_id).read_bytes()
@@ -190,7 +211,7 @@ class Kme:
         n = sum(e["keys"] - len(e["delivered"]) for e in self._ledger["blocks"].values())
         for bid in self.store.ids():
             if bid not in self._ledger["blocks"]:
-                n += int(self.store.meta(bid).get("final_length", 0)) // self.key_size
+                n += _keys_in(int(self.store.meta(bid).get("final_length", 0)), self.key_size)
         return n
 
     # -- ETSI 014 operations ------------------------------------------------------------
@@ -240,7 +261,8 @@ class Kme:
                         break
                     if i not in done:
                         picks.append((bid, i))
-            out = [(key_id(b, self.key_size, i), self._key_bytes(b, i)) for b, i in picks]
+            naming = {b: self._secret(b) for b in {b for b, _ in picks}}
+            out = [(key_id(b, self.key_size, i, naming[b]), self._key_bytes(b, i)) for b, i in picks]
             for b, i in picks:  # delivered before they leave: never twice
                 self._ledger["blocks"][b]["delivered"].append(i)
             self._save_ledger()
@@ -272,8 +294,11 @@ class Kme:
                 if bid in self._ledger["blocks"]:
                     nkeys = self._ledger["blocks"][bid]["keys"]
                 else:
-                    nkeys = int(self.store.meta(bid).get("final_length", 0)) // self.key_size
-                ids = {key_id(bid, self.key_size, i): i for i in range(nkeys)}
+                    nkeys = _keys_in(int(self.store.meta(bid).get("final_length", 0)), self.key_size)
+                if nkeys == 0:
+                    continue
+                secret = self._secret(bid)
+                ids = {key_id(bid, self.key_size, i, secret): i for i in range(nkeys)}
                 for k in want:
                     if k in ids:
                         found[k] = (bid, ids[k])
