@@ -65,3 +65,11 @@ def test_unknown_kind_is_a_protocol_error():
     chan = LoopbackChannel(Responder())
     with pytest.raises(ProtocolError, match="no handler"):
         chan.request("nope", {})
+
+
+def test_codec_round_trips_arrays_without_a_buffer_format():
+    from qkdpost._codec import decode, encode
+
+    a = np.array(["2026-01-01", "2026-11-28"], dtype="datetime64[D]")
+    _, body = decode(encode("t.dates", {"a": a}))
+    np.testing.assert_array_equal(body["a"], a)

@@ -151,3 +151,12 @@ def test_pack_bits_gives_the_cascade_engine_layout(N, n):
         for i in range(n):
             assert (int(words[f, i // 64]) >> (i % 64)) & 1 == bits[f, i]
         assert int(words[f, -1]) >> (n % 64 or 64) == 0  # padding is zero
+
+
+def test_reconcile_result_repr_leaves_out_the_corrected_bits():
+    from qkdpost.reconcile.result import ReconcileResult
+
+    bits = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0], dtype=np.uint8)
+    r = ReconcileResult(bits=bits, leaked_bits=np.array([7]), success=np.array([True]),
+                        errors_corrected=np.array([2]), round_trips=1, bytes_sent=10, method="cascade")
+    assert "1, 0, 1, 1" not in repr(r) and "bits=" not in repr(r).replace("leaked_bits=", "")

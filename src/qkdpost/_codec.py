@@ -47,7 +47,10 @@ def encode(kind: str, body: Mapping[str, Any]) -> bytes:
             out += _U8.pack(6) + _U8.pack(len(ds)) + ds + _U8.pack(arr.ndim)
             for dim in arr.shape:
                 out += _U64.pack(dim)
-            out += memoryview(arr).cast("B") if arr.size else b""  # no intermediate bytes copy
+            try:
+                out += memoryview(arr).cast("B") if arr.size else b""  # no intermediate bytes copy
+            except (TypeError, ValueError):  # dtypes without a buffer format (datetime64, ...)
+                out += arr.tobytes()
         elif isinstance(value, (bool, np.bool_)):
             out += _U8.pack(5) + _U8.pack(int(value))
         elif isinstance(value, (int, np.integer)):

@@ -255,7 +255,7 @@ def _toeplitz_words(
     """Packed core: y words (tail bits zero) for an m x n Toeplitz of seed ``sw``.
 
     ``algorithm``: ``"karatsuba"`` (transposed Karatsuba middle product),
-    ``"afft"`` (additive FFT over GF(2^64), single-threaded) or ``"auto"``
+    ``"afft"`` (additive FFT over GF(2^64)) or ``"auto"``
     (whichever :func:`_prefer_afft` expects to be faster).
     With ``threads > 1`` the Karatsuba columns are cut into ``threads`` blocks,
     each an independent Toeplitz product run on its own thread (the kernels

@@ -39,7 +39,7 @@ class ReconcileResult:
         Method-specific figures (iterations, rounds, code used, ...).
     """
 
-    bits: np.ndarray
+    bits: np.ndarray = field(repr=False)  # key material: never in reprs or logs
     leaked_bits: np.ndarray
     success: np.ndarray
     errors_corrected: np.ndarray
