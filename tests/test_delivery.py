@@ -278,3 +278,26 @@ def test_a_bad_content_length_is_a_400_at_once(tmp_path, length):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_crash_after_a_lost_claim_or_before_the_ledger_never_serves_the_block(tmp_path, monkeypatch):
+    """Review finding: a crash between a lost store claim and its rollback looked like our own claim at
+    restart. Entries are marked claimed only after the claim: an unclaimed entry whose block is gone
+    is dropped. A pool file without a ledger entry (crash before the ledger write) is shredded."""
+    blocks = _stores(tmp_path)
+    master, _ = _kmes(tmp_path)
+    other = KeyStore(tmp_path / "alice")
+
+    def lose_then_crash(block_id=None):
+        other.consume(block_id)  # another consumer wins the claim...
+        raise SystemExit("power cut")  # ...and we crash before rolling back
+
+    monkeypatch.setattr(master.store, "consume", lose_then_crash)
+    with pytest.raises(SystemExit):
+        master.enc_keys("SAE_B", number=1)
+    stray = tmp_path / "alice/delivery" / "run-999999.key"
+    stray.write_bytes(b"\x01" * 64)
+    master2, _ = _kmes(tmp_path)
+    assert not stray.exists() and not (tmp_path / "alice/delivery" / f"{IDS[0]}.key").exists()
+    got = master2.enc_keys("SAE_B", number=1)["keys"][0]
+    assert got["key_ID"] == _kid(blocks, IDS[1], 0)  # block 0 went to the other consumer, never to us

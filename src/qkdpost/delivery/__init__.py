@@ -157,21 +157,37 @@ class Kme:
         return self._dir / f"{KeyStore.check_id(block_id)}.key"
 
     def _recover(self) -> None:
-        """Finish a take interrupted by a crash: a pooled block still in the store is consumed now."""
+        """Finish or undo takes a crash interrupted, so no block is ever in the pool and elsewhere.
+
+        A ledger entry is written before the store claim and marked ``claimed``
+        after it. Unclaimed and still in the store: claim it now. Unclaimed and
+        gone from the store: someone else may hold it (a claim lost just
+        before the crash), so it is dropped, never delivered. Pool files
+        without an entry (a crash before the ledger write) are shredded.
+        """
         store_ids = set(self.store.ids())
-        for bid in list(self._ledger["blocks"]):
-            if bid in store_ids:
-                self.store.consume(bid)
-            if not self._pool_file(bid).exists():  # pool copy never written: the block was not taken
-                del self._ledger["blocks"][bid]
+        for bid, ent in list(self._ledger["blocks"].items()):
+            if not ent.get("claimed"):
+                try:
+                    if bid not in store_ids:
+                        raise InputError(bid)
+                    self.store.consume(bid)
+                    ent["claimed"] = True
+                except InputError:
+                    del self._ledger["blocks"][bid]
+            if bid in self._ledger["blocks"] and not self._pool_file(bid).exists():
+                del self._ledger["blocks"][bid]  # fully delivered and shredded before the ledger said so
         self._save_ledger()
+        for f in self._dir.glob("*.key"):
+            if f.stem not in self._ledger["blocks"]:
+                _shred_file(f)
 
     def _take(self, block_id: str) -> None:
         """Move a block from the store into the pool (pool copy and ledger first, then the store's claim)."""
         blk = self.store.read(block_id)
         n = _keys_in(blk.bits.size, self.key_size)
         _replace_private(self._pool_file(block_id), pack_bits(blk.bits).tobytes())
-        self._ledger["blocks"][block_id] = {"keys": n, "bits": int(blk.bits.size), "delivered": []}
+        self._ledger["blocks"][block_id] = {"keys": n, "bits": int(blk.bits.size), "delivered": [], "claimed": False}
         self._save_ledger()
         try:
             self.store.consume(block_id)
@@ -182,6 +198,8 @@ class Kme:
             _shred_file(self._pool_file(block_id))
             raise DeliveryError(503, f"block {block_id} was taken from the key store by another consumer "
                                      "while this KME claimed it; retry") from None
+        self._ledger["blocks"][block_id]["claimed"] = True
+        self._save_ledger()
 
     def _secret(self, block_id: str) -> bytes:
         """The block's naming secret: its last ID_SECRET_BITS bits (pool copy, or the store's before the take)."""
