@@ -506,6 +506,16 @@ def test_fallback_option_is_validated():
         LdpcBob(fallback="retry")
 
 
+def test_bob_refuses_frame_ids_that_are_not_integers():
+    """Float ids were truncated silently (0.2 and 0.9 both became frame 0 of Alice's)."""
+    rng = np.random.default_rng(17)
+    a, b = _frames(rng, 2, 14746, 0.04)
+    alice = LdpcAlice({i: a[i] for i in range(2)}, sim_seed=1)
+    for ids in ([0.2, 0.9], np.array([0.0, 1.0]), np.array([[0], [1]])):
+        with pytest.raises(InputError, match="frame_ids"):
+            LdpcBob(seed=1).run(LoopbackChannel(Responder(alice.handlers())), ids, b, 0.04)
+
+
 def test_production_randomness_without_seed_gives_different_layouts():
     rng = np.random.default_rng(10)
     a, b = _frames(rng, 1, 14746, 0.04)

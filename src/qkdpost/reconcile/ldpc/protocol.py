@@ -283,7 +283,11 @@ class LdpcBob:
     def run(self, channel: Channel, frame_ids: Sequence[int], bob_bits: np.ndarray, qber: float) -> ReconcileResult:
         """Reconcile Bob's frames (uint8 (N, n_key)) with Alice's over ``channel``."""
         y = as_bits(bob_bits, "bob_bits", ndim=(2,))
-        ids = np.asarray(frame_ids, dtype=np.int64)
+        raw_ids = np.asarray(frame_ids)
+        if raw_ids.size and not np.issubdtype(raw_ids.dtype, np.integer):
+            raise InputError(f"frame_ids: dtype {raw_ids.dtype}, expected integers (one id per frame, as Alice "
+                             "holds them); a float id would be truncated to another frame's id")
+        ids = raw_ids.astype(np.int64)
         if ids.shape != (y.shape[0],):
             raise InputError(f"frame_ids: {ids.shape[0]} ids for {y.shape[0]} frames")
         if not isinstance(qber, numbers.Real) or not (0.0 < float(qber) < 0.5):
