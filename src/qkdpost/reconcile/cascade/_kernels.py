@@ -205,19 +205,25 @@ def _prefix_bit(pref, f, q, j):
 @kernel()
 def _bitset_range_parity(arr, f, q, s, e):
     """Parity of bits s..e-1 of the bitset ``arr[f, q]`` (uint64 words, LSB first)."""
+    return _words_range_parity(arr[f, q], s, e)
+
+
+@kernel(inline="always")
+def _words_range_parity(words, s, e):
+    """Parity of bits s..e-1 of the bitset ``words`` (uint64[W], LSB first); O((e - s) / 64)."""
     if e <= s:
         return np.uint8(0)
     ws = s >> 6
     we = (e - 1) >> 6
-    x = arr[f, q, ws] >> np.uint64(s & 63)
+    x = words[ws] >> np.uint64(s & 63)
     if ws == we:
         nb = e - s
         if nb < 64:
             x &= (_ONE << np.uint64(nb)) - _ONE
         return _word_parity(x)
     for w in range(ws + 1, we):
-        x ^= arr[f, q, w]
-    last = arr[f, q, we]
+        x ^= words[w]
+    last = words[we]
     nb = e - (we << 6)
     if nb < 64:
         last &= (_ONE << np.uint64(nb)) - _ONE
@@ -233,9 +239,13 @@ def _par_range(eng, pi, f, q, s, e, track):
     flipped since the snapshot inside [s, e): ``eng[4][f, q]`` is a bitset
     over the pass's permuted positions that every flip toggles, so the
     correction costs O((e - s) / 64). Alice's bits never change (``track``
-    False).
+    False). Pass 0 is the identity, so its ranges are read straight from
+    the party's packed bits (kept current by every flip), in O((e - s) / 64)
+    and from one small array, with no snapshot at all.
     """
     packed = eng[1]
+    if q == 0:
+        return _words_range_parity(packed[f], s, e)
     pref = eng[2]
     snap = eng[3]
     flips = eng[4]
@@ -247,7 +257,7 @@ def _par_range(eng, pi, f, q, s, e, track):
                 flips[f, q, w] = np.uint64(0)
     p = _prefix_bit(pref, f, q, e) ^ _prefix_bit(pref, f, q, s)
     if track:
-        p ^= _bitset_range_parity(flips, f, q, s, e)
+        p ^= _words_range_parity(flips[f, q], s, e)
     return p
 
 
@@ -450,7 +460,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
         _kpos_set(kpos, f, x)
         for q in range(st[f, S_PASS]):
             j = _pass_pos(pi, inv, q, x)
-            if flip:
+            if flip and q > 0:  # pass 0 reads the packed bits, no flip log
                 flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
             k = geo[G_K, q]
             b = j // k
