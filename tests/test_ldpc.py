@@ -471,6 +471,26 @@ def test_failed_frames_reported_and_left_unchanged():
     assert res.leaked_bits[1] > res.leaked_bits[0] or res.extra["revealed"][1] > 0
 
 
+def test_syndrome_match_contradicting_a_known_position_is_not_a_success(monkeypatch):
+    """Review doubt: checks can outvote a shortened position's fixed LLR. Such a frame (syndrome matched,
+    a public value contradicted) must be reported failed, not reconciled."""
+    from qkdpost.reconcile.ldpc import protocol as P
+
+    real = P.K.decode_batch
+
+    def outvoted(row_ptr, col_idx, syn, limits, L, R, todo, sub_it, lut):
+        real(row_ptr, col_idx, syn, limits, L, R, todo, sub_it, lut)
+        if 0 in todo:
+            v = int(np.argmax(np.abs(L[0])))  # the most certain position: a known (shortened) one
+            L[0, v] = -L[0, v]
+
+    monkeypatch.setattr(P.K, "decode_batch", outvoted)
+    rng = np.random.default_rng(12)
+    a, b = _frames(rng, 2, 14746, 0.03)
+    res = reconcile_ldpc(a, b, qber=0.03, seed=5, fallback="drop")
+    assert not res.success[0] and res.success[1]
+
+
 @pytest.mark.parametrize("sub_batches", [False, True])
 def test_failed_frames_go_to_cascade_and_its_parities_are_counted(sub_batches):
     """A QBER estimate far too low makes LDPC fail (no blind rounds): Cascade reconciles

@@ -370,6 +370,8 @@ class LdpcBob:
         vals[:, lay.short_pos] = lay.short_vals
         word = np.zeros((nf, code.n), dtype=np.uint8)
         word[:, lay.key_pos] = y
+        known = np.zeros((nf, code.n), dtype=bool)  # positions whose value Bob knows (shortened, revealed)
+        known[:, lay.short_pos] = True
 
         # Decoder state per frame (warm-started across blind rounds).
         llr0 = np.empty((nf, code.n), dtype=np.float32)
@@ -393,6 +395,7 @@ class LdpcBob:
                 pos = lay.reveal_order[cursor:stop]
                 new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
                 sel = np.ix_(todo, pos)
+                known[sel] = True
                 if self.warm:
                     L[sel] += new - llr0[sel]
                     llr0[sel] = new
@@ -414,7 +417,9 @@ class LdpcBob:
             if todo.shape[0] == 0:
                 break
 
-        success = status >= 0
+        # a syndrome match whose decisions contradict a known value is not a success (with high-degree
+        # variables the checks can outvote a known position's LLR; verification would catch it anyway)
+        success = (status >= 0) & ~np.any(known & ((L < 0) != (llr0 < 0)), axis=1)
         bits = y.copy()
         bits[success] = (L[success][:, lay.key_pos] < 0).astype(np.uint8)
         leaked = np.full(nf, plan.leak_start, dtype=np.int64) + revealed
