@@ -123,7 +123,7 @@ class LdpcAlice:
         self._cascade = CascadeAlice(self._frames)
         self._sim_rng = None if sim_seed is None else np.random.default_rng([int(sim_seed), 0xA11CE])
         self._words: dict[int, np.ndarray] = {}
-        self._layout: FrameLayout | None = None
+        self._layouts: dict[int, FrameLayout] = {}  # per frame: a reveal uses the layout its syndrome was sent with
 
     def handlers(self) -> dict[str, Handler]:
         return {"ldpc.syndromes": self._on_syndromes, "ldpc.reveal": self._on_reveal, **self._cascade.handlers()}
@@ -137,6 +137,7 @@ class LdpcAlice:
         """Drop the codewords kept for reveal requests."""
         for f in frame_ids:
             self._words.pop(int(f), None)
+            self._layouts.pop(int(f), None)
 
     def _private_bits(self, count: int) -> np.ndarray:
         if self._sim_rng is not None:
@@ -171,9 +172,9 @@ class LdpcAlice:
             w[layout.key_pos] = x
             w[layout.short_pos] = layout.short_vals
             w[layout.punct_pos] = self._private_bits(n_punct)
-        self._layout = layout
         for i, f in enumerate(ids.tolist()):
             self._words[f] = words[i]
+            self._layouts[f] = layout
         syn = code.syndrome(words)
         return {"syndromes": _pack(syn)}
 
@@ -185,18 +186,16 @@ class LdpcAlice:
             raise ProtocolError(f"ldpc.reveal: malformed request ({exc})") from None
         if ids.ndim != 1:
             raise ProtocolError(f"ldpc.reveal: frame_ids must be a 1-D list of ids, got shape {ids.shape}")
-        lay = self._layout
-        if lay is None:
-            raise ProtocolError("ldpc.reveal before ldpc.syndromes")
-        if not (0 <= start < stop <= lay.reveal_order.shape[0]):
-            raise ProtocolError(f"ldpc.reveal: range [{start}, {stop}) outside 0..{lay.reveal_order.shape[0]}")
-        pos = lay.reveal_order[start:stop]
+        if not 0 <= start < stop:
+            raise ProtocolError(f"ldpc.reveal: empty or negative range [{start}, {stop})")
         vals = np.empty((ids.shape[0], stop - start), dtype=np.uint8)
         for i, f in enumerate(ids.tolist()):
-            w = self._words.get(f)
-            if w is None:
+            w, lay = self._words.get(f), self._layouts.get(f)
+            if w is None or lay is None:
                 raise ProtocolError(f"ldpc.reveal: no syndrome was sent for frame {f}")
-            vals[i] = w[pos]
+            if stop > lay.reveal_order.shape[0]:
+                raise ProtocolError(f"ldpc.reveal: range [{start}, {stop}) outside 0..{lay.reveal_order.shape[0]}")
+            vals[i] = w[lay.reveal_order[start:stop]]
         return {"values": _pack(vals)}
 
 
