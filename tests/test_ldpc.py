@@ -674,7 +674,7 @@ def test_bob_rejects_malformed_replies(kind, cut):
 @given(st.integers(0, 2**32 - 1), st.sampled_from([0.025, 0.045, 0.065, 0.09]))
 def test_property_success_means_identical_keys_and_exact_leak(seed, q):
     """Whatever the frame: success => Bob's bits equal Alice's and reproduce her syndrome;
-    leaked = m - p + revealed."""
+    leaked = m - p + revealed, plus Cascade's parities for a frame LDPC gave up on (fallback)."""
     rng = np.random.default_rng(seed)
     a, b = _frames(rng, 2, 14746, q)
     res = reconcile_ldpc(a, b, qber=q, seed=seed)
@@ -682,7 +682,9 @@ def test_property_success_means_identical_keys_and_exact_leak(seed, q):
     for i in range(2):
         if res.success[i]:
             assert np.array_equal(res.bits[i], a[i])
-    assert np.array_equal(res.leaked_bits, code.m - res.extra["n_punct"] + res.extra["revealed"])
+    assert np.array_equal(res.leaked_bits, code.m - res.extra["n_punct"] + res.extra["revealed"]
+                          + res.extra["cascade_leaked"])
+    assert np.all(res.extra["cascade_leaked"][~res.extra["fallback"]] == 0)
     assert res.extra["n_punct"] <= 0.1 * code.n
 
 
