@@ -315,3 +315,12 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(InputError, match="bound="):
         fk.secure_length("gllp", n_key=1)
     assert fk.secure_length("tomamichel2012", n_key=10**5, k_test=10**4, errors_test=100, leak_ec=10**4).has_key
+
+
+def test_tomamichel_pa_term_is_never_a_credit():
+    """With a (silly) eps_sec close to 1 the split leaves eps_pa > 1/2, where 2 log2(1/(2 eps_pa)) < 0:
+    the cost is clamped at 0, so it can never lengthen the key (review finding)."""
+    from qkdpost import finitekey as fk
+
+    r = fk.tomamichel2012(10**6, 10**5, 1000, leak_ec=100_000, eps_sec=0.9, eps_pe=0.01)
+    assert r.bounds["pa_cost"] >= 0

@@ -281,7 +281,7 @@ def _finish(bound: str, s0: float, s1: float, phi: float, leak: float, verify: f
         return SecureLength(bound, 0, float(val), why, bounds, params)
     gain = s1 * (1.0 - _h(phi))
     val = s0 + gain - leak - verify - pa
-    val = _lo(val, s0 + s1 + leak + verify + pa + n_key * 0.0)
+    val = _lo(val, s0 + s1 + leak + verify + pa)
     length = int(math.floor(val)) if val > 0 else 0
     length = min(length, int(math.floor(n_key)))
     reason = "" if length > 0 else "finite-key bound is not positive"
@@ -595,7 +595,7 @@ def tomamichel2012(
     verify = _verify_cost(ec, tag_bits)
     # Supp. Eq. (S3): 2 log2(1/(2 eps_pa)); with eps_pa = eps_sec/2 this and log2(2/eps_cor)
     # make the main text's log2(2/(eps_sec^2 eps_cor)) (Eq. 2)
-    pa_exact = 2.0 * math.log2(1.0 / (2.0 * e_pa))
+    pa_exact = max(0.0, 2.0 * math.log2(1.0 / (2.0 * e_pa)))  # never a credit (eps_pa > 1/2 only if eps_sec > 1/2)
     pa = _hi(pa_exact, abs(pa_exact))
     b = dict(bounds, phi=phi, leak_ec=leak, verify_cost=verify, pa_cost=pa)
     if observed > tol:
