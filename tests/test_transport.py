@@ -265,20 +265,23 @@ class _Tamper:
 
     @staticmethod
     def _frame(sock):
-        head = b""
-        while len(head) < 4:
-            got = sock.recv(4 - len(head))
-            if not got:
-                return None
-            head += got
-        (n,) = struct.unpack("<I", head)
-        data = b""
-        while len(data) < n:
-            got = sock.recv(n - len(data))
-            if not got:
-                return None
-            data += got
-        return data
+        try:
+            head = b""
+            while len(head) < 4:
+                got = sock.recv(4 - len(head))
+                if not got:
+                    return None
+                head += got
+            (n,) = struct.unpack("<I", head)
+            data = b""
+            while len(data) < n:
+                got = sock.recv(n - len(data))
+                if not got:
+                    return None
+                data += got
+            return data
+        except OSError:  # the other direction closed this socket: the relay ends
+            return None
 
     def _run(self, target_port):
         bob, _ = self.lsock.accept()
@@ -292,8 +295,10 @@ class _Tamper:
                     break
                 f = mutate(k, f)
                 k += 1
-                for frame in (f if isinstance(f, list) else [f]):
-                    dst.sendall(struct.pack("<I", len(frame)) + frame)
+                try:
+                    dst.sendall(struct.pack("<I", len(f)) + f)
+                except OSError:
+                    break
             dst.close()
 
         threading.Thread(target=pump, args=(alice, bob, lambda k, f: f), daemon=True).start()
