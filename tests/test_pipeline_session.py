@@ -249,3 +249,28 @@ def test_serve_in_background_on_a_port_in_use_raises_channel_error(link, tmp_pat
             alice.serve_in_background("127.0.0.1", busy.getsockname()[1])
     finally:
         busy.close()
+
+
+def test_alice_aborted_by_an_error_stops_answering_a_connected_bob(link, tmp_path):
+    """Review finding: an Alice whose ``with`` block ended on an error closed only her listener and went
+    on answering the Bob already connected, from an abandoned engine. Now his connection ends too."""
+    import time
+
+    from qkdpost.errors import PeerDisconnected
+    from qkdpost.transport import TcpChannel
+
+    alice = Session(_cfg(), role="alice", info=link.alice.info, store=tmp_path, stream_id="abort", kit=ToyKit())
+    port = alice.serve_in_background("127.0.0.1", 0)
+    chan = TcpChannel("127.0.0.1", port, timeout_s=5)
+    try:
+        t_end = time.monotonic() + 5
+        while alice._conn is None and time.monotonic() < t_end:  # her thread has accepted Bob
+            time.sleep(0.02)
+        with pytest.raises(RuntimeError, match="device failed"):
+            with alice:
+                raise RuntimeError("device failed")
+        with pytest.raises(PeerDisconnected):
+            chan.request("pipe.pending", {})
+    finally:
+        chan.close()
+    assert _alice_thread_ends()

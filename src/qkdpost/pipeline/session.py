@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -104,6 +105,7 @@ class Session:
         self._closed = False
         self._server: threading.Thread | None = None
         self._server_stop = threading.Event()
+        self._conn: Any = None  # Bob's connection while the background server answers it
         self._listener: Any = None
         self.port: int | None = None
         if role == "bob":
@@ -152,6 +154,10 @@ class Session:
                     conn = server.accept(0.2)  # poll, so close() stops a server nobody connected to
                     if conn is None:
                         continue
+                    self._conn = conn
+                    if self._server_stop.is_set():  # aborted while Bob was connecting
+                        conn.close()
+                        break
                     reason = server.serve_one(conn, self)
                     log.info("Bob's session ended: %s", reason)
                     if reason != "closed":
@@ -179,6 +185,15 @@ class Session:
         self._server_stop.set()
         if self._listener is not None:
             self._listener.close()
+
+    def _hang_up(self) -> None:
+        """End a connected Bob's session now (an aborted Alice must not go on answering him)."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # serve_one's next read ends; its thread closes the socket
+            except OSError:
+                pass
 
     # -- data in, keys out ---------------------------------------------------------
     def feed(self, t: np.ndarray, ch: np.ndarray) -> list[KeyBlock]:
@@ -260,6 +275,7 @@ class Session:
                     self._alice.abandon("session_aborted")
                 finally:
                     self._stop_server(0.0)
+                    self._hang_up()
             else:
                 self._bob.abandon(exc)  # stop the back-half threads
 
