@@ -96,6 +96,33 @@ def test_permutation_is_a_permutation_and_inverse(n):
         assert not np.array_equal(p, oracle.permutation(5, 4, n))
 
 
+@pytest.mark.parametrize("n", [1, 5, 64, 1000])
+def test_bob_position_major_inverse_table(n):
+    # Bob's inv[x, q] (one row per bit, all passes) must agree with pi[0, q] and the
+    # pass-major inverse for the passes it holds; rows start on 64-byte boundaries
+    from qkdpost.reconcile.cascade.protocol import INV_COLS, _Perms
+
+    perms = _Perms(77, n)
+    for q in range(INV_COLS + 2):
+        perms.ensure(q, inverse=True)
+    assert perms.inv.shape == (n, INV_COLS) and perms.inv.ctypes.data % 64 == 0
+    for q in range(1, INV_COLS):
+        np.testing.assert_array_equal(perms.inv[perms.pi[0, q], q], np.arange(n))
+    for q in range(INV_COLS, INV_COLS + 2):  # later passes: pass-major pi[1]
+        np.testing.assert_array_equal(perms.pi[1, q][perms.pi[0, q]], np.arange(n))
+    np.testing.assert_array_equal(perms.pi[0, 0], np.arange(n))
+
+
+def test_sparse_zeros_is_a_zeroed_writable_array():
+    from qkdpost.reconcile.cascade.protocol import _sparse_zeros
+
+    a = _sparse_zeros((3, 5, 3))
+    assert a.shape == (3, 5, 3) and a.dtype == np.uint64 and a.flags.writeable and a.flags.c_contiguous
+    assert not a.any()
+    a[2, 4, 2] = 7
+    assert a.sum() == 7
+
+
 def test_permutation_is_roughly_uniform():
     # position of element 0 over many seeds: chi-square against uniform over 8 cells
     n, trials = 8, 4000
