@@ -452,6 +452,11 @@ def test_alice_rejects_bad_requests():
         h["cascade.parities"]({"sid": 1, "r": np.array([[0, 4, 5, 10]], np.int32), "t": empty})
     with pytest.raises(ProtocolError, match="out of bounds"):
         h["cascade.parities"]({"sid": 1, "r": empty, "t": np.array([[0, 0, 10, 11]], np.int32)})
+    # a block larger than the frame: the block-0 mask kernel would read the
+    # permutation past its end and write anywhere (a peer could crash Alice)
+    for k in (101, 5000, 2**40):
+        with pytest.raises(ProtocolError, match="out of bounds"):
+            h["cascade.parities"]({"sid": 1, "r": empty, "t": np.array([[0, 1, k, 1]], np.int64)})
     with pytest.raises(ProtocolError, match="session"):
         h["cascade.parities"]({"sid": 2, "r": empty, "t": empty})
     ok = h["cascade.parities"]({"sid": 1, "r": np.array([[0, 0, 0, 10]], np.int32), "t": empty})

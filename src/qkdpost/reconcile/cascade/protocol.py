@@ -278,7 +278,8 @@ class CascadeAlice:
             raise ProtocolError("cascade.parities: a range request is out of bounds")
         if nt and (
             t[:, 0].min() < 0 or t[:, 0].max() >= N or t[:, 1].min() < 0 or t[:, 1].max() >= P
-            or t[:, 2].min() < 1 or t[:, 3].min() < 0 or np.any(t[:, 3] > -(-n // t[:, 2]))
+            or t[:, 2].min() < 1 or t[:, 2].max() > n or t[:, 3].min() < 0
+            or np.any(t[:, 3] > -(-n // t[:, 2]))
         ):
             raise ProtocolError("cascade.parities: a block request is out of bounds")
         used = np.bincount(rq, minlength=P)
