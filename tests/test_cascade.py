@@ -123,6 +123,33 @@ def test_sparse_zeros_is_a_zeroed_writable_array():
     assert a.sum() == 7
 
 
+def test_sparse_zeros_without_huge_page_advice(monkeypatch):
+    # Linux kernels built without THP reject MADV_NOHUGEPAGE with EINVAL, and
+    # Windows/macOS have no such advice: Cascade must still get its zeroed array
+    import gc
+    import mmap
+
+    from qkdpost.reconcile.cascade.protocol import _sparse_zeros
+
+    class NoTHP(mmap.mmap):
+        def madvise(self, *args):
+            raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(mmap, "mmap", NoTHP)
+    monkeypatch.setattr(mmap, "MADV_NOHUGEPAGE", 14, raising=False)
+    a = _sparse_zeros((4, 3))
+    gc.collect()  # the array alone keeps the mapping alive
+    a[3, 2] = 9
+    assert a.sum() == 9 and a.flags.writeable
+    monkeypatch.delattr(mmap, "MADV_NOHUGEPAGE")
+    b = _sparse_zeros((2, 2))
+    assert not b.any()
+    rng = np.random.default_rng(3)
+    x, y = bsc_pair(rng, 2, 700, 0.03)
+    res = reconcile_cascade(x, y, qber=0.03, seed=4)
+    np.testing.assert_array_equal(res.bits[res.success], x[res.success])
+
+
 def test_permutation_is_roughly_uniform():
     # position of element 0 over many seeds: chi-square against uniform over 8 cells
     n, trials = 8, 4000

@@ -491,11 +491,20 @@ def _sparse_zeros(shape: tuple[int, ...]) -> np.ndarray:
     heap trees of the n/2-bit blocks) and touched sparsely: with huge pages
     every touch makes the kernel clear 2 MB; with 4 KB pages only what is
     used gets cleared.
+
+    The advice is best effort: platforms without it (Windows, macOS) and
+    Linux kernels built without transparent huge pages (where ``madvise``
+    fails with EINVAL) just get plain zeroed anonymous memory. The array
+    keeps the mapping alive (its base is a memoryview exporting the mmap).
     """
     nbytes = max(8, int(np.prod(shape)) * 8)
     mm = mmap.mmap(-1, nbytes)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        mm.madvise(mmap.MADV_NOHUGEPAGE)
+    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if advice is not None:
+        try:
+            mm.madvise(advice)
+        except OSError:
+            pass  # kernel without THP support: the pages are 4 KB already
     return np.frombuffer(mm, dtype=np.uint64).reshape(shape)
 
 
