@@ -491,6 +491,33 @@ def test_alice_rejects_bad_requests():
     h["cascade.end"]({"sid": 1})
 
 
+@pytest.mark.parametrize("cut", ["r", "t", "both", "long"])
+def test_bob_rejects_short_or_long_parity_replies(cut):
+    # np.unpackbits pads a short field (and returns uninitialised bytes for an
+    # empty one): Bob must refuse it rather than absorb made-up parities
+    rng = np.random.default_rng(13)
+    a, b = bsc_pair(rng, 2, 2000, 0.05)
+    alice = CascadeAlice({0: a[0], 1: a[1]})
+    h = alice.handlers()
+    good = h["cascade.parities"]
+
+    def tampered(body):
+        rep = good(body)
+        nr, nt = np.asarray(body["r"]).reshape(-1, 4).shape[0], int(np.asarray(body["t"]).reshape(-1, 4)[:, 3].sum())
+        if cut == "long":
+            rep["r"] = np.concatenate([rep["r"], np.zeros(1, np.uint8)])
+        elif (cut in ("r", "both") and nr) or (cut in ("t", "both") and nt):
+            if cut in ("r", "both"):
+                rep["r"] = rep["r"][:0]
+            if cut in ("t", "both"):
+                rep["t"] = rep["t"][:0]
+        return rep
+
+    h["cascade.parities"] = tampered
+    with pytest.raises(ProtocolError, match="short or long"):
+        CascadeBob(seed=3).run(LoopbackChannel(Responder(h)), [0, 1], b, 0.05)
+
+
 def test_round_cap_reports_failure_instead_of_hanging():
     rng = np.random.default_rng(12)
     a, b = bsc_pair(rng, 3, 2000, 0.05)

@@ -450,13 +450,7 @@ class CascadeBob:
                 nt = int(offs[1, -1])
                 offs[1] += nr
                 reply = channel.request("cascade.parities", {"sid": sid, "r": rows, "t": trows})
-                try:
-                    par = np.unpackbits(np.asarray(reply["r"], dtype=np.uint8), count=nr, bitorder="little")
-                    if nt:
-                        tpar = np.unpackbits(np.asarray(reply["t"], dtype=np.uint8), count=nt, bitorder="little")
-                        par = np.concatenate([par, tpar])
-                except (KeyError, ValueError, TypeError) as exc:
-                    raise ProtocolError(f"cascade.parities reply: bad or short parity field ({exc})") from None
+                par = _unpack_reply(reply, nr, nt)
         finally:
             try:
                 channel.request("cascade.end", {"sid": sid})
@@ -482,6 +476,29 @@ class CascadeBob:
                 "source": preset.source,
             },
         )
+
+
+def _unpack_reply(reply: Any, nr: int, nt: int) -> np.ndarray:
+    """Alice's packed parities of one round as uint8 0/1: ``nr`` range answers, then ``nt`` top-level ones.
+
+    Each field must hold exactly ``ceil(count / 8)`` bytes: ``np.unpackbits``
+    pads a short field instead of failing (and returns uninitialised bytes
+    for an empty one), which would feed made-up parities to the kernels.
+    """
+    try:
+        rb = np.asarray(reply["r"], dtype=np.uint8).reshape(-1)
+        tb = np.asarray(reply["t"], dtype=np.uint8).reshape(-1) if nt else np.empty(0, dtype=np.uint8)
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"cascade.parities reply: bad parity field ({exc})") from None
+    if rb.size != (nr + 7) // 8 or tb.size != (nt + 7) // 8:
+        raise ProtocolError(
+            f"cascade.parities reply: {rb.size} + {tb.size} bytes of parities for {nr} range and {nt} "
+            f"top-level requests (need {(nr + 7) // 8} + {(nt + 7) // 8}); Alice's answer is short or long"
+        )
+    par = np.unpackbits(rb, count=nr, bitorder="little")
+    if nt:
+        par = np.concatenate([par, np.unpackbits(tb, count=nt, bitorder="little")])
+    return par
 
 
 def _sparse_zeros(shape: tuple[int, ...]) -> np.ndarray:
