@@ -123,6 +123,15 @@ def test_sparse_zeros_is_a_zeroed_writable_array():
     assert a.sum() == 7
 
 
+def test_empty_batch_runs_and_leaks_nothing():
+    from qkdpost.reconcile.cascade.protocol import _sparse_zeros
+
+    assert _sparse_zeros((0, 56, 3)).shape == (0, 56, 3)
+    a = np.zeros((0, 100), dtype=np.uint8)
+    res = reconcile_cascade(a, a.copy(), qber=0.02, seed=1)
+    assert res.bits.shape == (0, 100) and res.leaked_bits.shape == (0,) and res.leaked_total == 0
+
+
 def test_sparse_zeros_without_huge_page_advice(monkeypatch):
     # Linux kernels built without THP reject MADV_NOHUGEPAGE with EINVAL, and
     # Windows/macOS have no such advice: Cascade must still get its zeroed array

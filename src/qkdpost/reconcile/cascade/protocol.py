@@ -514,8 +514,10 @@ def _sparse_zeros(shape: tuple[int, ...]) -> np.ndarray:
     fails with EINVAL) just get plain zeroed anonymous memory. The array
     keeps the mapping alive (its base is a memoryview exporting the mmap).
     """
-    nbytes = max(8, int(np.prod(shape)) * 8)
-    mm = mmap.mmap(-1, nbytes)
+    size = int(np.prod(shape))
+    if size == 0:  # e.g. an empty batch: mmap cannot map 0 bytes
+        return np.zeros(shape, dtype=np.uint64)
+    mm = mmap.mmap(-1, size * 8)
     advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
     if advice is not None:
         try:
