@@ -535,3 +535,44 @@ def test_round_cap_reports_failure_instead_of_hanging():
     assert (res.extra["rounds_per_frame"] == 5).all()
     # whatever was flipped was a real error
     assert not ((res.bits != b) & (b == a)).any()
+
+
+def test_alice_empty_batch_and_huge_n_allocate_nothing_big():
+    """Review doubt: Alice allocated (N, n) and the permutation tables from Bob's n before checking it.
+    An empty batch now builds no tables, and n beyond 2^31 - 1 is refused."""
+    from qkdpost.reconcile.cascade import CascadeAlice
+
+    h = CascadeAlice({}).handlers()
+    start = {"sid": 1, "seed": bytes(8), "frames": np.zeros(0, np.int64), "passes": 3}
+    h["cascade.start"](dict(start, n=2**31 - 1))  # 0 frames: would have reserved 512 * n bytes of tables
+    got = h["cascade.parities"]({"sid": 1, "r": np.zeros((0, 4), np.int32), "t": np.zeros((0, 4), np.int32)})
+    assert got["r"].size == 0 and got["t"].size == 0
+    with pytest.raises(ProtocolError, match="out of range"):
+        h["cascade.start"](dict(start, sid=2, n=2**40))
+
+
+def test_bob_refuses_a_seed_that_is_not_an_integer():
+    from qkdpost.reconcile.cascade import CascadeAlice, CascadeBob
+
+    a = np.zeros((1, 1000), np.uint8)
+    chan = LoopbackChannel(Responder(CascadeAlice({0: a[0]}).handlers()))
+    with pytest.raises(InputError, match="seed"):
+        CascadeBob().run(chan, [0], a.copy(), qber=0.02, seed=1.5)
+
+
+def test_shared_permutation_tables_stay_consistent_across_threads():
+    """Sessions in threads of one process share _Perms for the same (seed, n): the inverse tables built
+    concurrently must still invert the permutations."""
+    import threading
+
+    from qkdpost.reconcile.cascade.protocol import INV_COLS, _Perms
+
+    perms = _Perms(12345, 50_000)
+    threads = [threading.Thread(target=lambda: [perms.ensure(q, inverse=True) for q in range(1, INV_COLS)])
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for q in range(1, INV_COLS):
+        np.testing.assert_array_equal(perms.inv[perms.pi[0, q], q], np.arange(50_000))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import mmap
 import secrets
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -116,9 +117,15 @@ class _Perms:
         self.masks = np.empty((MAX_PASSES, (n + 63) // 64), dtype=np.uint64)
         self.maskk = np.zeros(MAX_PASSES, dtype=np.int64)
         self._inv: np.ndarray | None = None
+        # sessions in threads of one process may share these tables (same seed and n): one builder at a time
+        self._lock = threading.RLock()
 
     @property
     def inv(self) -> np.ndarray:
+        with self._lock:
+            return self._inv_table()
+
+    def _inv_table(self) -> np.ndarray:
         if self._inv is None:
             raw = np.empty(self.n * INV_COLS + 16, dtype=np.int32)
             skip = (-raw.ctypes.data % 64) // 4  # first row on a cache-line boundary
@@ -127,21 +134,23 @@ class _Perms:
 
     def ensure_mask(self, q: int, k: int) -> None:
         """Packed membership mask of block 0 of pass q (for passes of two blocks)."""
-        if self.maskk[q] != k:
-            self.ensure(q, inverse=False)
-            K.fill_block0_mask(self.pi[0, q], np.int64(k), self.masks[q])
-            self.maskk[q] = k
+        with self._lock:
+            if self.maskk[q] != k:
+                self.ensure(q, inverse=False)
+                K.fill_block0_mask(self.pi[0, q], np.int64(k), self.masks[q])
+                self.maskk[q] = k
 
     def ensure(self, q: int, inverse: bool) -> None:
-        if not self.done[0, q]:
-            K.fill_permutation(self.seed, np.int64(q), self.pi[0, q])
-            self.done[0, q] = True
-        if inverse and not self.done[1, q] and q > 0:
-            if q < INV_COLS:
-                K.fill_inverse_column(self.pi[0, q], self.inv, np.int64(q))
-            else:
-                K.fill_inverse(self.pi[0, q], self.pi[1, q])
-            self.done[1, q] = True
+        with self._lock:
+            if not self.done[0, q]:
+                K.fill_permutation(self.seed, np.int64(q), self.pi[0, q])
+                self.done[0, q] = True
+            if inverse and not self.done[1, q] and q > 0:
+                if q < INV_COLS:
+                    K.fill_inverse_column(self.pi[0, q], self._inv_table(), np.int64(q))
+                else:
+                    K.fill_inverse(self.pi[0, q], self.pi[1, q])
+                self.done[1, q] = True
 
 
 class _PermCache:
@@ -149,18 +158,20 @@ class _PermCache:
 
     def __init__(self) -> None:
         self._items: OrderedDict[tuple[int, int], _Perms] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, seed: int, n: int) -> _Perms:
         key = (int(seed), int(n))
-        item = self._items.get(key)
-        if item is None:
-            item = _Perms(seed, n)
-            self._items[key] = item
-            while len(self._items) > _PERM_CACHE_SIZE:
-                self._items.popitem(last=False)
-        else:
-            self._items.move_to_end(key)
-        return item
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                item = _Perms(seed, n)
+                self._items[key] = item
+                while len(self._items) > _PERM_CACHE_SIZE:
+                    self._items.popitem(last=False)
+            else:
+                self._items.move_to_end(key)
+            return item
 
 
 # Process-wide caches, one per party: permutations are public and depend only on
@@ -234,11 +245,13 @@ class CascadeAlice:
             ids = np.asarray(body["frames"], dtype=np.int64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"cascade.start: missing or bad field ({exc})") from None
-        if not (1 <= passes <= MAX_PASSES) or n < 1 or not (0 <= seed < 2**64):
+        if not (1 <= passes <= MAX_PASSES) or not (1 <= n < 2**31) or not (0 <= seed < 2**64):
             raise ProtocolError(f"cascade.start: passes={passes}, n={n} or seed out of range")
-        abits = np.empty((ids.shape[0], n), dtype=np.uint8)
+        if ids.ndim != 1:
+            raise ProtocolError(f"cascade.start: frames must be a 1-D list of ids, got shape {ids.shape}")
         N = ids.shape[0]
-        for i, fid in enumerate(ids):
+        mine = []
+        for fid in ids.tolist():  # validate against her frames before allocating anything sized by Bob's n
             bits = self._frames.get(int(fid))
             if bits is None:
                 raise ProtocolError(f"cascade.start: Alice has no frame {int(fid)}")
@@ -246,6 +259,9 @@ class CascadeAlice:
                 raise ProtocolError(
                     f"cascade.start: frame {int(fid)} has {bits.shape[0]} bits on Alice's side, Bob has {n}"
                 )
+            mine.append(bits)
+        abits = np.empty((N, n), dtype=np.uint8)
+        for i, (fid, bits) in enumerate(zip(ids.tolist(), mine)):
             abits[i] = bits
             self.leaked.setdefault(int(fid), 0)
         eng = (
@@ -256,7 +272,9 @@ class CascadeAlice:
             np.zeros((N, 1, 1), dtype=np.uint64),
             np.zeros(2, dtype=np.int64),
         )
-        self._sessions[sid] = {"eng": eng, "ids": ids, "passes": passes, "perms": self._perms.get(seed, n)}
+        # an empty batch needs no permutations (and must not make Alice build tables for an unchecked n)
+        perms = self._perms.get(seed, n) if N else None
+        self._sessions[sid] = {"eng": eng, "ids": ids, "passes": passes, "perms": perms}
         return {"n_frames": int(ids.shape[0])}
 
     def _on_parities(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -282,6 +300,8 @@ class CascadeAlice:
             or np.any(t[:, 3] > -(-n // t[:, 2]))
         ):
             raise ProtocolError("cascade.parities: a block request is out of bounds")
+        if perms is None:  # empty batch: the bounds checks refused every row
+            return {"r": np.zeros(0, np.uint8), "t": np.zeros(0, np.uint8)}
         used = np.bincount(rq, minlength=P)
         if nt:
             used[t[:, 1]] += 1
@@ -372,6 +392,8 @@ class CascadeBob:
         P = len(ks)
         if seed is None:
             seed = self.seed if self.seed is not None else secrets.randbits(64)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            raise InputError(f"seed={seed!r}: must be an integer in 0..2^64-1 (or None for a fresh one)")
         if not (0 <= int(seed) < 2**64):
             raise InputError(f"seed={seed!r}: must be in 0..2^64-1")
         perms = self._perms.get(int(seed), n)
