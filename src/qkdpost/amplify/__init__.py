@@ -163,25 +163,22 @@ def _prefer_afft(n: int, m: int) -> bool:
     return fft < karatsuba
 
 
-def _afft_inverse_two_threads(F: np.ndarray, L: int, tables: tuple[np.ndarray, ...], mode: Any) -> None:
-    """:func:`_kernels.afft_inverse` with each level's independent blocks split over two threads.
+def _afft_inverse_two_threads(F: np.ndarray, L: int, tables: tuple[np.ndarray, ...], mode: Any, pool: Any) -> None:
+    """:func:`_kernels.afft_inverse` with each level's independent blocks split over the two threads of ``pool``.
 
     The same operations on disjoint blocks, so the result is identical; only
     the top level (one block) runs on one thread.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     Lc = min(L, _k.AFFT_BLOCK_LOG)
     nb = 1 << (L - Lc)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        if nb >= 2:
-            list(pool.map(lambda r: _k.afft_inverse_low(F, L, *tables, mode, *r), [(0, nb // 2), (nb // 2, nb)]))
-        else:
-            _k.afft_inverse_low(F, L, *tables, mode, 0, nb)
-        for lvl in range(Lc + 1, L + 1):
-            nt = 1 << (L - lvl)
-            halves = [(0, nt // 2), (nt // 2, nt)] if nt >= 2 else [(0, nt)]
-            list(pool.map(lambda r: _k._afft_level(F, lvl, r[0], r[1], *tables, mode, True), halves))
+    if nb >= 2:
+        list(pool.map(lambda r: _k.afft_inverse_low(F, L, *tables, mode, *r), [(0, nb // 2), (nb // 2, nb)]))
+    else:
+        _k.afft_inverse_low(F, L, *tables, mode, 0, nb)
+    for lvl in range(Lc + 1, L + 1):
+        nt = 1 << (L - lvl)
+        halves = [(0, nt // 2), (nt // 2, nt)] if nt >= 2 else [(0, nt)]
+        list(pool.map(lambda r: _k._afft_level(F, lvl, r[0], r[1], *tables, mode, True), halves))
 
 
 def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, threads: int = 1) -> np.ndarray:
@@ -234,13 +231,13 @@ def _toeplitz_afft(xw: np.ndarray, n: int, sw: np.ndarray, nseed: int, m: int, t
             else:
                 np.bitwise_xor(acc, A, out=acc)
             del A
+        if pool is not None:
+            _afft_inverse_two_threads(acc, L, (lam, terms, tstart), mode, pool)
+        else:
+            _k.afft_inverse(acc, L, lam, terms, tstart, mode)
     finally:
         if pool is not None:
             pool.shutdown()
-    if pool is not None:
-        _afft_inverse_two_threads(acc, L, (lam, terms, tstart), mode)
-    else:
-        _k.afft_inverse(acc, L, lam, terms, tstart, mode)
     nprod = ((w + m - 2) >> 6) + 1
     P = np.empty(nprod, dtype=np.uint64)
     _k.chunks32_to_words(acc, nprod, P)

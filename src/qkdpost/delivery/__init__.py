@@ -165,13 +165,10 @@ class Kme:
         before the crash), so it is dropped, never delivered. Pool files
         without an entry (a crash before the ledger write) are shredded.
         """
-        store_ids = set(self.store.ids())
         for bid, ent in list(self._ledger["blocks"].items()):
             if not ent.get("claimed"):
                 try:
-                    if bid not in store_ids:
-                        raise InputError(bid)
-                    self.store.consume(bid)
+                    self.store.consume(bid)  # raises InputError if the block is gone (or someone else won)
                     ent["claimed"] = True
                 except InputError:
                     del self._ledger["blocks"][bid]

@@ -393,6 +393,7 @@ def decode_ptu_t3(rec, flavour, keep_markers, tol, period_int, period_frac, stat
     n_ofl = state[S_COUNT_A]
     n_mark = state[S_COUNT_B]
     moved = state[S_MOVED]
+    limit = T_MAX // (period_int + 1)  # sync counts whose time would not fit int64 ticks
     k = start
     for i in range(rec.size):
         r = np.int64(rec[i])
@@ -443,7 +444,7 @@ def decode_ptu_t3(rec, flavour, keep_markers, tol, period_int, period_frac, stat
             else:
                 c = chan + 1
         nsync = ofl + ns
-        if nsync > T_MAX // (period_int + 1):
+        if nsync > limit:
             state[S_ERR] = ERR_RANGE
             state[S_ERR_REC] = i
             state[S_ERR_VAL] = nsync
