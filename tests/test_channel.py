@@ -73,3 +73,35 @@ def test_codec_round_trips_arrays_without_a_buffer_format():
     a = np.array(["2026-01-01", "2026-11-28"], dtype="datetime64[D]")
     _, body = decode(encode("t.dates", {"a": a}))
     np.testing.assert_array_equal(body["a"], a)
+
+
+@pytest.mark.parametrize("name", ["i4,4", "(2,)i4", "O", "|O8", "zz9", "f8" * 40])
+def test_codec_refuses_non_plain_dtype_names(name):
+    """A peer's dtype field is a plain name: numpy would parse (and literal-eval) comma strings."""
+    body = _codec.encode("k", {"a": np.zeros(2, np.int32)})
+    good = b"<i4"
+    i = body.index(good)
+    nb = name.encode()
+    forged = body[: i - 1] + bytes([len(nb)]) + nb + body[i + len(good):]
+    with pytest.raises(ProtocolError, match="malformed message"):
+        _codec.decode(forged)
+
+
+def test_codec_mutations_raise_only_protocol_errors():
+    """Random byte flips and cuts of a message with every field type: a clean ProtocolError or a body, nothing else."""
+    body = {"a": np.arange(12, dtype=np.int32).reshape(3, 4), "b": b"xy", "c": "s", "d": None, "e": True,
+            "f": 1.5, "g": -3, "h": np.zeros((0, 4), np.int32)}
+    wire = _codec.encode("k.x", body)
+    rng = np.random.default_rng(11)
+    refused = 0
+    for _ in range(3000):
+        w = bytearray(wire)
+        for _ in range(int(rng.integers(1, 4))):
+            w[int(rng.integers(len(w)))] = int(rng.integers(256))
+        if rng.random() < 0.3:
+            w = w[: int(rng.integers(len(w)))]
+        try:
+            _codec.decode(bytes(w))
+        except ProtocolError:
+            refused += 1
+    assert 0 < refused < 3000

@@ -15,7 +15,9 @@ Layout (little endian)::
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import struct
 from typing import Any, Mapping
 
@@ -31,101 +33,138 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
+_HEAD = struct.Struct("<BH")  # version, kind length
+_TAG_ARRAY = bytes([6])
+_DTYPE_NAME = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,3}(\[[0-9]{0,3}[a-zA-Z]{1,2}\])?")  # e.g. <i4, |u1, <M8[ns]
 
 
 def encode(kind: str, body: Mapping[str, Any]) -> bytes:
     """Serialise one message to bytes."""
-    out = bytearray()
     k = kind.encode("ascii")
-    out += _U8.pack(VERSION) + _U16.pack(len(k)) + k + _U16.pack(len(body))
+    out: list[Any] = [_HEAD.pack(VERSION, len(k)), k, _U16.pack(len(body))]
     for name, value in body.items():
         nb = name.encode("ascii")
-        out += _U8.pack(len(nb)) + nb
+        out += (_U8.pack(len(nb)), nb)
         if isinstance(value, np.ndarray):
             arr = np.ascontiguousarray(value)
             ds = arr.dtype.str.encode("ascii")
-            out += _U8.pack(6) + _U8.pack(len(ds)) + ds + _U8.pack(arr.ndim)
-            for dim in arr.shape:
-                out += _U64.pack(dim)
-            try:
-                out += memoryview(arr).cast("B") if arr.size else b""  # no intermediate bytes copy
-            except (TypeError, ValueError):  # dtypes without a buffer format (datetime64, ...)
-                out += arr.tobytes()
+            out += (_TAG_ARRAY, _U8.pack(len(ds)), ds, _U8.pack(arr.ndim), struct.pack(f"<{arr.ndim}Q", *arr.shape))
+            if arr.size:
+                try:
+                    out.append(memoryview(arr).cast("B"))  # joined below: no intermediate bytes copy
+                except (TypeError, ValueError):  # dtypes without a buffer format (datetime64, ...)
+                    out.append(arr.tobytes())
         elif isinstance(value, (bool, np.bool_)):
-            out += _U8.pack(5) + _U8.pack(int(value))
+            out.append(_U8.pack(5) + _U8.pack(int(value)))
         elif isinstance(value, (int, np.integer)):
-            out += _U8.pack(0) + _I64.pack(int(value))
+            out.append(_U8.pack(0) + _I64.pack(int(value)))
         elif isinstance(value, (float, np.floating)):
-            out += _U8.pack(1) + _F64.pack(float(value))
+            out.append(_U8.pack(1) + _F64.pack(float(value)))
         elif isinstance(value, str):
             sb = value.encode("utf-8")
-            out += _U8.pack(2) + _U32.pack(len(sb)) + sb
+            out += (_U8.pack(2) + _U32.pack(len(sb)), sb)
         elif isinstance(value, (bytes, bytearray, memoryview)):
             bb = bytes(value)
-            out += _U8.pack(3) + _U32.pack(len(bb)) + bb
+            out += (_U8.pack(3) + _U32.pack(len(bb)), bb)
         elif value is None:
-            out += _U8.pack(4)
+            out.append(_U8.pack(4))
         else:
             raise TypeError(f"message field {name!r}: cannot encode {type(value).__name__}")
-    return bytes(out)
+    return b"".join(out)
 
 
 def decode(data: bytes) -> tuple[str, dict[str, Any]]:
     """Parse bytes made by :func:`encode`; raise ProtocolError if malformed."""
     try:
         return _decode(memoryview(data))
-    except (struct.error, ValueError, UnicodeDecodeError, IndexError) as exc:
+    except (struct.error, ValueError, TypeError, UnicodeDecodeError, IndexError) as exc:
         raise ProtocolError(f"malformed message ({len(data)} bytes): {exc}") from None
 
 
 def _decode(mv: memoryview) -> tuple[str, dict[str, Any]]:
-    pos = 0
+    end = len(mv)
 
-    def take(n: int) -> memoryview:
-        nonlocal pos
-        if pos + n > len(mv):
+    def need(pos: int, n: int) -> None:
+        if pos + n > end:
             raise ValueError(f"truncated at byte {pos}, need {n} more")
-        chunk = mv[pos : pos + n]
-        pos += n
-        return chunk
 
-    (version,) = _U8.unpack(take(1))
+    need(0, 5)
+    version, klen = _HEAD.unpack_from(mv, 0)
     if version != VERSION:
         raise ValueError(f"message version {version}, this build speaks {VERSION}")
-    (klen,) = _U16.unpack(take(2))
-    kind = bytes(take(klen)).decode("ascii")
-    (nfields,) = _U16.unpack(take(2))
+    pos = 3
+    need(pos, klen + 2)
+    kind = bytes(mv[pos : pos + klen]).decode("ascii")
+    pos += klen
+    (nfields,) = _U16.unpack_from(mv, pos)
+    pos += 2
     body: dict[str, Any] = {}
     for _ in range(nfields):
-        (nlen,) = _U8.unpack(take(1))
-        name = bytes(take(nlen)).decode("ascii")
-        (tag,) = _U8.unpack(take(1))
-        if tag == 0:
-            body[name] = _I64.unpack(take(8))[0]
+        need(pos, 1)
+        nlen = mv[pos]
+        need(pos + 1, nlen + 1)
+        name = _name(bytes(mv[pos + 1 : pos + 1 + nlen]))
+        pos += 1 + nlen
+        tag = mv[pos]
+        pos += 1
+        if tag == 6:
+            need(pos, 1)
+            dlen = mv[pos]
+            need(pos + 1, dlen + 1)
+            dtype = _dtype(bytes(mv[pos + 1 : pos + 1 + dlen]))
+            pos += 1 + dlen
+            ndim = mv[pos]
+            pos += 1
+            need(pos, 8 * ndim)
+            shape = struct.unpack_from(f"<{ndim}Q", mv, pos)
+            pos += 8 * ndim
+            nbytes = math.prod(shape) * dtype.itemsize  # exact for any shape (np.prod may overflow)
+            need(pos, nbytes)
+            body[name] = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
+            pos += nbytes
+        elif tag == 0:
+            need(pos, 8)
+            body[name] = _I64.unpack_from(mv, pos)[0]
+            pos += 8
         elif tag == 1:
-            body[name] = _F64.unpack(take(8))[0]
-        elif tag == 2:
-            (ln,) = _U32.unpack(take(4))
-            body[name] = bytes(take(ln)).decode("utf-8")
-        elif tag == 3:
-            (ln,) = _U32.unpack(take(4))
-            body[name] = bytes(take(ln))
+            need(pos, 8)
+            body[name] = _F64.unpack_from(mv, pos)[0]
+            pos += 8
+        elif tag == 2 or tag == 3:
+            need(pos, 4)
+            (ln,) = _U32.unpack_from(mv, pos)
+            need(pos + 4, ln)
+            raw = bytes(mv[pos + 4 : pos + 4 + ln])
+            body[name] = raw.decode("utf-8") if tag == 2 else raw
+            pos += 4 + ln
         elif tag == 4:
             body[name] = None
         elif tag == 5:
-            body[name] = bool(_U8.unpack(take(1))[0])
-        elif tag == 6:
-            (dlen,) = _U8.unpack(take(1))
-            dtype = np.dtype(bytes(take(dlen)).decode("ascii"))
-            if dtype.hasobject:
-                raise ValueError("object arrays are not allowed")
-            (ndim,) = _U8.unpack(take(1))
-            shape = tuple(_U64.unpack(take(8))[0] for _ in range(ndim))
-            count = math.prod(shape)  # exact for any shape; np.prod cost ~3 % of a Cascade run
-            raw = take(count * dtype.itemsize)
-            body[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+            need(pos, 1)
+            body[name] = bool(mv[pos])
+            pos += 1
         else:
             raise ValueError(f"unknown field tag {tag} for {name!r}")
-    if pos != len(mv):
-        raise ValueError(f"{len(mv) - pos} trailing bytes")
+    if pos != end:
+        raise ValueError(f"{end - pos} trailing bytes")
     return kind, body
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype(raw: bytes) -> np.dtype:
+    """A field's dtype from its wire name (cached: parsing it is most of a small message's cost)."""
+    name = raw.decode("ascii")
+    if not _DTYPE_NAME.fullmatch(name):  # np.dtype would also parse (and eval) comma strings
+        raise ValueError(f"array dtype {name!r} is not a plain dtype name such as '<i4'")
+    try:
+        dtype = np.dtype(name)
+    except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for unknown names
+        raise ValueError(f"array dtype {name!r}: {exc}") from None
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed")
+    return dtype
+
+
+@functools.lru_cache(maxsize=1024)
+def _name(raw: bytes) -> str:
+    return raw.decode("ascii")
