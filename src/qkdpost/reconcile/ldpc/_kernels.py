@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from ..._jit import kernel, register
-from ._lanes import LANES, check_in, check_out, sign_xor
+from ._lanes import LANES, check_in, check_out, prefetch_row, sign_xor
 
 register(__name__)
 
@@ -48,6 +48,8 @@ PHI_LUT = _make_phi_lut()
 
 # LLR used for positions whose value Bob knows (shortened / revealed bits).
 LLR_KNOWN = np.float32(60.0)
+
+PF_DIST = 2
 
 # Decoder status per frame.
 DECODED = 0
@@ -386,6 +388,9 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
                 for l in range(W):
                     NEG[l] = np.int32(sg[j, l])
                     S[l] = np.float32(0.0)
+                if j + PF_DIST < m:
+                    for e in range(row_ptr[j + PF_DIST], row_ptr[j + PF_DIST + 1]):
+                        prefetch_row(Lg, col_idx[e])
                 for e in range(lo, hi):
                     check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
                 for e in range(lo, hi):

@@ -39,7 +39,7 @@ LANES = 8
 _PHI_SCALE = np.float32(512.0)
 _PHI_XCLAMP = np.float32((8192 - 1) / 512.0)
 
-__all__ = ["LANES", "check_in", "check_out", "sign_xor"]
+__all__ = ["LANES", "check_in", "check_out", "sign_xor", "prefetch_row"]
 
 if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 run
 
@@ -68,6 +68,9 @@ if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 ru
     def sign_xor(L, v, acc):
         """acc ^= (L[v] < 0) lane by lane (hard decisions into a parity accumulator)."""
         acc ^= (L[v] < 0).astype(np.int32)
+
+    def prefetch_row(L, v):
+        """Cache hint for row ``v`` of L (no effect on results; nothing to do without the JIT)."""
 
 else:
     from llvmlite import ir
@@ -205,6 +208,24 @@ else:
                                                     _splat(0.0, _vf)), _vi)
             pA = builder.bitcast(bA, _vi.as_pointer())
             _store(builder, builder.xor(_load(builder, pA), neg), pA)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def prefetch_row(typingctx, L, v):
+        """Prefetch row ``v`` of a (rows, 8) array into the caches (a hint: no effect on results)."""
+        sig = types.void(L, v)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            bL = _data(context, builder, tys[0], args[0])
+            iv = _idx(context, builder, tys[1], args[1])
+            i8p = ir.IntType(8).as_pointer()
+            p = builder.bitcast(builder.gep(bL, [builder.mul(iv, ir.Constant(_i64, LANES))], inbounds=True), i8p)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _i32, _i32, _i32]),
+                                                "llvm.prefetch.p0")
+            builder.call(fn, [p, ir.Constant(_i32, 1), ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
             return context.get_dummy_value()
 
         return sig, codegen
