@@ -50,6 +50,11 @@ PHI_LUT = _make_phi_lut()
 LLR_KNOWN = np.float32(60.0)
 
 PF_DIST = 2
+# Lanes still busy when nothing is left to refill, at or below which the
+# frames are finished one at a time (_scalar_continue).
+SCALAR_TAIL = 2
+PHI_SCALE32 = np.float32(PHI_SCALE)
+PHI_XCLAMP32 = np.float32((PHI_BINS - 1) / PHI_SCALE)
 
 # Decoder status per frame.
 DECODED = 0
@@ -439,6 +444,94 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
                     fresh[l] = 1
                     nxt += 1
                     busy += 1
+        if nxt >= K and 0 < busy <= SCALAR_TAIL:
+            # Nothing left to refill and at most SCALAR_TAIL lanes still busy: finish them one frame at a
+            # time (a vector step costs the same with 1 active lane as with 8; the scalar loop is ~3x
+            # faster per frame). Same float32 operations, so the results do not change.
+            for l in range(W):
+                if slot[l] < 0:
+                    continue
+                f = which[slot[l]]
+                _lane_store(Lg, Rg, L, R, f, l)
+                iters_out[slot[l]] = _scalar_continue(row_ptr, col_idx, syn[f], L[f], R[f], lut, T[:, 0],
+                                                      P[:, 0], SG[:, 0], fresh[l], it_l[l], best[l], since[l],
+                                                      max_iter, patience)
+                ACT[l] = 0
+                slot[l] = -1
+            busy = 0
+
+
+@kernel(inline="always")
+def _phi1(x, lut):
+    """One-lane phi lookup: the clamp, scale and truncation of ``_lanes._phi_vec``."""
+    x = min(max(x, np.float32(0.0)), PHI_XCLAMP32)
+    return lut[np.int32(x * PHI_SCALE32)]
+
+
+@kernel(inline="always")
+def _unsatisfied_one(row_ptr, col_idx, L, syn):
+    """Number of checks whose parity under the hard decision of L differs from syn."""
+    u = 0
+    for j in range(row_ptr.shape[0] - 1):
+        s = np.int32(syn[j])
+        for e in range(row_ptr[j], row_ptr[j + 1]):
+            s ^= np.int32(L[col_idx[e]] < 0)
+        u += s
+    return u
+
+
+@kernel()
+def _scalar_continue(row_ptr, col_idx, syn, L, R, lut, T, P, SG, fresh, it, best, since, max_iter, patience):
+    """Continue decoding one frame outside the lanes, from a lane's state.
+
+    The layered log-tanh update of :func:`decode_stream` for one frame
+    (same float32 operations in the same order, so the same messages and
+    decisions), with the lane's counters: ``fresh`` (no count yet), ``it``
+    iterations done, ``best`` unsatisfied-check minimum, ``since``
+    iterations without a new minimum. Returns the status of
+    :func:`decode_stream`'s ``iters_out``. T, P, SG: scratch of at least the
+    largest check degree (strided views are fine).
+    """
+    m = row_ptr.shape[0] - 1
+    if fresh:
+        if _unsatisfied_one(row_ptr, col_idx, L, syn) == 0:
+            return np.int64(0)
+        it = 0
+        best = m + 1
+        since = 0
+    while True:
+        for j in range(m):
+            lo = row_ptr[j]
+            hi = row_ptr[j + 1]
+            neg = np.int32(syn[j])
+            S = np.float32(0.0)
+            for e in range(lo, hi):
+                t = L[col_idx[e]] - R[e]
+                T[e - lo] = t
+                sg = np.int32(t < np.float32(0.0))
+                SG[e - lo] = sg
+                neg ^= sg
+                p = _phi1(abs(t), lut)
+                P[e - lo] = p
+                S += p
+            for e in range(lo, hi):
+                r = _phi1(S - P[e - lo], lut) * np.float32(1 - 2 * (neg ^ SG[e - lo]))
+                R[e] = r
+                L[col_idx[e]] = T[e - lo] + r
+        u = _unsatisfied_one(row_ptr, col_idx, L, syn)
+        it += 1
+        if u == 0:
+            return np.int64(it)
+        if patience > 0:
+            if u < best:
+                best = u
+                since = 0
+            else:
+                since += 1
+                if since >= patience:
+                    return np.int64(-it - 1)
+        if it >= max_iter:
+            return np.int64(-it - 1)
 
 
 @kernel(inline="always")
