@@ -288,7 +288,9 @@ class _ShortKeysForBlock1(ToyKit):
 @pytest.mark.parametrize("batch_blocks", [1, 2])
 def test_final_length_mismatch_drops_the_block_on_both_sides(tmp_path, batch_blocks):
     a, b = _link(4 * BLOCK, 0.0)
-    p = _Pair(tmp_path, cfg=_cfg(batch_blocks=batch_blocks), kit=_ShortKeysForBlock1())
+    # one lane: the block after the bad one is not yet started when the run stops
+    # (with two lanes it may be in flight and dropped too; see test_lanes_* below)
+    p = _Pair(tmp_path, cfg=_cfg(batch_blocks=batch_blocks, lanes=1), kit=_ShortKeysForBlock1())
     with pytest.raises(ProtocolError, match="pipe.final agreed"):  # Bob out of step: the run stops
         p.run(a, b)
     bad = f"{p.bob.run_id}-0000001"
@@ -300,7 +302,7 @@ def test_final_length_mismatch_drops_the_block_on_both_sides(tmp_path, batch_blo
     for bid in ids:
         np.testing.assert_array_equal(p.sa.read(bid).bits, p.sb.read(bid).bits)
     # a re-run with a sound kit never reprocesses the dropped block and keys the rest
-    p2 = _Pair(tmp_path, cfg=_cfg(batch_blocks=batch_blocks))
+    p2 = _Pair(tmp_path, cfg=_cfg(batch_blocks=batch_blocks, lanes=1))
     keys = p2.run(a, b)
     assert bad not in p2.sb.ids() and p2.sa.ids() == p2.sb.ids() and len(p2.sb.ids()) == 4 - batch_blocks
 
@@ -411,3 +413,88 @@ def test_block_objects_never_show_key_bits_in_their_repr():
     for text in shown:
         assert "array" not in text and "1, 0, 1, 1" not in text, text
     assert "r-000001" in shown[1] and "n_test" in shown[0]  # the public fields are still shown
+
+
+# -- back-half lanes (pipeline.lanes): batches in flight at once, one thread each ------------
+
+
+class _MeetKit(ToyKit):
+    """Reconciliation waits (up to 20 s) until ``lanes`` batches are inside it at once."""
+
+    def __init__(self, lanes):
+        super().__init__()
+        import threading
+
+        self.barrier = threading.Barrier(lanes, timeout=20)
+        self.met = 0
+
+    def reconcile_bob(self, channel, method, ids, bits, qber, cfg, *, seed):
+        import threading
+
+        if self.met < 2:  # the first batches only, so the run's end does not wait
+            try:
+                self.barrier.wait()
+                self.met += 1
+            except threading.BrokenBarrierError:
+                pass
+        return super().reconcile_bob(channel, method, ids, bits, qber, cfg, seed=seed)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_lanes_give_identical_stores_in_block_order(tmp_path, lanes):
+    a, b = _link(9 * BLOCK + 77, 0.003)
+    p = _Pair(tmp_path, cfg=_cfg(lanes=lanes))
+    keys = p.run(a, b, seg=5000)
+    want = [f"{p.bob.run_id}-{i:07d}" for i in range(9)]
+    assert [k.block_id for k in keys] == want  # handed out in the order the blocks were cut
+    assert p.sb.ids() == p.sa.ids() == want
+    assert [k.block_id for k in p.alice.take_finished()] == want  # Alice's commits in block order too
+    for bid in want:
+        np.testing.assert_array_equal(p.sa.read(bid).bits, p.sb.read(bid).bits)
+    assert sorted(r.index for r in p.rb.blocks) == list(range(9)) and all(r.status == "ok" for r in p.rb.blocks)
+
+
+def test_two_lanes_reconcile_two_batches_at_once(tmp_path):
+    a, b = _link(6 * BLOCK, 0.003)
+    kit = _MeetKit(2)
+    p = _Pair(tmp_path, cfg=_cfg(lanes=2), kit=kit)
+    p.run(a, b, seg=4 * BLOCK)
+    assert kit.met == 2  # both lanes were inside reconciliation together
+    assert p.sb.ids() == p.sa.ids() and len(p.sb.ids()) == 6
+
+
+def test_one_lane_reconciles_one_batch_at_a_time(tmp_path):
+    a, b = _link(4 * BLOCK, 0.003)
+    kit = _MeetKit(2)
+    kit.barrier = __import__("threading").Barrier(2, timeout=0.5)
+    p = _Pair(tmp_path, cfg=_cfg(lanes=1), kit=kit)
+    p.run(a, b, seg=4 * BLOCK)
+    assert kit.met == 0 and len(p.sb.ids()) == 4
+
+
+@pytest.mark.parametrize("lane", [-1, 16, "1", 1.0, True])
+def test_alice_refuses_a_bad_lane_number(tmp_path, lane):
+    a, _ = _link(BLOCK, 0.0)
+    p = _Pair(tmp_path)
+    p.bob.start()
+    with pytest.raises(ProtocolError, match="_lane"):
+        p.alice.handle("pipe.pending", {"_lane": lane})
+
+
+def test_lanes_after_a_failed_batch_leave_nothing_on_one_side(tmp_path):
+    a, b = _link(8 * BLOCK, 0.0)
+    p = _Pair(tmp_path, cfg=_cfg(lanes=2), kit=_ShortKeysForBlock1())
+    with pytest.raises(ProtocolError, match="pipe.final agreed"):
+        p.run(a, b)
+    ids = [f"{p.bob.run_id}-{i:07d}" for i in range(8)]
+    assert p.sa.ids() == p.sb.ids() and ids[1] not in p.sb.ids()
+    assert p.sa.ids("pending") == []
+    for bid in ids:  # each block: final on both sides, dropped on both, or never started
+        sa, sb = p.sa.state(bid), p.sb.state(bid)
+        # ("started", "dropped"): in flight when the run stopped; Bob tells Alice at the re-run
+        assert (sa, sb) in (("final", "final"), ("dropped", "dropped"), (None, None), ("started", "dropped")), bid
+    p2 = _Pair(tmp_path, cfg=_cfg(lanes=2))
+    p2.run(a, b)
+    assert p2.sa.ids() == p2.sb.ids() and ids[1] not in p2.sb.ids()
+    for bid in ids:
+        assert p2.sb.state(bid) in ("final", "dropped") and p2.sa.state(bid) == p2.sb.state(bid)

@@ -147,7 +147,7 @@ def _back_half_threads(deadline_s=5.0):
 
     t_end = time.monotonic() + deadline_s
     while True:
-        alive = [t.name for t in threading.enumerate() if t.name in ("qkdpost-blocks", "qkdpost-store")]
+        alive = [t.name for t in threading.enumerate() if t.name.startswith(("qkdpost-lane", "qkdpost-store"))]
         if not alive or time.monotonic() > t_end:
             return alive
 
@@ -161,7 +161,7 @@ def _fail_after_back_half_started(monkeypatch):
 
     def push(self, seg):
         out = orig(self, seg)
-        if self._worker is not None:
+        if self._workers:
             raise PeerDisconnected("simulated loss on the front thread")
         return out
 

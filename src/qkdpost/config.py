@@ -56,6 +56,10 @@ __all__ = [
 ]
 
 
+# Most back-half lanes Bob may run (Alice keeps state per lane; the bound caps what a peer can make her hold).
+MAX_LANES = 16
+
+
 def _check(cond: bool, name: str, value: Any, constraint: str, fix: str = "") -> None:
     if not cond:
         msg = f"{name}={value!r}: {constraint}"
@@ -325,6 +329,11 @@ class PipelineConfig:
         Blocks reconciled together (one round trip covers all of them).
     workers : int
         Threads for the per-block stages (Numba kernels release the GIL).
+    lanes : int
+        Batches in the back half at once when ``workers`` > 1, each in its
+        own thread (its messages carry a lane number), so error correction
+        of one batch runs on the second core while another batch waits for
+        the channel. Bob's own setting; Alice follows whatever lanes he uses.
     seed : int
         Seed of the public randomness for simulation and tests; -1 (the
         default) means the OS CSPRNG, which production runs must use.
@@ -333,6 +342,7 @@ class PipelineConfig:
     block_bits: int = 1 << 20
     batch_blocks: int = 1
     workers: int = 2
+    lanes: int = 2
     seed: int = -1
 
     def __post_init__(self) -> None:
@@ -340,6 +350,7 @@ class PipelineConfig:
                "must be in [1024, 10^8]", "use e.g. 1048576")
         _check(1 <= self.batch_blocks <= 256, "batch_blocks", self.batch_blocks, "must be in [1, 256]")
         _check(1 <= self.workers <= 64, "workers", self.workers, "must be in [1, 64]")
+        _check(1 <= self.lanes <= MAX_LANES, "lanes", self.lanes, f"must be in [1, {MAX_LANES}]")
         _check(self.seed >= -1, "seed", self.seed, "must be -1 (OS CSPRNG) or a non-negative int")
 
 

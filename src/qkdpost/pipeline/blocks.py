@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 import numpy as np
 
@@ -194,7 +195,8 @@ class BobBlocks:
         return {"commit": commit, "abort": abort}
 
     # -- one batch -----------------------------------------------------------
-    def process(self, batch: list[SiftedBlock], *, defer_store: bool = False) -> Any:
+    def process(self, batch: list[SiftedBlock], *, defer_store: bool = False,
+                turn: ContextManager[Any] | None = None) -> Any:
         """Run a batch of blocks through reconcile → … → store.
 
         Returns one (record, Bob's final key or None) per block. Channel
@@ -203,7 +205,9 @@ class BobBlocks:
         reconnect and go on with the next block. With ``defer_store`` the
         batch stops after amplification and a :class:`StoreJob` is returned
         for :meth:`store_batch` (run by another thread, so the store's fsyncs
-        overlap the next batch's computation).
+        overlap the next batch's computation). ``turn`` is entered around the
+        ``pipe.batch`` announcement (lanes announce their batches in stream
+        order, the order Alice reads her key bits in).
         """
         clock = _Clock(self.channel)
         recs = {
@@ -222,7 +226,7 @@ class BobBlocks:
                     self.store.mark_dropped(b.block_id, reason)
 
         try:
-            job = self._stages(batch, recs, clock, drop)
+            job = self._stages(batch, recs, clock, drop, turn if turn is not None else nullcontext())
         except (ChannelError, ProtocolError) as exc:
             self._fail(batch, recs, exc, self.channel)
             self._finish(batch, recs, {}, clock)
@@ -230,7 +234,7 @@ class BobBlocks:
         return self._handoff(job, defer_store)
 
     def _stages(self, batch: list[SiftedBlock], recs: dict[str, BlockRecord], clock: "_Clock",
-                drop: Callable[..., None]) -> "StoreJob":
+                drop: Callable[..., None], turn: ContextManager[Any]) -> "StoreJob":
         """Skip/journal, reconcile, verify, length, amplify; returns the store job."""
         cfg = self.cfg
         live = list(batch)
@@ -247,7 +251,7 @@ class BobBlocks:
         qs = [b.qber_estimate for b in live if np.isfinite(b.qber_estimate)]
         qber = max([cfg.reconcile.ec_qber_floor] + qs)
         method = _choose_method(cfg, qber)
-        with clock("reconcile"):
+        with clock("reconcile"), turn:
             reply = self.channel.request("pipe.batch", {
                 "ids": " ".join(b.block_id for b in live),
                 "starts": np.array([b.start for b in live], dtype=np.int64),

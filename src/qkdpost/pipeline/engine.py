@@ -19,25 +19,28 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from .. import __version__
 from ..channel import Channel
-from ..config import Config
+from ..config import MAX_LANES, Config
 from ..errors import ConfigError, ProtocolError, QkdpostError
 from ..keystore import KeyBlock, KeyStore
 from ..report import Report
 from .blocks import AliceBlocks, BobBlocks, SiftedBlock, block_id
 from .segments import BlockCutter, KeyBuffer, Segment, qber_from_stats
-from .stages import StageKit
+from .stages import StageKit, default_kit
 
 __all__ = ["BobEngine", "AliceEngine", "shared_config", "make_run_id", "PROTOCOL"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: back-half lanes (LANE_FIELD)
+# Request field naming the back-half lane a message belongs to (absent: lane 0).
+LANE_FIELD = "_lane"
 # Settings both parties must share (the rest, e.g. workers, timeouts, chunk
 # sizes, are each party's own business).
 _SHARED = ("sift", "estimate", "reconcile", "verify", "finitekey", "amplify")
@@ -93,27 +96,33 @@ def claim_capture(store: KeyStore, alice_stream: str, bob_stream: str, cfg: Conf
 
 
 class SharedChannel:
-    """One channel used by two threads, one request at a time.
+    """One channel used by several threads, one request at a time.
 
     :meth:`view` gives each thread its own :class:`Channel` whose ``stats``
     count only that thread's traffic (the inner channel counts the total).
+    A view of back-half lane ``i > 0`` adds the field ``_lane = i`` to every
+    request, so Alice answers it with that lane's state; lane 0 (and the
+    front half) add nothing.
     """
 
     def __init__(self, inner: Channel):
         self.inner = inner
         self.lock = threading.Lock()
 
-    def view(self) -> Channel:
-        return _ChannelView(self)
+    def view(self, lane: int = 0) -> Channel:
+        return _ChannelView(self, lane)
 
 
 class _ChannelView(Channel):
-    def __init__(self, shared: SharedChannel):
+    def __init__(self, shared: SharedChannel, lane: int = 0):
         super().__init__()
         self._shared = shared
+        self._lane = lane
 
     def request(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
         sh = self._shared
+        if self._lane:
+            body = {**body, LANE_FIELD: self._lane}
         with sh.lock:
             st = sh.inner.stats
             s0, r0 = st.bytes_sent, st.bytes_received
@@ -123,6 +132,36 @@ class _ChannelView(Channel):
 
     def close(self) -> None:
         self._shared.inner.close()
+
+
+class _Turns:
+    """Hands out turns in sequence order: lane threads announce their batches
+    (``pipe.batch``) in the order the front half cut them, which is the order
+    Alice reads her key bits in. Every sequence number must be marked
+    :meth:`done` once (announced, skipped or failed), or later ones wait.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._next = 0
+        self._done: set[int] = set()
+
+    @contextmanager
+    def turn(self, seq: int) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: self._next >= seq)
+        try:
+            yield
+        finally:
+            self.done(seq)
+
+    def done(self, seq: int) -> None:
+        with self._cv:
+            self._done.add(seq)
+            while self._next in self._done:
+                self._done.discard(self._next)
+                self._next += 1
+            self._cv.notify_all()
 
 
 class BobEngine:
@@ -146,25 +185,29 @@ class BobEngine:
         self.store = store
         self.report = report
         self.stream_id = stream_id
-        self.kit = kit
+        self.kit = kit if kit is not None else default_kit()  # one kit for every lane (one permutation seed)
         self.run_info = dict(run_info or {})
         self.cutter = BlockCutter(cfg.pipeline.block_bits)
         self.run_id = ""
         self._index = 0
         self._queue: list[SiftedBlock] = []
-        self.blocks: BobBlocks | None = None
-        # workers > 1: the back half runs in its own thread (Numba kernels release
-        # the GIL), overlapping the front half; both share the channel, one
-        # request at a time, each with its own traffic counters.
+        self.blocks: BobBlocks | None = None  # lane 0 (the only one without threads)
+        self.lanes: list[BobBlocks] = []
+        # workers > 1: the back half runs in `lanes` threads of its own (Numba
+        # kernels release the GIL), overlapping the front half and each other,
+        # plus one store thread; all share the channel, one request at a time,
+        # each with its own traffic counters.
         self.threaded = cfg.pipeline.workers > 1
+        self.n_lanes = cfg.pipeline.lanes if self.threaded else 1
         self._shared = SharedChannel(channel)
         self.front_channel: Channel = self._shared.view() if self.threaded else channel
-        self._back_channel: Channel = self._shared.view() if self.threaded else channel
-        self._store_channel: Channel = self._shared.view() if self.threaded else channel
-        self._work: queue.Queue[list[SiftedBlock] | None] = queue.Queue(maxsize=2)
+        self._work: queue.Queue[tuple[int, list[SiftedBlock]] | None] = queue.Queue(maxsize=2)
         self._stores: queue.Queue[Any] = queue.Queue(maxsize=2)
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._storer: threading.Thread | None = None
+        self._turns = _Turns()
+        self._seq = 0  # next batch's sequence number
+        self._stored = 0  # batches handed to the store, in sequence order
         self._done: list[KeyBlock] = []
         self._done_lock = threading.Lock()
         self._error: BaseException | None = None
@@ -183,8 +226,12 @@ class BobEngine:
         info = dict(self.run_info, run_id=self.run_id, alice_stream=reply["alice_stream"],
                     bob_stream=self.stream_id)
         self.report.info.update(run_id=self.run_id)
-        self.blocks = BobBlocks(self.cfg, self._back_channel, self.store, self.report, info, kit=self.kit,
-                                store_channel=self._store_channel)
+        for lane in range(self.n_lanes):
+            back, stores = (self._shared.view(lane), self._shared.view(lane)) if self.threaded else (
+                self.channel, self.channel)
+            self.lanes.append(BobBlocks(self.cfg, back, self.store, self.report, info, kit=self.kit,
+                                        store_channel=stores))
+        self.blocks = self.lanes[0]
         self.blocks.recover()
         self.report.add_time("store", time.perf_counter() - t0)
         return self.run_id
@@ -214,10 +261,11 @@ class BobEngine:
 
     def drain(self) -> None:
         """Wait until the back-half threads have processed everything handed to them."""
-        if self._worker is not None:
+        for _ in self._workers:
             self._work.put(None)
-            self._worker.join()
-            self._worker = None
+        for t in self._workers:
+            t.join()
+        self._workers = []
         if self._storer is not None:
             self._storer.join()
             self._storer = None
@@ -229,7 +277,7 @@ class BobEngine:
         amplified is dropped by the store thread, and both threads end, so a
         failed session leaves no thread blocked on its queues.
         """
-        if self._worker is None and self._storer is None:
+        if not self._workers and self._storer is None:
             return
         if self._error is None:
             self._error = exc
@@ -242,64 +290,91 @@ class BobEngine:
         if not self.threaded:
             return self._run(batch)
         self._raise_pending()
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work_loop, name="qkdpost-blocks", daemon=True)
-            self._storer = threading.Thread(target=self._store_loop, name="qkdpost-store", daemon=True)
-            self._worker.start()
+        if not self._workers:
+            self._workers = [threading.Thread(target=self._work_loop, args=(lane,), name=f"qkdpost-lane{lane}",
+                                              daemon=True) for lane in range(self.n_lanes)]
+            self._storer = threading.Thread(target=self._store_loop, args=(len(self._workers),),
+                                            name="qkdpost-store", daemon=True)
+            for t in self._workers:
+                t.start()
             self._storer.start()
+        item = (self._seq, batch)
         while True:  # bounded queue: back-pressure keeps memory at a few blocks
             try:
-                self._work.put(batch, timeout=0.2)
+                self._work.put(item, timeout=0.2)
+                self._seq += 1
                 return []
             except queue.Full:
                 self._raise_pending()
 
-    def _work_loop(self) -> None:
-        """Thread 1: reconcile, verify, length, amplify; hands each batch to the store thread."""
+    def _work_loop(self, lane: int) -> None:
+        """Lane threads: reconcile, verify, length, amplify; each batch goes on to the store thread."""
+        blocks = self.lanes[lane]
         try:
             while True:
-                batch = self._work.get()
-                if batch is None:
+                item = self._work.get()
+                if item is None:
                     return
-                if self._error is not None:
-                    continue  # a failed session: the rest is never started (so never journaled)
+                seq, batch = item
+                job = None
                 try:
-                    job = self.blocks.process(batch, defer_store=True)  # type: ignore[union-attr]
+                    # a failed session: the rest is never started (so never journaled)
+                    if self._error is None:
+                        job = blocks.process(batch, defer_store=True, turn=self._turns.turn(seq))
                 except BaseException as exc:  # handed to the front thread
-                    self._error = exc
-                    continue
-                self._stores.put(job)
+                    if self._error is None:
+                        self._error = exc
+                finally:
+                    self._turns.done(seq)  # also when skipped or failed before its announcement
+                    self._stores.put((seq, lane, job))
         finally:
             self._stores.put(None)
 
-    def _store_loop(self) -> None:
-        """Thread 2: the two-phase store (fsync-bound), overlapping thread 1's next batch."""
-        while True:
-            job = self._stores.get()
-            if job is None:
-                return
-            if self._error is not None:
-                # the session failed: this batch was amplified but never stored; its
-                # blocks are started (journaled) and will be skipped, never reprocessed
-                for bid, _, _ in job.items:
-                    job.recs[bid].status, job.recs[bid].reason = "dropped", "peer_disconnected"
-                    if self.store.state(bid) == "started":
-                        self.store.mark_dropped(bid, "peer_disconnected")
-                self.blocks._finish(job.batch, job.recs, {}, job.clock)  # type: ignore[union-attr]
+    def _store_loop(self, lanes: int) -> None:
+        """The two-phase store (fsync-bound), in batch order, overlapping the lanes' next batches.
+
+        Ends once each of the ``lanes`` threads has said it ended.
+        """
+        ready: dict[int, tuple[int, Any]] = {}
+        ends = 0
+        while ends < lanes:
+            item = self._stores.get()
+            if item is None:
+                ends += 1
                 continue
-            try:
-                keys = self.blocks.store_batch(job)  # type: ignore[union-attr]
-            except BaseException as exc:
+            seq, lane, job = item
+            ready[seq] = (lane, job)
+            while self._stored in ready:  # keys reach the store in the order the blocks were cut
+                lane, job = ready.pop(self._stored)
+                self._stored += 1
+                if job is not None:
+                    self._store_job(self.lanes[lane], job)
+
+    def _store_job(self, blocks: BobBlocks, job: Any) -> None:
+        if self._error is not None:
+            # the session failed: this batch was amplified but never stored; its
+            # blocks are started (journaled) and will be skipped, never reprocessed
+            for bid, _, _ in job.items:
+                job.recs[bid].status, job.recs[bid].reason = "dropped", "peer_disconnected"
+                if self.store.state(bid) == "started":
+                    self.store.mark_dropped(bid, "peer_disconnected")
+            blocks._finish(job.batch, job.recs, {}, job.clock)
+            return
+        try:
+            keys = blocks.store_batch(job)
+        except BaseException as exc:
+            if self._error is None:
                 self._error = exc
-                continue
-            with self._done_lock:
-                self._done.extend(KeyBlock(rec.block_id, key, self.store.meta(rec.block_id))
-                                  for rec, key in keys if key is not None)
+            return
+        with self._done_lock:
+            self._done.extend(KeyBlock(rec.block_id, key, self.store.meta(rec.block_id))
+                              for rec, key in keys if key is not None)
 
     def _raise_pending(self) -> None:
         if self._error is not None:
-            err, self._error = self._error, None
-            self.drain()
+            err = self._error
+            self.drain()  # with the error still set, the lanes start no further batch
+            self._error = None
             raise err
 
     def _collect(self) -> list[KeyBlock]:
@@ -355,9 +430,14 @@ class AliceEngine:
         self.stream_id = stream_id
         self.buffer = KeyBuffer()
         self.pull = pull
-        self.blocks = AliceBlocks(cfg, store, report, self._key_bits, kit=kit)
-        self._static = {"pipe.hello": self._hello, **self.blocks.handlers(), **dict(extra_handlers or {})}
-        self._lock = threading.RLock()  # Bob's two threads may call in turn (loopback)
+        self._kit = kit if kit is not None else default_kit()
+        self.blocks = AliceBlocks(cfg, store, report, self._key_bits, kit=self._kit)  # lane 0
+        # one back-half state per lane Bob uses, made on first use; lanes share
+        # the store, the report and the list of committed keys (commit order)
+        self.lanes: dict[int, tuple[AliceBlocks, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]]] = {
+            0: (self.blocks, self.blocks.handlers())}
+        self._static = {"pipe.hello": self._hello, **dict(extra_handlers or {})}
+        self._lock = threading.RLock()  # Bob's threads may call in turn (loopback)
         self.run_id = ""
         self.hello_done = False
 
@@ -402,10 +482,20 @@ class AliceEngine:
         with self._lock:
             return self._handle(kind, body)
 
+    def _lane(self, body: dict[str, Any]) -> tuple[AliceBlocks, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]]:
+        lane = body.pop(LANE_FIELD, 0)
+        if type(lane) is not int or not 0 <= lane < MAX_LANES:
+            raise ProtocolError(f"{LANE_FIELD}={lane!r}: a back-half lane must be an int in 0..{MAX_LANES - 1}")
+        got = self.lanes.get(lane)
+        if got is None:
+            blocks = AliceBlocks(self.cfg, self.store, self.report, self._key_bits, kit=self._kit)
+            blocks.finished = self.blocks.finished
+            got = self.lanes[lane] = (blocks, blocks.handlers())
+        return got
+
     def _handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        fn = self._static.get(kind)
-        if fn is None:
-            fn = self.blocks.route(kind)
+        blocks, handlers = self._lane(body)
+        fn = self._static.get(kind) or handlers.get(kind) or blocks.route(kind)
         if fn is None:
             raise ProtocolError(f"no handler for message kind {kind!r} at this point of the session")
         if not self.hello_done and kind != "pipe.hello":
@@ -418,7 +508,8 @@ class AliceEngine:
             raise ProtocolError(f"Alice could not answer {kind!r}: {type(exc).__name__}: {exc}") from exc
 
     def abandon(self, reason: str) -> None:
-        self.blocks.abandon(reason)
+        for blocks, _ in self.lanes.values():
+            blocks.abandon(reason)
 
     def take_finished(self) -> list[KeyBlock]:
         out = [KeyBlock(bid, key, self.store.meta(bid)) for bid, key in self.blocks.finished]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -76,6 +77,7 @@ class QkdpostKit(StageKit):
 
     def __init__(self) -> None:
         self._cascade_seed: int | None = None
+        self._seed_lock = threading.Lock()  # back-half lanes share the kit: one seed, drawn once
 
     # -- reconciliation -------------------------------------------------------------
     def reconcile_alice(self, method: str, frames: Mapping[str, np.ndarray], cfg: Config) -> dict[str, Handler]:
@@ -104,9 +106,10 @@ class QkdpostKit(StageKit):
 
             bob = CascadeBob(CascadeConfig(preset=cfg.reconcile.cascade_preset))
             if seed is None:
-                if self._cascade_seed is None:
-                    self._cascade_seed = secrets.randbits(64)  # public; OS CSPRNG
-                seed = self._cascade_seed
+                with self._seed_lock:
+                    if self._cascade_seed is None:
+                        self._cascade_seed = secrets.randbits(64)  # public; OS CSPRNG
+                    seed = self._cascade_seed
             return bob.run(channel, fids, bits, qber, seed=seed)
         if method == "ldpc":
             return self._ldpc_bob(channel, fids, bits, qber, seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,19 +141,26 @@ class Report:
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.wall_s = 0.0
+        self._lock = threading.RLock()  # back-half lanes and the store thread add records concurrently
 
     def add_time(self, stage: str, seconds: float, round_trips: int = 0, nbytes: int = 0) -> None:
+        with self._lock:
+            self._add_time(stage, seconds, round_trips, nbytes)
+
+    def _add_time(self, stage: str, seconds: float, round_trips: int, nbytes: int) -> None:
         self.stage_time_s[stage] = self.stage_time_s.get(stage, 0.0) + seconds
         self.stage_round_trips[stage] = self.stage_round_trips.get(stage, 0) + round_trips
         self.stage_bytes[stage] = self.stage_bytes.get(stage, 0) + nbytes
 
     def add_count(self, name: str, value: int) -> None:
-        self.counts[name] = self.counts.get(name, 0) + int(value)
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + int(value)
 
     def add_block(self, rec: BlockRecord) -> None:
-        self.blocks.append(rec)
-        for stage, s in rec.times_s.items():
-            self.add_time(stage, s, rec.round_trips.get(stage, 0), rec.bytes.get(stage, 0))
+        with self._lock:
+            self.blocks.append(rec)
+            for stage, s in rec.times_s.items():
+                self._add_time(stage, s, rec.round_trips.get(stage, 0), rec.bytes.get(stage, 0))
 
     def finish(self) -> None:
         self.wall_s = time.perf_counter() - self._t0
