@@ -73,10 +73,20 @@ class QkdpostKit(StageKit):
     only on (seed, block length), so the kit draws one permutation seed per
     session (OS CSPRNG) and both parties' permutation caches are reused from
     block to block instead of being rebuilt for every batch.
+
+    Parameters
+    ----------
+    cascade_seed : int, optional
+        A fixed public permutation seed instead of one drawn per session
+        (e.g. a benchmark of the steady state of a long session, whose
+        permutations are built once). The error pattern, not the
+        permutations, must be fresh; reusing them is safe (docs/cascade.md).
     """
 
-    def __init__(self) -> None:
-        self._cascade_seed: int | None = None
+    def __init__(self, cascade_seed: int | None = None) -> None:
+        if cascade_seed is not None and not (isinstance(cascade_seed, int) and 0 <= cascade_seed < 2**64):
+            raise InputError(f"cascade_seed={cascade_seed!r}: must be an int in 0..2^64-1, or None")
+        self._cascade_seed: int | None = cascade_seed
         self._seed_lock = threading.Lock()  # back-half lanes share the kit: one seed, drawn once
 
     # -- reconciliation -------------------------------------------------------------
