@@ -205,8 +205,8 @@ class LdpcBob:
     Parameters
     ----------
     f_start : float, optional
-        Target efficiency of the first attempt (default by code length,
-        :data:`adapt.DEFAULT_F_START`).
+        Target efficiency of the first attempt (default by code length and
+        mother-code rate, :func:`adapt.default_f_start`).
     f_step : float, optional
         Efficiency added per blind round (positions revealed per round =
         round(f_step * n_key * h(qber))); default by code length,
