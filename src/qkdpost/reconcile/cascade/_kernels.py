@@ -30,8 +30,12 @@ Per-frame scalars live in ``st`` (int64, shape (N, NST)), columns ``S_*``.
 ``kpos[f, 0]`` is a bitset over positions Bob knows to be correct (a known
 leaf, a corrected bit, or peeled); ``kpos[f, 1]`` is scratch for scheduling.
 The pending list ``pend[f, :st[f, S_NPEND]]`` holds candidate frontier odd
-nodes; after ``bob_plan`` its first ``st[f, S_NSEL]`` entries are the nodes
-whose left half is asked this round.
+nodes, one row per node with its geometry cached next to its id (columns
+``P_V`` global node id, ``P_Q`` pass, ``P_S``/``P_E`` range in the pass's
+permuted order, ``P_H`` heap index in its block: the planner, the emitter and
+the absorber read it there instead of decoding the id again); after
+``bob_plan`` its first ``st[f, S_NSEL]`` rows are the nodes whose left half is
+asked this round.
 
 A party's bits travel as the tuple ``eng = (bits uint8[N, n], packed
 uint64[N, ceil(n/64)], pref uint64[N, P, ceil((n+1)/64)], snap int64[N, P],
@@ -65,6 +69,14 @@ S_TOPCOUNT = 11  # blocks asked when S_ACTION == 2
 S_ROUNDS = 12  # rounds in which the frame asked something
 S_INFERRED = 13  # parities Bob inferred instead of asking (counted, never sent)
 NST = 16
+
+# pending-list row columns: node id, pass, start, end, heap index within its block
+P_V, P_Q, P_S, P_E, P_H = 0, 1, 2, 3, 4
+NPCOL = 5
+# planner scratch columns (``scr`` int64[cap, NSCR]): a copy of the pending rows,
+# then each row's level, the level order, the selection flag
+SC_LV, SC_ORD, SC_SEL = NPCOL, NPCOL + 1, NPCOL + 2
+NSCR = NPCOL + 3
 
 # config entries
 C_PASSES, C_CLEAN_STOP, C_CLEAN_FROM, C_SLACK, C_MAXROUNDS, C_LOCAL = 0, 1, 2, 3, 4, 5
@@ -387,7 +399,8 @@ def node_locate(v, geo, n):
 
 
 @kernel(inline="always")
-def _push(pend, st, f, v, tree):
+def _push(pend, st, f, v, q, s, e, h, tree):
+    """Queue node v (pass q, range [s, e), heap index h) unless it is queued already."""
     if _get(tree, f, 2, v) != 0:
         return  # already queued
     _set(tree, f, 2, v, True)
@@ -395,7 +408,11 @@ def _push(pend, st, f, v, tree):
     if c >= pend.shape[1]:
         st[f, S_DONE] = 2
         return
-    pend[f, c] = v
+    pend[f, c, P_V] = v
+    pend[f, c, P_Q] = q
+    pend[f, c, P_S] = s
+    pend[f, c, P_E] = e
+    pend[f, c, P_H] = h
     st[f, S_NPEND] = c + 1
 
 
@@ -442,6 +459,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
     flips = eng[4]
     n = bits.shape[1]
     stk = eng[5]  # scratch: position, flip flag, position, flip flag, ...
+    ninv = inv.shape[1]
     cap = stk.shape[0] // 2
     stk[0] = x0
     stk[1] = 1 if flip0 else 0
@@ -459,7 +477,14 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
             st[f, S_BTOT] ^= 1
         _kpos_set(kpos, f, x)
         for q in range(st[f, S_PASS]):
-            j = _pass_pos(pi, inv, q, x)
+            # bit x's place in pass q (as _pass_pos; written out here: a helper call
+            # with array arguments costs atomic reference counts per pass and bit)
+            if q == 0:
+                j = x
+            elif q < ninv:
+                j = np.int64(inv[x, q])
+            else:
+                j = np.int64(pi[1, q, x])
             if flip and q > 0:  # pass 0 reads the packed bits, no flip log
                 flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
             k = geo[G_K, q]
@@ -471,12 +496,14 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
             ds = -1
             de = -1
             dv = -1
+            dh = -1
             while _get(tree, f, 0, base + h) != 0:
                 if flip:
                     _toggle(tree, f, 1, base + h)
                 ds = s
                 de = e
                 dv = base + h
+                dh = h
                 if e - s == 1:
                     break
                 m = s + (e - s + 1) // 2
@@ -490,7 +517,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
                 continue
             odd = _get(tree, f, 1, dv)
             if flip and odd != 0:
-                _push(pend, st, f, dv, tree)
+                _push(pend, st, f, dv, q, ds, de, dh, tree)
             if 1 < de - ds <= PEEL_MAX and top < cap:
                 z = _single_unknown(kpos, pi, f, q, ds, de)
                 if z >= 0:
@@ -566,12 +593,12 @@ def _start_pass_locally(eng, tree, kpos, pend, st, pi, inv, geo, f):
     st[f, S_PASS] = q + 1
     st[f, S_INFERRED] += 1
     if d:
-        _push(pend, st, f, v, tree)
+        _push(pend, st, f, v, q, 0, n, 1, tree)
     _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, 0, n)
 
 
 @kernel()
-def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
+def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
     n = eng[0].shape[1]
     st[f, S_ACTION] = 0
     st[f, S_NSEL] = 0
@@ -580,27 +607,21 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
         if st[f, S_DONE] != 0:
             return
         # 1. compact the pending list to valid frontier odd nodes, deduplicated
-        #    (node geometry is cached in cq/cs/ce/ch for the steps below)
+        #    (each row carries its node's geometry, so no id is decoded here)
         npend = st[f, S_NPEND]
-        cq = np.empty(npend, dtype=np.int64)
-        cs = np.empty(npend, dtype=np.int64)
-        ce = np.empty(npend, dtype=np.int64)
-        ch = np.empty(npend, dtype=np.int64)
         w = 0
         for i in range(npend):
-            v = pend[f, i]
+            v = pend[f, i, P_V]
             if _get(tree, f, 0, v) == 0 or _get(tree, f, 1, v) == 0:
                 _set(tree, f, 2, v, False)
                 continue
-            q, s, e, h = node_locate(v, geo, n)
-            if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
+            # children of heap node h are 2h and 2h + 1, i.e. global ids v + h and v + h + 1
+            if pend[f, i, P_E] - pend[f, i, P_S] > 1 and _get(tree, f, 0, v + pend[f, i, P_H]) != 0:
                 _set(tree, f, 2, v, False)
                 continue  # has known children: not a frontier node any more
-            pend[f, w] = v
-            cq[w] = q
-            cs[w] = s
-            ce[w] = e
-            ch[w] = h
+            if w != i:
+                for c in range(NPCOL):
+                    pend[f, w, c] = pend[f, i, c]
             w += 1
         st[f, S_NPEND] = w
         if w == 0:
@@ -631,11 +652,11 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
         changed = False
         minlv = 1 << 40
         for i in range(w):
-            v = pend[f, i]
+            v = pend[f, i, P_V]
             if _get(tree, f, 1, v) == 0:
                 continue  # an earlier flip in this loop made it even
-            q, s, e, h = cq[i], cs[i], ce[i], ch[i]
-            if e - s > 1 and _get(tree, f, 0, v - h + 2 * h) != 0:
+            q, s, e, h = pend[f, i, P_Q], pend[f, i, P_S], pend[f, i, P_E], pend[f, i, P_H]
+            if e - s > 1 and _get(tree, f, 0, v + h) != 0:
                 continue
             if e - s == 1:
                 _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, pi[0, q, s], True)
@@ -648,14 +669,14 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
                 rk = _all_known(kpos, pi, f, q, m, e)
                 if lk or rk:
                     dl = np.uint64(0) if lk else dv
-                    vl = v - h + 2 * h
+                    vl = v + h
                     _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
                     _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
                     st[f, S_INFERRED] += 1
                     if dl:
-                        _push(pend, st, f, vl, tree)
+                        _push(pend, st, f, vl, q, s, m, 2 * h, tree)
                     else:
-                        _push(pend, st, f, vl + 1, tree)
+                        _push(pend, st, f, vl + 1, q, m, e, 2 * h + 1, tree)
                     _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl, q, s, m)
                     _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl + 1, q, m, e)
                     changed = True
@@ -671,29 +692,31 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
         #    correction there could make its search pointless). Larger nodes
         #    wait until they are within `slack` levels of the smallest pending.
         lim = minlv + cfg[C_SLACK]
-        tmp = pend[f, :w].copy()
-        lvs = np.empty(w, dtype=np.int64)
+        # scr rows: a copy of the pending rows, their levels, the order, the selection
+        # (one caller-owned buffer, no allocation per frame and round)
         for i in range(w):
-            lvs[i] = _level(ce[i] - cs[i])
+            for c in range(NPCOL):
+                scr[i, c] = pend[f, i, c]
+            scr[i, SC_LV] = _level(pend[f, i, P_E] - pend[f, i, P_S])
+            scr[i, SC_SEL] = 0
         # stable counting sort by level (levels < 64): the order of a stable argsort
         cnt = np.zeros(65, dtype=np.int64)
         for i in range(w):
-            cnt[lvs[i] + 1] += 1
+            cnt[scr[i, SC_LV] + 1] += 1
         for lv in range(64):
             cnt[lv + 1] += cnt[lv]
-        order = np.empty(w, dtype=np.int64)
         for i in range(w):
-            order[cnt[lvs[i]]] = i
-            cnt[lvs[i]] += 1
-        sel = np.zeros(w, dtype=np.bool_)
+            lv = scr[i, SC_LV]
+            scr[cnt[lv], SC_ORD] = i
+            cnt[lv] += 1
         a = 0
         marked = 0
         for t in range(w):
-            i = order[t]
-            q, s, e = cq[i], cs[i], ce[i]
+            i = scr[t, SC_ORD]
+            q, s, e = scr[i, P_Q], scr[i, P_S], scr[i, P_E]
             if e - s > cfg[C_LOCAL]:
-                if lvs[i] <= lim:
-                    sel[i] = True
+                if scr[i, SC_LV] <= lim:
+                    scr[i, SC_SEL] = 1
                 continue
             marked += e - s
             if q == 0:
@@ -709,16 +732,19 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
                         clash = True
                     kpos[f, 1, y >> 6] = wd | m
             if not clash:
-                sel[i] = True
+                scr[i, SC_SEL] = 1
+        # selected rows first (in pending order), then the others
         for i in range(w):
-            if sel[i]:
-                pend[f, a] = tmp[i]
+            if scr[i, SC_SEL]:
+                for c in range(NPCOL):
+                    pend[f, a, c] = scr[i, c]
                 a += 1
-        c = a
+        b = a
         for i in range(w):
-            if not sel[i]:
-                pend[f, c] = tmp[i]
-                c += 1
+            if not scr[i, SC_SEL]:
+                for c in range(NPCOL):
+                    pend[f, b, c] = scr[i, c]
+                b += 1
         # clear the scratch marks: word by word when there are many (a
         # sequential sweep of n/64 words beats one random store per position)
         nw = kpos.shape[2]
@@ -727,7 +753,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
                 kpos[f, 1, wi] = np.uint64(0)
         else:
             for i in range(w):
-                q, s, e = cq[i], cs[i], ce[i]
+                q, s, e = scr[i, P_Q], scr[i, P_S], scr[i, P_E]
                 if e - s <= cfg[C_LOCAL]:
                     for j in range(s, e):
                         y = pi[0, q, j]
@@ -739,7 +765,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
 
 
 @kernel()
-def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg):
+def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, scr):
     """Advance every running frame to the point where it must ask Alice something.
 
     Applies pending flips (leaves) and free inferences, drops stale pending
@@ -748,20 +774,21 @@ def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg):
     within ``cfg[C_SLACK]`` tree levels of the smallest, or else the
     top-level parities of the next pass. Sets ``st[f, S_ACTION]``;
     ``st[f, S_DONE]`` becomes 1 when the frame is finished, 2 if it had to
-    be given up (pending list full, round cap, no progress).
+    be given up (pending list full, round cap, no progress). ``scr`` is the
+    planner's scratch, int64[pend.shape[1], NSCR].
     """
     for f in range(st.shape[0]):
-        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
+        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
 
 
 @kernel()
-def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f):
+def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
     if st[f, S_DONE] == 0:
         if st[f, S_ROUNDS] >= cfg[C_MAXROUNDS]:
             st[f, S_DONE] = 2
             st[f, S_ACTION] = 0
             return
-        _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
+        _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
     else:
         st[f, S_ACTION] = 0
 
@@ -779,15 +806,15 @@ def bob_emit(pend, st, geo, n, roff, out):
             continue
         o = roff[f]
         for i in range(st[f, S_NSEL]):
-            q, s, e, h = node_locate(pend[f, i], geo, n)
+            s = pend[f, i, P_S]
             out[o + i, 0] = f
-            out[o + i, 1] = q
+            out[o + i, 1] = pend[f, i, P_Q]
             out[o + i, 2] = s
-            out[o + i, 3] = s + (e - s + 1) // 2
+            out[o + i, 3] = s + (pend[f, i, P_E] - s + 1) // 2
 
 
 @kernel()
-def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, masks, maskk):
+def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, masks, maskk, scr):
     """Take in Alice's parities for this round's requests, then plan each frame's next round.
 
     ``par`` holds every parity of the round (uint8 0/1); frame f's range
@@ -804,7 +831,7 @@ def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, mas
     for f in range(st.shape[0]):
         if st[f, S_ACTION] != 0:
             _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk, f)
-        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f)
+        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
 
 
 @kernel()
@@ -817,18 +844,18 @@ def _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, mas
         o = offs[0, f]
         nsel = st[f, S_NSEL]
         for i in range(nsel):
-            v = pend[f, i]
-            q, s, e, h = node_locate(v, geo, n)
+            v = pend[f, i, P_V]
+            q, s, e, h = pend[f, i, P_Q], pend[f, i, P_S], pend[f, i, P_E], pend[f, i, P_H]
             m = s + (e - s + 1) // 2
             dl = np.uint64(par[o + i] ^ _par_range(eng, pi, f, q, s, m, True))
             dv = _get(tree, f, 1, v)
-            vl = v - h + 2 * h
+            vl = v + h
             _mark_known(tree, kpos, pi, f, vl, q, s, m, dl)
             _mark_known(tree, kpos, pi, f, vl + 1, q, m, e, dl ^ dv)
             if dl:
-                _push(pend, st, f, vl, tree)
+                _push(pend, st, f, vl, q, s, m, 2 * h, tree)
             if dl ^ dv:
-                _push(pend, st, f, vl + 1, tree)
+                _push(pend, st, f, vl + 1, q, m, e, 2 * h + 1, tree)
             _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl, q, s, m)
             _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, vl + 1, q, m, e)
         st[f, S_LEAK] += nsel
@@ -866,7 +893,7 @@ def _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, mas
             v = geo[G_BASE, q] + b * geo[G_STRIDE, q] + 1
             _mark_known(tree, kpos, pi, f, v, q, s, e, d)
             if d:
-                _push(pend, st, f, v, tree)
+                _push(pend, st, f, v, q, s, e, 1, tree)
         st[f, S_PASS] = q + 1
         st[f, S_LEAK] += count
         if k <= PEEL_MAX:

@@ -416,7 +416,8 @@ class CascadeBob:
         )
         tree = _sparse_zeros((N, (M + 63) // 64, 3))
         kpos = np.zeros((N, 2, (n + 63) // 64), dtype=np.uint64)
-        pend = np.empty((N, n // 2 + 4096), dtype=np.int64)
+        pend = np.empty((N, n // 2 + 4096, K.NPCOL), dtype=np.int64)
+        scr = np.empty((n // 2 + 4096, K.NSCR), dtype=np.int64)  # planner scratch, reused by every frame
         st = np.zeros((N, K.NST), dtype=np.int64)
         kcfg = np.zeros(K.NCFG, dtype=np.int64)
         kcfg[K.C_PASSES] = P
@@ -445,10 +446,10 @@ class CascadeBob:
                     else:
                         break
                 if par is None:
-                    K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg)
+                    K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, scr)
                 else:
                     K.bob_absorb_plan(
-                        eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, par, offs, perms.masks, perms.maskk
+                        eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, par, offs, perms.masks, perms.maskk, scr
                     )
                 act = st[:, K.S_ACTION]
                 if not act.any():
