@@ -44,6 +44,7 @@ def kernel(
     parallel: bool = False,
     fastmath: bool = False,
     inline: str = "never",
+    nrt: bool = True,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Compile a function with qkdpost's Numba policy.
 
@@ -58,6 +59,12 @@ def kernel(
         Off by default; turn on only with a benchmark and an accuracy test.
     inline : {"never", "always"}
         Numba IR inlining for tiny helpers called from other kernels.
+    nrt : bool
+        Numba's reference-counted runtime. ``False`` compiles the kernel
+        without it (Numba's ``_nrt=False``): no atomic reference counts on
+        the arrays it passes to helpers, but it must not allocate, return or
+        store arrays, and every kernel it calls must be compiled the same
+        way. For allocation-free hot kernels whose helpers take many arrays.
     """
 
     def wrap(fn: Callable[..., Any]) -> Any:
@@ -69,6 +76,8 @@ def kernel(
             error_model="numpy",
             inline=inline,
         )
+        if not nrt:
+            opts["_nrt"] = False
         if signature is None:
             return numba.njit(**opts)(fn)
         return numba.njit(signature, **opts)(fn)
