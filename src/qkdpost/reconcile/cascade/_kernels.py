@@ -37,6 +37,11 @@ the absorber read it there instead of decoding the id again); after
 ``bob_plan`` its first ``st[f, S_NSEL]`` rows are the nodes whose left half is
 asked this round.
 
+Every kernel here is compiled without Numba's reference-counted runtime
+(``kernel(nrt=False)``): none allocates, and the helpers take many arrays, on
+which the runtime's atomic reference counts cost ~10 % of the run (perf).
+Scratch space is caller-owned.
+
 A party's bits travel as the tuple ``eng = (bits uint8[N, n], packed
 uint64[N, ceil(n/64)], pref uint64[N, P, ceil((n+1)/64)], snap int64[N, P],
 flips uint64[N, P, ceil(n/64)] (Bob) or [N, 1, 1] (Alice), scratch int64[.])``.
@@ -73,10 +78,11 @@ NST = 16
 # pending-list row columns: node id, pass, start, end, heap index within its block
 P_V, P_Q, P_S, P_E, P_H = 0, 1, 2, 3, 4
 NPCOL = 5
-# planner scratch columns (``scr`` int64[cap, NSCR]): a copy of the pending rows,
-# then each row's level, the level order, the selection flag
-SC_LV, SC_ORD, SC_SEL = NPCOL, NPCOL + 1, NPCOL + 2
-NSCR = NPCOL + 3
+# planner scratch columns (``scr`` int64[cap, NSCR], cap >= 65): a copy of the pending
+# rows, then each row's level, the level order, the selection flag, and the
+# counting sort's 65 counters (rows 0..64 of the last column)
+SC_LV, SC_ORD, SC_SEL, SC_CNT = NPCOL, NPCOL + 1, NPCOL + 2, NPCOL + 3
+NSCR = NPCOL + 4
 
 # config entries
 C_PASSES, C_CLEAN_STOP, C_CLEAN_FROM, C_SLACK, C_MAXROUNDS, C_LOCAL = 0, 1, 2, 3, 4, 5
@@ -98,7 +104,7 @@ _ONE = np.uint64(1)
 # shared randomness: permutations from the agreed seed
 
 
-@kernel()
+@kernel(nrt=False)
 def _splitmix64(state):
     """One SplitMix64 step (Steele, Lea, Flood, OOPSLA 2014, doi:10.1145/2660193.2660195).
 
@@ -113,7 +119,7 @@ def _splitmix64(state):
     return state, z
 
 
-@kernel()
+@kernel(nrt=False)
 def fill_permutation(seed, q, out):
     """Fisher-Yates shuffle (Knuth TAOCP vol. 2, Alg. 3.4.2P) of ``out`` = 0..n-1.
 
@@ -142,21 +148,21 @@ def fill_permutation(seed, q, out):
         out[j] = t
 
 
-@kernel()
+@kernel(nrt=False)
 def fill_inverse(perm, out):
     """out[perm[j]] = j."""
     for j in range(perm.shape[0]):
         out[perm[j]] = j
 
 
-@kernel()
+@kernel(nrt=False)
 def fill_inverse_column(perm, inv, q):
     """inv[perm[j], q] = j: column q of Bob's position-major inverse table."""
     for j in range(perm.shape[0]):
         inv[perm[j], q] = j
 
 
-@kernel()
+@kernel(nrt=False)
 def _pass_pos(pi, inv, q, x):
     """Position of bit x in the permuted order of pass q.
 
@@ -176,7 +182,7 @@ def _pass_pos(pi, inv, q, x):
 # Alice: parities of ranges of her own bits (she never sees Bob's)
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _word_parity(x):
     x ^= x >> np.uint64(32)
     x ^= x >> np.uint64(16)
@@ -187,7 +193,7 @@ def _word_parity(x):
     return np.uint8(x & _ONE)
 
 
-@kernel()
+@kernel(nrt=False)
 def _build_prefix(packed, perm, pref, f, q):
     """pref[f, q] bit j = parity of bits[f, perm[q, 0..j-1]] for j = 0..n (one gather pass).
 
@@ -209,18 +215,18 @@ def _build_prefix(packed, perm, pref, f, q):
     pref[f, q, n >> 6] = word
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _prefix_bit(pref, f, q, j):
     return np.uint8((pref[f, q, j >> 6] >> np.uint64(j & 63)) & _ONE)
 
 
-@kernel()
+@kernel(nrt=False)
 def _bitset_range_parity(arr, f, q, s, e):
     """Parity of bits s..e-1 of the bitset ``arr[f, q]`` (uint64 words, LSB first)."""
     return _words_range_parity(arr[f, q], s, e)
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _words_range_parity(words, s, e):
     """Parity of bits s..e-1 of the bitset ``words`` (uint64[W], LSB first); O((e - s) / 64)."""
     if e <= s:
@@ -242,7 +248,7 @@ def _words_range_parity(words, s, e):
     return _word_parity(x ^ last)
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _par_range(eng, pi, f, q, s, e, track):
     """Parity of ``bits[f, perm[q, s:e]]`` (a party's current bits, permuted order of pass q).
 
@@ -273,7 +279,7 @@ def _par_range(eng, pi, f, q, s, e, track):
     return p
 
 
-@kernel()
+@kernel(nrt=False)
 def _par_block0(eng, masks, f, q):
     """Parity of block 0 of pass q through its packed membership mask (O(n/64))."""
     packed = eng[1]
@@ -283,7 +289,7 @@ def _par_block0(eng, masks, f, q):
     return _word_parity(x)
 
 
-@kernel()
+@kernel(nrt=False)
 def alice_range_parities(eng, pi, qf, qq, qs, qe, out):
     """Parity of Alice's bits ``abits[qf[i], perm[qq[i], j]]`` for j in [qs[i], qe[i]).
 
@@ -302,7 +308,7 @@ def alice_range_parities(eng, pi, qf, qq, qs, qe, out):
         out[i] = _par_range(eng, pi, qf[i], qq[i], qs[i], qe[i], False)
 
 
-@kernel()
+@kernel(nrt=False)
 def alice_block_parities(eng, pi, masks, maskk, treq, toff, out):
     """Top-level parities: blocks 0..c-1 of size k in pass q of frame f.
 
@@ -326,7 +332,7 @@ def alice_block_parities(eng, pi, masks, maskk, treq, toff, out):
             out[o + b] = _par_range(eng, pi, f, q, s, min(s + k, n), False)
 
 
-@kernel()
+@kernel(nrt=False)
 def fill_block0_mask(perm, k, out):
     """out = packed membership bitset of perm[0:k] (block 0 of the pass)."""
     for w in range(out.shape[0]):
@@ -340,12 +346,12 @@ def fill_block0_mask(perm, k, out):
 # Bob: bitset helpers and tree walking
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _get(tree, f, r, i):
     return (tree[f, i >> 6, r] >> np.uint64(i & 63)) & _ONE
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _set(tree, f, r, i, v):
     w = i >> 6
     m = _ONE << np.uint64(i & 63)
@@ -355,22 +361,22 @@ def _set(tree, f, r, i, v):
         tree[f, w, r] &= ~m
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _toggle(tree, f, r, i):
     tree[f, i >> 6, r] ^= _ONE << np.uint64(i & 63)
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _kpos_get(kpos, f, x):
     return (kpos[f, 0, x >> 6] >> np.uint64(x & 63)) & _ONE
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _kpos_set(kpos, f, x):
     kpos[f, 0, x >> 6] |= _ONE << np.uint64(x & 63)
 
 
-@kernel()
+@kernel(nrt=False)
 def node_locate(v, geo, n):
     """Global node id -> (pass, start, end, heap index) in the permuted order."""
     P = geo.shape[1] - 1
@@ -398,7 +404,7 @@ def node_locate(v, geo, n):
     return q, s, e, h
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _push(pend, st, f, v, q, s, e, h, tree):
     """Queue node v (pass q, range [s, e), heap index h) unless it is queued already."""
     if _get(tree, f, 2, v) != 0:
@@ -416,7 +422,7 @@ def _push(pend, st, f, v, q, s, e, h, tree):
     st[f, S_NPEND] = c + 1
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _mark_known(tree, kpos, pi, f, v, q, s, e, d):
     """Make node v (pass q, range [s, e)) known with error parity d.
 
@@ -427,7 +433,7 @@ def _mark_known(tree, kpos, pi, f, v, q, s, e, d):
     _set(tree, f, 1, v, d != 0)
 
 
-@kernel()
+@kernel(nrt=False)
 def _single_unknown(kpos, pi, f, q, s, e):
     """The only position of [s, e) (pass q) not known to be correct; -1 none, -2 several."""
     z = -1
@@ -440,7 +446,7 @@ def _single_unknown(kpos, pi, f, q, s, e):
     return z
 
 
-@kernel()
+@kernel(nrt=False)
 def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
     """Bob learns that position x0 is correct once flipped (``flip0``) or as is.
 
@@ -527,7 +533,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
                     st[f, S_INFERRED] += 1
 
 
-@kernel(inline="always")
+@kernel(inline="always", nrt=False)
 def _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, e):
     """Use a node that just became known: a leaf teaches its position, a small node may peel."""
     if e - s == 1:
@@ -539,7 +545,7 @@ def _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, e):
             _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, z, _get(tree, f, 1, v) != 0)
 
 
-@kernel()
+@kernel(nrt=False)
 def _all_known(kpos, pi, f, q, s, e):
     for j in range(s, e):
         if _kpos_get(kpos, f, pi[0, q, j]) == 0:
@@ -547,7 +553,7 @@ def _all_known(kpos, pi, f, q, s, e):
     return True
 
 
-@kernel()
+@kernel(nrt=False)
 def _scratch_test_set_range(kpos, f, s, e):
     """Set bits s..e-1 of ``kpos[f, 1]``; True if any of them was already set."""
     hit = False
@@ -567,7 +573,7 @@ def _scratch_test_set_range(kpos, f, s, e):
     return hit
 
 
-@kernel()
+@kernel(nrt=False)
 def _level(size):
     """ceil(log2(size)) for size >= 1."""
     lv = 0
@@ -582,7 +588,7 @@ def _level(size):
 # Bob: one planning step per round
 
 
-@kernel()
+@kernel(nrt=False)
 def _start_pass_locally(eng, tree, kpos, pend, st, pi, inv, geo, f):
     """Start pass S_PASS whose only block's parity is implied by the frame parity."""
     n = eng[0].shape[1]
@@ -597,7 +603,7 @@ def _start_pass_locally(eng, tree, kpos, pend, st, pi, inv, geo, f):
     _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, 0, n)
 
 
-@kernel()
+@kernel(nrt=False)
 def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
     n = eng[0].shape[1]
     st[f, S_ACTION] = 0
@@ -700,15 +706,16 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
             scr[i, SC_LV] = _level(pend[f, i, P_E] - pend[f, i, P_S])
             scr[i, SC_SEL] = 0
         # stable counting sort by level (levels < 64): the order of a stable argsort
-        cnt = np.zeros(65, dtype=np.int64)
+        for lv in range(65):
+            scr[lv, SC_CNT] = 0
         for i in range(w):
-            cnt[scr[i, SC_LV] + 1] += 1
+            scr[scr[i, SC_LV] + 1, SC_CNT] += 1
         for lv in range(64):
-            cnt[lv + 1] += cnt[lv]
+            scr[lv + 1, SC_CNT] += scr[lv, SC_CNT]
         for i in range(w):
             lv = scr[i, SC_LV]
-            scr[cnt[lv], SC_ORD] = i
-            cnt[lv] += 1
+            scr[scr[lv, SC_CNT], SC_ORD] = i
+            scr[lv, SC_CNT] += 1
         a = 0
         marked = 0
         for t in range(w):
@@ -764,7 +771,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
     st[f, S_DONE] = 2  # no progress: inconsistent state, give the frame up
 
 
-@kernel()
+@kernel(nrt=False)
 def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, scr):
     """Advance every running frame to the point where it must ask Alice something.
 
@@ -781,7 +788,7 @@ def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, scr):
         _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
 
 
-@kernel()
+@kernel(nrt=False)
 def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
     if st[f, S_DONE] == 0:
         if st[f, S_ROUNDS] >= cfg[C_MAXROUNDS]:
@@ -793,7 +800,7 @@ def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
         st[f, S_ACTION] = 0
 
 
-@kernel()
+@kernel(nrt=False)
 def bob_emit(pend, st, geo, n, roff, out):
     """Write the range queries of every frame as wire rows.
 
@@ -813,7 +820,7 @@ def bob_emit(pend, st, geo, n, roff, out):
             out[o + i, 3] = s + (pend[f, i, P_E] - s + 1) // 2
 
 
-@kernel()
+@kernel(nrt=False)
 def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, masks, maskk, scr):
     """Take in Alice's parities for this round's requests, then plan each frame's next round.
 
@@ -834,7 +841,7 @@ def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, mas
         _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
 
 
-@kernel()
+@kernel(nrt=False)
 def _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk, f):
     bits = eng[0]
     n = bits.shape[1]
