@@ -65,7 +65,7 @@ def test_block_sizes_known_answers():
     assert block_sizes("option3", 0.03, 200)[:3] == [34, 68, 100]
     # clipped to the frame
     assert max(block_sizes("original", 0.001, 100)) == 100
-    assert set(PRESETS) == {"original", "biconf", "yanetal", "option3", "option4", "option7", "option8"}
+    assert set(PRESETS) == {"original", "biconf", "yanetal", "option3", "option4", "option7", "option8", "qkdpost"}
 
 
 def test_unknown_preset_and_bad_config():
