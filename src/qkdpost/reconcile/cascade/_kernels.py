@@ -29,6 +29,12 @@ Cascade's "cascade" step and the sub-block reuse of Martinez-Mateo et al.
 Per-frame scalars live in ``st`` (int64, shape (N, NST)), columns ``S_*``.
 ``kpos[f, 0]`` is a bitset over positions Bob knows to be correct (a known
 leaf, a corrected bit, or peeled); ``kpos[f, 1]`` is scratch for scheduling.
+For the passes with small blocks (``geo[G_KSLOT, q] = r >= 0``) the same
+knowledge is also kept in the pass's permuted order, in ``kpos[f, 2 + r]``
+(bit j = position ``perm[q, j]`` is known), so that "is every / all but one
+bit of this small node known?" reads one or two words instead of gathering
+each position through the permutation (two cache misses per bit). Pass 0 is
+the identity and uses ``kpos[f, 0]`` itself.
 The pending list ``pend[f, :st[f, S_NPEND]]`` holds candidate frontier odd
 nodes, one row per node with its geometry cached next to its id (columns
 ``P_V`` global node id, ``P_Q`` pass, ``P_S``/``P_E`` range in the pass's
@@ -56,7 +62,10 @@ from ..._jit import kernel, register
 register(__name__)
 
 # geometry rows
-G_K, G_NB, G_STRIDE, G_BASE = 0, 1, 2, 3
+G_K, G_NB, G_STRIDE, G_BASE, G_KSLOT = 0, 1, 2, 3, 4
+NGEO = 5
+# passes after the first with blocks up to this size keep a permuted-order copy of kpos
+KQ_MAX_K = 4096
 
 # per-frame state columns
 S_PASS = 0  # passes started (their top-level parities absorbed)
@@ -434,8 +443,71 @@ def _mark_known(tree, kpos, pi, f, v, q, s, e, d):
 
 
 @kernel(nrt=False)
-def _single_unknown(kpos, pi, f, q, s, e):
+def _kq_row(geo, q):
+    """Row of ``kpos`` holding pass q's known positions in its permuted order; -1 if none."""
+    if q == 0:
+        return 0  # the identity: kpos[f, 0] is already in pass-0 order
+    r = geo[G_KSLOT, q]
+    return 2 + r if r >= 0 else -1
+
+
+@kernel(nrt=False)
+def _unknown_in_words(words, s, e):
+    """(count capped at 2, first index) of the zero bits of ``words`` in [s, e)."""
+    z = -1
+    c = 0
+    w = s >> 6
+    while (w << 6) < e and c < 2:
+        lo = max(s, w << 6) - (w << 6)
+        hi = min(e, (w + 1) << 6) - (w << 6)
+        if hi - lo == 64:
+            m = ~np.uint64(0)
+        else:
+            m = ((_ONE << np.uint64(hi - lo)) - _ONE) << np.uint64(lo)
+        u = ~words[w] & m
+        if u != 0:
+            if z < 0:
+                z = (w << 6) + _popcount64((u & (~u + _ONE)) - _ONE)  # index of the lowest set bit
+            c += min(_popcount64(u), 2)
+        w += 1
+    return min(c, 2), z
+
+
+@kernel(inline="always", nrt=False)
+def _popcount64(x):
+    """Set bits of a uint64 (SWAR; Warren, Hacker's Delight, 2nd ed., Sec. 5-1)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@kernel(nrt=False)
+def _begin_pass(kpos, pi, geo, f, q):
+    """Fill pass q's permuted-order copy of the known positions as the pass starts (one O(n) gather)."""
+    r = _kq_row(geo, q)
+    if r < 2:
+        return
+    n = pi.shape[2]
+    for w in range(kpos.shape[2]):
+        kpos[f, r, w] = np.uint64(0)
+    for j in range(n):
+        x = pi[0, q, j]
+        if (kpos[f, 0, x >> 6] >> np.uint64(x & 63)) & _ONE:
+            kpos[f, r, j >> 6] |= _ONE << np.uint64(j & 63)
+
+
+@kernel(nrt=False)
+def _single_unknown(kpos, pi, geo, f, q, s, e):
     """The only position of [s, e) (pass q) not known to be correct; -1 none, -2 several."""
+    r = _kq_row(geo, q)
+    if r >= 0:
+        c, j = _unknown_in_words(kpos[f, r], s, e)
+        if c == 0:
+            return -1
+        if c >= 2:
+            return -2
+        return np.int64(pi[0, q, j]) if q > 0 else j
     z = -1
     for j in range(s, e):
         y = pi[0, q, j]
@@ -493,6 +565,9 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
                 j = np.int64(pi[1, q, x])
             if flip and q > 0:  # pass 0 reads the packed bits, no flip log
                 flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
+            r = geo[G_KSLOT, q]
+            if q > 0 and r >= 0:  # pass q's permuted copy of the known positions
+                kpos[f, 2 + r, j >> 6] |= _ONE << np.uint64(j & 63)
             k = geo[G_K, q]
             b = j // k
             s = b * k
@@ -525,7 +600,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
             if flip and odd != 0:
                 _push(pend, st, f, dv, q, ds, de, dh, tree)
             if 1 < de - ds <= PEEL_MAX and top < cap:
-                z = _single_unknown(kpos, pi, f, q, ds, de)
+                z = _single_unknown(kpos, pi, geo, f, q, ds, de)
                 if z >= 0:
                     stk[2 * top] = z
                     stk[2 * top + 1] = odd
@@ -539,14 +614,18 @@ def _after_known(eng, tree, kpos, pend, st, pi, inv, geo, f, v, q, s, e):
     if e - s == 1:
         _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, pi[0, q, s], _get(tree, f, 1, v) != 0)
     elif e - s <= PEEL_MAX:
-        z = _single_unknown(kpos, pi, f, q, s, e)
+        z = _single_unknown(kpos, pi, geo, f, q, s, e)
         if z >= 0:
             st[f, S_INFERRED] += 1
             _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, z, _get(tree, f, 1, v) != 0)
 
 
 @kernel(nrt=False)
-def _all_known(kpos, pi, f, q, s, e):
+def _all_known(kpos, pi, geo, f, q, s, e):
+    r = _kq_row(geo, q)
+    if r >= 0:
+        c, j = _unknown_in_words(kpos[f, r], s, e)
+        return c == 0
     for j in range(s, e):
         if _kpos_get(kpos, f, pi[0, q, j]) == 0:
             return False
@@ -596,6 +675,7 @@ def _start_pass_locally(eng, tree, kpos, pend, st, pi, inv, geo, f):
     d = st[f, S_ATOT] ^ st[f, S_BTOT]
     v = geo[G_BASE, q] + 1
     _mark_known(tree, kpos, pi, f, v, q, 0, n, d)
+    _begin_pass(kpos, pi, geo, f, q)
     st[f, S_PASS] = q + 1
     st[f, S_INFERRED] += 1
     if d:
@@ -671,8 +751,8 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
             m = s + (e - s + 1) // 2
             if e - s <= SMALL_NODE:
                 dv = _get(tree, f, 1, v)
-                lk = _all_known(kpos, pi, f, q, s, m)
-                rk = _all_known(kpos, pi, f, q, m, e)
+                lk = _all_known(kpos, pi, geo, f, q, s, m)
+                rk = _all_known(kpos, pi, geo, f, q, m, e)
                 if lk or rk:
                     dl = np.uint64(0) if lk else dv
                     vl = v + h
@@ -901,6 +981,7 @@ def _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, mas
             _mark_known(tree, kpos, pi, f, v, q, s, e, d)
             if d:
                 _push(pend, st, f, v, q, s, e, 1, tree)
+        _begin_pass(kpos, pi, geo, f, q)
         st[f, S_PASS] = q + 1
         st[f, S_LEAK] += count
         if k <= PEEL_MAX:

@@ -183,9 +183,14 @@ _BOB_PERMS = _PermCache()
 
 def _geometry(ks: list[int], n: int) -> np.ndarray:
     P = len(ks)
-    geo = np.zeros((4, P + 1), dtype=np.int64)
+    geo = np.zeros((K.NGEO, P + 1), dtype=np.int64)
+    geo[K.G_KSLOT] = -1
     base = 0
+    slots = 0
     for q, k in enumerate(ks):
+        if q > 0 and k <= K.KQ_MAX_K:  # small-block pass: Bob keeps its known positions in its own order too
+            geo[K.G_KSLOT, q] = slots
+            slots += 1
         nb = -(-n // k)
         stride = 2 * (1 << max(0, (k - 1).bit_length()))
         geo[K.G_K, q] = k
@@ -415,7 +420,7 @@ class CascadeBob:
             np.empty(2 * K.PEEL_STACK, dtype=np.int64),
         )
         tree = _sparse_zeros((N, (M + 63) // 64, 3))
-        kpos = np.zeros((N, 2, (n + 63) // 64), dtype=np.uint64)
+        kpos = np.zeros((N, 2 + int((geo[K.G_KSLOT] >= 0).sum()), (n + 63) // 64), dtype=np.uint64)
         pend = np.empty((N, n // 2 + 4096, K.NPCOL), dtype=np.int64)
         scr = np.empty((n // 2 + 4096, K.NSCR), dtype=np.int64)  # planner scratch, reused by every frame
         st = np.zeros((N, K.NST), dtype=np.int64)
