@@ -290,6 +290,46 @@ def untainted_order(col_ptr, row_idx, row_ptr, col_idx, score_order, out):
     return cnt
 
 
+@kernel()
+def parse_ints(buf, out):
+    """Whitespace-separated decimal integers of an ASCII text (an alist file) into ``out``.
+
+    buf : uint8 (L,) the text; out : int64, at least L // 2 + 1 long.
+    Returns the number of integers written, or -1 if the text holds anything
+    else (a byte that is neither a digit, whitespace nor a leading sign, a
+    lone sign, or a number of more than 18 digits).
+    """
+    cnt = 0
+    i = 0
+    L = buf.shape[0]
+    while i < L:
+        c = buf[i]
+        if c == 32 or (9 <= c <= 13):
+            i += 1
+            continue
+        neg = False
+        if c == 45 or c == 43:  # '-' or '+'
+            neg = c == 45
+            i += 1
+        v = np.int64(0)
+        nd = 0
+        while i < L:
+            c = buf[i]
+            if 48 <= c <= 57:
+                v = v * 10 + np.int64(c - 48)
+                nd += 1
+                i += 1
+            elif c == 32 or (9 <= c <= 13):
+                break
+            else:
+                return np.int64(-1)
+        if nd == 0 or nd > 18:
+            return np.int64(-1)
+        out[cnt] = -v if neg else v
+        cnt += 1
+    return np.int64(cnt)
+
+
 @kernel(parallel=True)
 def syndrome_batch(row_ptr, col_idx, x, out):
     """out[f, j] = XOR of x[f, col_idx[row_ptr[j]:row_ptr[j+1]]] (H x mod 2).
@@ -640,6 +680,7 @@ def _warmup() -> None:
     row_ptr = np.cumsum(row_ptr)
     col_idx = cols[o].astype(np.int32)
     untainted_order(col_ptr, rows, row_ptr, col_idx, np.arange(12, dtype=np.int32), np.empty(12, np.int32))
+    parse_ints(np.frombuffer(b"3 -1 +7", np.uint8), np.empty(4, np.int64))
     x = np.zeros((2, 12), np.uint8)
     s = np.zeros((2, 7), np.uint8)
     syndrome_batch(row_ptr, col_idx, x, s)

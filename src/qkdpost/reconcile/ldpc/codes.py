@@ -182,20 +182,21 @@ def code_from_edges(name: str, n: int, m: int, rows: np.ndarray, cols: np.ndarra
 
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
-    o = np.lexsort((cols, rows))
+    # stable sorts on one combined key: the order of lexsort((cols, rows)) and
+    # lexsort((rows, cols)), in a tenth of the time
+    o = np.argsort(rows * n + cols, kind="stable")
     row_ptr = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=m), out=row_ptr[1:])
     col_idx = cols[o].astype(np.int32)
-    o2 = np.lexsort((rows, cols))
+    o2 = np.argsort(cols * m + rows, kind="stable")
     col_ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(cols, minlength=n), out=col_ptr[1:])
     row_idx = rows[o2].astype(np.int32)
     # untainted puncturing, smallest 2-hop neighbourhood first: with girth >= 6,
     # |N^2(v)| = 1 + sum_{c in N(v)} (deg c - 1) exactly.
     cdeg = np.diff(row_ptr)
-    score = np.zeros(n, dtype=np.int64)
-    np.add.at(score, cols, cdeg[rows] - 1)
-    score_order = np.lexsort((np.arange(n), score)).astype(np.int32)
+    score = np.bincount(cols, weights=(cdeg[rows] - 1).astype(np.float64), minlength=n).astype(np.int64)
+    score_order = np.argsort(score, kind="stable").astype(np.int32)
     buf = np.empty(n, dtype=np.int32)
     cnt = untainted_order(col_ptr, row_idx, row_ptr, col_idx, score_order, buf)
     return LdpcCode(name=name, n=n, m=m, row_ptr=row_ptr, col_idx=col_idx, col_ptr=col_ptr,
@@ -285,10 +286,14 @@ def read_alist(source: str | Path | bytes, *, name: str = "", meta: dict[str, An
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise FileFormatError(label, None, "SHA-256 of the alist text differs from the manifest; the "
                               "file is corrupt or was replaced: rebuild with scripts/build_ldpc_codes.py")
-    try:
-        tok = np.array(data.split(), dtype=np.int64)
-    except ValueError:
-        raise FileFormatError(label, None, "alist holds a non-integer token") from None
+    from ._kernels import parse_ints
+
+    raw = np.frombuffer(data, dtype=np.uint8)
+    tok = np.empty(raw.shape[0] // 2 + 1, dtype=np.int64)
+    cnt = int(parse_ints(raw, tok))
+    if cnt < 0:
+        raise FileFormatError(label, None, "alist holds a non-integer token")
+    tok = tok[:cnt]
 
     def bad(msg: str) -> FileFormatError:
         return FileFormatError(label, None, f"not a valid alist file: {msg}")
