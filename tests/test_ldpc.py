@@ -145,6 +145,24 @@ def test_alist_round_trip(tmp_path):
         assert np.array_equal(back.punct_order, code.punct_order)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-10**17, 10**17), max_size=30), st.lists(st.sampled_from([" ", "\n", "\t", "  ", "\r\n"]),
+                                                                   min_size=31, max_size=31))
+def test_parse_ints_matches_split_oracle(values, seps):
+    """The alist tokenizer kernel gives what int(token) gives for every whitespace-separated token."""
+    text = seps[0] + "".join(f"{v}{sep}" for v, sep in zip(values, seps[1:]))
+    raw = np.frombuffer(text.encode(), dtype=np.uint8)
+    out = np.empty(raw.shape[0] // 2 + 1, np.int64)
+    cnt = K.parse_ints(raw, out)
+    assert cnt == len(values) and out[:cnt].tolist() == [int(t) for t in text.split()]
+
+
+@pytest.mark.parametrize("text", ["1 2 x", "1 - 2", "1 2.5", "3 4-", "1" * 19, "1,2", "0x10"])
+def test_parse_ints_rejects_non_integers(text):
+    raw = np.frombuffer(text.encode(), dtype=np.uint8)
+    assert K.parse_ints(raw, np.empty(raw.shape[0] // 2 + 1, np.int64)) == -1
+
+
 def _corrupt_variants(text: str):
     lines = text.splitlines()
     yield "truncated", "\n".join(lines[:-3])
