@@ -258,16 +258,19 @@ def test_bitset_range_parity_matches_naive(s, e):
 @settings(max_examples=200, deadline=None)
 def test_scratch_range_test_set_matches_naive(n, ranges):
     # the scheduler's word-wise mark of a pass-0 node: "any bit of [s, e) already set", then set them all
-    words = np.zeros((1, 2, (n + 63) // 64), dtype=np.uint64)
+    words = np.zeros((1, 3, (n + 63) // 64), dtype=np.uint64)
     ref = np.zeros(n, dtype=bool)
     for a, b in ranges:
         s = min(int(a * n), n - 1)
         e = s + 1 + int(b * (n - s - 1))
         expected = bool(ref[s:e].any())
         ref[s:e] = True
-        assert K._scratch_test_set_range(words, 0, s, e) == expected
+        assert K._scratch_test_set_range(words, 0, s, e, True, True) == expected
         got = np.unpackbits(words[0, 1].view(np.uint8), bitorder="little")[:n].astype(bool)
         assert (got == ref).all() and not words[0, 0].any()
+        # the summary lists exactly the non-zero words of the marks
+        summary = np.unpackbits(words[0, 2].view(np.uint8), bitorder="little")[: words.shape[2]].astype(bool)
+        assert (summary == (words[0, 1] != 0)).all()
 
 
 def test_block0_mask_parity_matches_naive():

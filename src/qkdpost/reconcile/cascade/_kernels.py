@@ -28,9 +28,11 @@ Cascade's "cascade" step and the sub-block reuse of Martinez-Mateo et al.
 
 Per-frame scalars live in ``st`` (int64, shape (N, NST)), columns ``S_*``.
 ``kpos[f, 0]`` is a bitset over positions Bob knows to be correct (a known
-leaf, a corrected bit, or peeled); ``kpos[f, 1]`` is scratch for scheduling.
-For the passes with small blocks (``geo[G_KSLOT, q] = r >= 0``) the same
-knowledge is also kept in the pass's permuted order, in ``kpos[f, 2 + r]``
+leaf, a corrected bit, or peeled); ``kpos[f, 1]`` is the scheduler's scratch
+marks and ``kpos[f, 2]`` their summary (bit w set when word w of the marks may
+be non-zero; only its first ceil(W / 64) words are used).
+For the passes with small blocks (``geo[G_KSLOT, q] = r >= 0``) the
+known-correct positions are also kept in the pass's permuted order, in ``kpos[f, 3 + r]``
 (bit j = position ``perm[q, j]`` is known), so that "is every / all but one
 bit of this small node known?" reads one or two words instead of gathering
 each position through the permutation (two cache misses per bit). Pass 0 is
@@ -66,6 +68,8 @@ G_K, G_NB, G_STRIDE, G_BASE, G_KSLOT = 0, 1, 2, 3, 4
 NGEO = 5
 # passes after the first with blocks up to this size keep a permuted-order copy of kpos
 KQ_MAX_K = 4096
+# rows of kpos: known-correct positions, scheduler marks, their summary, per-pass copies
+KP_KNOWN, KP_MARK, KP_SUMMARY, KP_KQ = 0, 1, 2, 3
 
 # per-frame state columns
 S_PASS = 0  # passes started (their top-level parities absorbed)
@@ -90,8 +94,8 @@ NPCOL = 5
 # planner scratch columns (``scr`` int64[cap, NSCR], cap >= 65): a copy of the pending
 # rows, then each row's level, the level order, the selection flag, and the
 # counting sort's 65 counters (rows 0..64 of the last column)
-SC_LV, SC_ORD, SC_SEL, SC_CNT = NPCOL, NPCOL + 1, NPCOL + 2, NPCOL + 3
-NSCR = NPCOL + 4
+SC_LV, SC_ORD, SC_SEL, SC_CNT, SC_LATER = NPCOL, NPCOL + 1, NPCOL + 2, NPCOL + 3, NPCOL + 4
+NSCR = NPCOL + 5
 
 # config entries
 C_PASSES, C_CLEAN_STOP, C_CLEAN_FROM, C_SLACK, C_MAXROUNDS, C_LOCAL = 0, 1, 2, 3, 4, 5
@@ -448,7 +452,7 @@ def _kq_row(geo, q):
     if q == 0:
         return 0  # the identity: kpos[f, 0] is already in pass-0 order
     r = geo[G_KSLOT, q]
-    return 2 + r if r >= 0 else -1
+    return KP_KQ + r if r >= 0 else -1
 
 
 @kernel(nrt=False)
@@ -486,7 +490,7 @@ def _popcount64(x):
 def _begin_pass(kpos, pi, geo, f, q):
     """Fill pass q's permuted-order copy of the known positions as the pass starts (one O(n) gather)."""
     r = _kq_row(geo, q)
-    if r < 2:
+    if r < KP_KQ:
         return
     n = pi.shape[2]
     for w in range(kpos.shape[2]):
@@ -567,7 +571,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
                 flips[f, q, j >> 6] ^= _ONE << np.uint64(j & 63)
             r = geo[G_KSLOT, q]
             if q > 0 and r >= 0:  # pass q's permuted copy of the known positions
-                kpos[f, 2 + r, j >> 6] |= _ONE << np.uint64(j & 63)
+                kpos[f, KP_KQ + r, j >> 6] |= _ONE << np.uint64(j & 63)
             k = geo[G_K, q]
             b = j // k
             s = b * k
@@ -633,8 +637,9 @@ def _all_known(kpos, pi, geo, f, q, s, e):
 
 
 @kernel(nrt=False)
-def _scratch_test_set_range(kpos, f, s, e):
-    """Set bits s..e-1 of ``kpos[f, 1]``; True if any of them was already set."""
+def _scratch_test_set_range(kpos, f, s, e, test, mark):
+    """Marks of a pass-0 node: True if ``test`` and a bit of s..e-1 of ``kpos[f, 1]`` is
+    already set; then, if ``mark``, set them all (and their words' summary bits)."""
     hit = False
     w = s >> 6
     while (w << 6) < e:
@@ -644,11 +649,40 @@ def _scratch_test_set_range(kpos, f, s, e):
             m = ~np.uint64(0)
         else:
             m = ((_ONE << np.uint64(hi - lo)) - _ONE) << np.uint64(lo)
-        wd = kpos[f, 1, w]
-        if wd & m:
+        wd = kpos[f, KP_MARK, w]
+        if test and (wd & m):
             hit = True
-        kpos[f, 1, w] = wd | m
+        if mark:
+            kpos[f, KP_MARK, w] = wd | m
+            kpos[f, KP_SUMMARY, w >> 6] |= _ONE << np.uint64(w & 63)
         w += 1
+    return hit
+
+
+@kernel(nrt=False)
+def _scratch_test_set_perm(kpos, pi, f, q, s, e, test, mark):
+    """As :func:`_scratch_test_set_range` for a node of pass q > 0 (positions ``pi[0, q, s:e]``).
+
+    A position's word is read only when the summary says it may hold a
+    mark: the marks are sparse, and the summary (n / 4096 words) stays in L1
+    while each read of the marks themselves is a likely cache miss.
+    """
+    hit = False
+    for j in range(s, e):
+        y = pi[0, q, j]
+        wi = y >> 6
+        m = _ONE << np.uint64(y & 63)
+        if test and not hit:
+            if (kpos[f, KP_SUMMARY, wi >> 6] >> np.uint64(wi & 63)) & _ONE:
+                if kpos[f, KP_MARK, wi] & m:
+                    hit = True
+                    if not mark:
+                        return True
+        if mark:
+            kpos[f, KP_MARK, wi] |= m
+            kpos[f, KP_SUMMARY, wi >> 6] |= _ONE << np.uint64(wi & 63)
+        elif not test:
+            return False
     return hit
 
 
@@ -796,8 +830,20 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
             lv = scr[i, SC_LV]
             scr[scr[lv, SC_CNT], SC_ORD] = i
             scr[lv, SC_CNT] += 1
+        # Overlap test by marks: in this order each node (up to cfg[C_LOCAL]
+        # bits) marks its positions, and clashes if one is marked already. Valid
+        # frontier nodes of one pass never nest, so they are disjoint: a node
+        # only has to test if a node of another pass came before it, and to
+        # mark only if one of another pass comes after it (the passes that come
+        # later are gathered first, as a bit mask per order index).
+        later = np.int64(0)
+        for t in range(w - 1, -1, -1):
+            i = scr[t, SC_ORD]
+            scr[t, SC_LATER] = later
+            if scr[i, P_E] - scr[i, P_S] <= cfg[C_LOCAL]:
+                later |= np.int64(1) << scr[i, P_Q]
+        earlier = np.int64(0)
         a = 0
-        marked = 0
         for t in range(w):
             i = scr[t, SC_ORD]
             q, s, e = scr[i, P_Q], scr[i, P_S], scr[i, P_E]
@@ -805,19 +851,17 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
                 if scr[i, SC_LV] <= lim:
                     scr[i, SC_SEL] = 1
                 continue
-            marked += e - s
-            if q == 0:
-                # pass 0 is the identity: the node is the position range [s, e)
-                clash = _scratch_test_set_range(kpos, f, s, e)
-            else:
-                clash = False
-                for j in range(s, e):
-                    y = pi[0, q, j]
-                    wd = kpos[f, 1, y >> 6]
-                    m = _ONE << np.uint64(y & 63)
-                    if wd & m:
-                        clash = True
-                    kpos[f, 1, y >> 6] = wd | m
+            others = ~(np.int64(1) << q)
+            test = (earlier & others) != 0
+            mark = (scr[t, SC_LATER] & others) != 0
+            earlier |= np.int64(1) << q
+            clash = False
+            if test or mark:
+                if q == 0:
+                    # pass 0 is the identity: the node is the position range [s, e)
+                    clash = _scratch_test_set_range(kpos, f, s, e, test, mark)
+                else:
+                    clash = _scratch_test_set_perm(kpos, pi, f, q, s, e, test, mark)
             if not clash:
                 scr[i, SC_SEL] = 1
         # selected rows first (in pending order), then the others
@@ -832,19 +876,13 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
                 for c in range(NPCOL):
                     pend[f, b, c] = scr[i, c]
                 b += 1
-        # clear the scratch marks: word by word when there are many (a
-        # sequential sweep of n/64 words beats one random store per position)
-        nw = kpos.shape[2]
-        if 4 * marked > nw:
-            for wi in range(nw):
-                kpos[f, 1, wi] = np.uint64(0)
-        else:
-            for i in range(w):
-                q, s, e = scr[i, P_Q], scr[i, P_S], scr[i, P_E]
-                if e - s <= cfg[C_LOCAL]:
-                    for j in range(s, e):
-                        y = pi[0, q, j]
-                        kpos[f, 1, y >> 6] = np.uint64(0)
+        # clear the marks: the words the summary lists, then the summary
+        for cw in range((kpos.shape[2] + 63) >> 6):
+            c = kpos[f, KP_SUMMARY, cw]
+            while c != 0:
+                kpos[f, KP_MARK, (cw << 6) + _popcount64((c & (~c + _ONE)) - _ONE)] = np.uint64(0)
+                c &= c - _ONE
+            kpos[f, KP_SUMMARY, cw] = np.uint64(0)
         st[f, S_NSEL] = a
         st[f, S_ACTION] = 1
         return

@@ -420,7 +420,7 @@ class CascadeBob:
             np.empty(2 * K.PEEL_STACK, dtype=np.int64),
         )
         tree = _sparse_zeros((N, (M + 63) // 64, 3))
-        kpos = np.zeros((N, 2 + int((geo[K.G_KSLOT] >= 0).sum()), (n + 63) // 64), dtype=np.uint64)
+        kpos = np.zeros((N, K.KP_KQ + int((geo[K.G_KSLOT] >= 0).sum()), (n + 63) // 64), dtype=np.uint64)
         pend = np.empty((N, n // 2 + 4096, K.NPCOL), dtype=np.int64)
         scr = np.empty((n // 2 + 4096, K.NSCR), dtype=np.int64)  # planner scratch, reused by every frame
         st = np.zeros((N, K.NST), dtype=np.int64)
