@@ -51,6 +51,44 @@ def run_spied(a, b, qber, seed, **cfg):
     return res, ch, alice
 
 
+def parity_requests(log):
+    """(range rows (frame, pass, start, end), top-level rows) of every cascade.parities message.
+
+    Range requests travel as node ids; they are decoded here from the geometry
+    announced in cascade.start with the recursive halving of the oracle, not
+    with the kernel's node_locate.
+    """
+    out = []
+    geo = n = None
+    for kind, body, _reply in log:
+        if kind == "cascade.start":
+            n = int(body["n"])
+            geo = _geometry([int(k) for k in body["ks"]], n)
+        elif kind == "cascade.parities":
+            rows = []
+            f = 0
+            counts = np.asarray(body["c"]).reshape(-1)
+            for f, c in enumerate(counts):
+                start = int(counts[:f].sum())
+                for v in np.asarray(body["v"]).reshape(-1)[start : start + int(c)]:
+                    rows.append((f,) + _locate_by_halving(int(v), geo, n))
+            out.append((np.array(rows, dtype=np.int64).reshape(-1, 4), np.asarray(body["t"]).reshape(-1, 4)))
+    return out
+
+
+def _locate_by_halving(v, geo, n):
+    """Global node id -> (pass, start, end): find the pass and block, then halve from the root."""
+    q = max(p for p in range(geo.shape[1] - 1) if geo[K.G_BASE, p] <= v)
+    local = v - int(geo[K.G_BASE, q])
+    b, h = divmod(local, int(geo[K.G_STRIDE, q]))
+    k = int(geo[K.G_K, q])
+    s, e = b * k, min(b * k + k, n)
+    for bit in bin(h)[3:]:  # the path below the root, most significant first
+        m = s + (e - s + 1) // 2
+        s, e = (m, e) if bit == "1" else (s, m)
+    return q, s, e
+
+
 # ---------------------------------------------------------------- presets
 
 
@@ -317,11 +355,9 @@ def test_leaked_bits_equal_parities_on_the_wire_and_alice_count():
     res, ch, alice = run_spied(a, b, 0.05, seed=5, preset="option7")
     per = np.zeros(4, dtype=np.int64)
     wire_bits = 0
-    for kind, body, reply in ch.log:
-        if kind != "cascade.parities":
-            continue
-        r = body["r"].reshape(-1, 4)
-        t = body["t"].reshape(-1, 4)
+    replies = [reply for kind, _body, reply in ch.log if kind == "cascade.parities"]
+    for (r, t), reply in zip(parity_requests(ch.log), replies):
+        assert (r[:, 3] > r[:, 2]).all()
         np.add.at(per, r[:, 0], 1)
         np.add.at(per, t[:, 0], t[:, 3])
         wire_bits += r.shape[0] + int(t[:, 3].sum())
@@ -345,13 +381,11 @@ def test_no_disclosed_parity_is_inferable_from_the_others(seed, q):
     assert res.success.all()
     perms = {}
     rows = [[], []]
-    for kind, body, _reply in ch.log:
-        if kind != "cascade.parities":
-            continue
-        for f, p, s, e in body["r"].reshape(-1, 4):
+    for r, t in parity_requests(ch.log):
+        for f, p, s, e in r:
             perm = perms.setdefault(p, oracle.permutation(seed, int(p), n))
             rows[f].append(sum(1 << int(x) for x in perm[s:e]))
-        for f, p, k, c in body["t"].reshape(-1, 4):
+        for f, p, k, c in t:
             perm = perms.setdefault(p, oracle.permutation(seed, int(p), n))
             for blk in range(c):
                 rows[f].append(sum(1 << int(x) for x in perm[blk * k : blk * k + k]))
@@ -441,7 +475,7 @@ def test_properties(n, N, q, preset, slack, local_max, seed, data_seed):
     np.testing.assert_array_equal(res.errors_corrected, flipped.sum(axis=1))
     # ... and counts exactly the parities that crossed the channel
     sent = sum(
-        body["r"].size // 4 + int(body["t"].reshape(-1, 4)[:, 3].sum())
+        body["v"].size + int(body["t"].reshape(-1, 4)[:, 3].sum())
         for kind, body, _ in ch.log
         if kind == "cascade.parities"
     )
@@ -479,27 +513,51 @@ def test_alice_rejects_bad_requests():
     a = np.zeros(100, dtype=np.uint8)
     alice = CascadeAlice({7: a})
     h = alice.handlers()
+    ks = np.array([10, 20, 50, 50], np.int64)
+    start = {"sid": 1, "seed": b"\x01" + bytes(7), "n": 100, "frames": np.array([7]), "passes": 4, "ks": ks}
     with pytest.raises(ProtocolError, match="no frame"):
-        h["cascade.start"]({"sid": 1, "seed": b"\x01" + bytes(7), "n": 100, "frames": np.array([8]), "passes": 4})
+        h["cascade.start"](dict(start, frames=np.array([8])))
     with pytest.raises(ProtocolError, match="bits on Alice"):
-        h["cascade.start"]({"sid": 1, "seed": b"\x01" + bytes(7), "n": 99, "frames": np.array([7]), "passes": 4})
-    h["cascade.start"]({"sid": 1, "seed": b"\x01" + bytes(7), "n": 100, "frames": np.array([7]), "passes": 4})
+        h["cascade.start"](dict(start, n=99))
+    for bad_ks in (ks[:3], np.array([10, 20, 50, 101]), np.array([0, 20, 50, 50]), ks.astype(float)):
+        with pytest.raises(ProtocolError, match="ks"):
+            h["cascade.start"](dict(start, ks=bad_ks))
+    with pytest.raises(ProtocolError, match="ks"):
+        h["cascade.start"]({k: v for k, v in start.items() if k != "ks"})
+    h["cascade.start"](start)
+    geo = _geometry(ks.tolist(), 100)
     empty = np.zeros((0, 4), np.int32)
+    one = np.array([1], np.int32)
+
+    def ask(v, c=one, t=empty):
+        return h["cascade.parities"]({"sid": 1, "c": c, "v": np.asarray(v), "t": t})
+
+    # node ids outside the geometry (a peer could make Alice read anywhere)
+    for v in ([int(geo[K.G_BASE, -1])], [2**32 - 1], [-1]):
+        with pytest.raises(ProtocolError, match="outside"):
+            ask(np.array(v, np.int64))
+    # heap index 0 (unused), and a node deeper than its block's tree (empty range)
+    with pytest.raises(ProtocolError, match="empty node"):
+        ask(np.array([0], np.uint32))
+    with pytest.raises(ProtocolError, match="empty node"):
+        ask(np.array([31], np.uint32))  # block of 10 bits: right, right, right, right -> [10, 10)
+    # counts that do not match the ids, or of the wrong shape / type
+    for c in (np.array([2], np.int32), np.array([-1], np.int32), np.array([1, 0], np.int32), np.array([1.0])):
+        with pytest.raises(ProtocolError, match="c "):
+            ask(np.array([1], np.uint32), c=c)
     with pytest.raises(ProtocolError, match="out of bounds"):
-        h["cascade.parities"]({"sid": 1, "r": np.array([[0, 0, 5, 101]], np.int32), "t": empty})
-    with pytest.raises(ProtocolError, match="out of bounds"):
-        h["cascade.parities"]({"sid": 1, "r": np.array([[0, 4, 5, 10]], np.int32), "t": empty})
-    with pytest.raises(ProtocolError, match="out of bounds"):
-        h["cascade.parities"]({"sid": 1, "r": empty, "t": np.array([[0, 0, 10, 11]], np.int32)})
+        ask(np.zeros(0, np.uint32), c=np.array([0], np.int32), t=np.array([[0, 0, 10, 11]], np.int32))
     # a block larger than the frame: the block-0 mask kernel would read the
     # permutation past its end and write anywhere (a peer could crash Alice)
     for k in (101, 5000, 2**40):
         with pytest.raises(ProtocolError, match="out of bounds"):
-            h["cascade.parities"]({"sid": 1, "r": empty, "t": np.array([[0, 1, k, 1]], np.int64)})
+            ask(np.zeros(0, np.uint32), c=np.array([0], np.int32), t=np.array([[0, 1, k, 1]], np.int64))
     with pytest.raises(ProtocolError, match="session"):
-        h["cascade.parities"]({"sid": 2, "r": empty, "t": empty})
-    ok = h["cascade.parities"]({"sid": 1, "r": np.array([[0, 0, 0, 10]], np.int32), "t": empty})
-    assert np.unpackbits(ok["r"], bitorder="little")[0] == 0
+        h["cascade.parities"]({"sid": 2, "c": one, "v": np.array([1], np.uint32), "t": empty})
+    assert alice.leaked[7] == 0  # nothing was disclosed by the refused requests
+    ok = ask(np.array([1, 2], np.uint32), c=np.array([2], np.int32))  # block 0 of pass 0 and its left half
+    assert np.unpackbits(ok["r"], bitorder="little")[:2].tolist() == [0, 0]
+    assert alice.leaked[7] == 2
     h["cascade.end"]({"sid": 1})
 
 
@@ -515,7 +573,7 @@ def test_bob_rejects_short_or_long_parity_replies(cut):
 
     def tampered(body):
         rep = good(body)
-        nr, nt = np.asarray(body["r"]).reshape(-1, 4).shape[0], int(np.asarray(body["t"]).reshape(-1, 4)[:, 3].sum())
+        nr, nt = np.asarray(body["v"]).size, int(np.asarray(body["t"]).reshape(-1, 4)[:, 3].sum())
         if cut == "long":
             rep["r"] = np.concatenate([rep["r"], np.zeros(1, np.uint8)])
         elif (cut in ("r", "both") and nr) or (cut in ("t", "both") and nt):
@@ -546,9 +604,11 @@ def test_alice_empty_batch_and_huge_n_allocate_nothing_big():
     from qkdpost.reconcile.cascade import CascadeAlice
 
     h = CascadeAlice({}).handlers()
-    start = {"sid": 1, "seed": bytes(8), "frames": np.zeros(0, np.int64), "passes": 3}
+    start = {"sid": 1, "seed": bytes(8), "frames": np.zeros(0, np.int64), "passes": 3, "ks": np.array([1, 2, 3])}
     h["cascade.start"](dict(start, n=2**31 - 1))  # 0 frames: would have reserved 512 * n bytes of tables
-    got = h["cascade.parities"]({"sid": 1, "r": np.zeros((0, 4), np.int32), "t": np.zeros((0, 4), np.int32)})
+    got = h["cascade.parities"](
+        {"sid": 1, "c": np.zeros(0, np.int32), "v": np.zeros(0, np.uint32), "t": np.zeros((0, 4), np.int32)}
+    )
     assert got["r"].size == 0 and got["t"].size == 0
     with pytest.raises(ProtocolError, match="out of range"):
         h["cascade.start"](dict(start, sid=2, n=2**40))

@@ -919,23 +919,40 @@ def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
 
 
 @kernel(nrt=False)
-def bob_emit(pend, st, geo, n, roff, out):
-    """Write the range queries of every frame as wire rows.
+def bob_emit(pend, st, roff, out):
+    """Write the range queries of every frame as wire node ids.
 
-    ``out`` is int32[m, 4]; row ``roff[f] + i`` is (frame index, pass,
-    start, end of the left child) of the i-th selected node of frame f,
-    i.e. the ``r`` field of ``cascade.parities`` as sent.
+    ``out[roff[f] + i]`` is the global id of the left child of the i-th
+    selected node of frame f (heap node h's left child is 2h, i.e. global id
+    v + h), whose parity is asked: the ``v`` field of ``cascade.parities``.
+    Both parties know the geometry, so the id alone names the range
+    (:func:`node_locate`); ``out`` is uint32 when every id fits, else int64.
     """
     for f in range(st.shape[0]):
         if st[f, S_ACTION] != 1:
             continue
         o = roff[f]
         for i in range(st[f, S_NSEL]):
-            s = pend[f, i, P_S]
-            out[o + i, 0] = f
-            out[o + i, 1] = pend[f, i, P_Q]
-            out[o + i, 2] = s
-            out[o + i, 3] = s + (pend[f, i, P_E] - s + 1) // 2
+            out[o + i] = pend[f, i, P_V] + pend[f, i, P_H]
+
+
+@kernel(nrt=False)
+def alice_locate_nodes(geo, n, nodes, oq, os_, oe):
+    """Alice's decoding of requested node ids into (pass, start, end); -1 if all valid.
+
+    Returns the index of the first id that names no node with a non-empty
+    range (heap index 0, or deeper than its block's tree), so that a
+    malicious request is refused before any parity is computed. The caller
+    has checked ``0 <= nodes < geo[G_BASE, -1]``.
+    """
+    for i in range(nodes.shape[0]):
+        q, s, e, h = node_locate(np.int64(nodes[i]), geo, n)
+        if h < 1 or e <= s:
+            return i
+        oq[i] = q
+        os_[i] = s
+        oe[i] = e
+    return -1
 
 
 @kernel(nrt=False)

@@ -3,16 +3,21 @@
 Messages (all on one :class:`~qkdpost.channel.Channel`, Bob -> Alice)
 --------------------------------------------------------------------
 ``cascade.start``
-    ``{sid, seed (8 bytes, little endian), n, frames (int64[N] frame ids), passes}``
-    -> ``{n_frames}``.
+    ``{sid, seed (8 bytes, little endian), n, frames (int64[N] frame ids),
+    passes, ks (int64[passes] block sizes)}`` -> ``{n_frames}``.
     Bob proposes the seed of the shared public permutations (from
-    :mod:`secrets` unless the caller fixes it).
+    :mod:`secrets` unless the caller fixes it). The block sizes give both
+    parties the same node numbering (``_geometry``).
 ``cascade.parities``
-    One round trip of the whole batch: ``{sid, r: int32[m, 4], t: int32[m', 4]}``
-    with range requests ``r`` (frame index, pass, start, end in the pass's
-    permuted order) and top-level requests ``t`` (frame index, pass, block
-    size, number of leading blocks) -> ``{r, t}``: the parities, bit-packed
-    (LSB first).
+    One round trip of the whole batch: ``{sid, c: int32[N], v, t: int32[m', 4]}``
+    with range requests as node ids: ``c[i]`` requests for frame i (in the
+    order of ``frames``), then ``v``, the global ids of the requested nodes
+    (the tree node whose range, in its pass's permuted order, Alice sums;
+    uint32 when every id of the geometry fits, else int64), frame after
+    frame; and top-level requests ``t`` (frame index, pass, block size,
+    number of leading blocks) -> ``{r, t}``: the parities, bit-packed (LSB
+    first). Alice refuses (``ProtocolError``, nothing disclosed) counts that
+    do not add up, ids outside the geometry, and ids of empty nodes.
     Every parity Alice sends is one disclosed bit; Bob never asks for a
     parity he can infer (the sibling of an asked half, the last block of a
     pass from the frame parity, halves made only of bits already known).
@@ -252,6 +257,12 @@ class CascadeAlice:
             raise ProtocolError(f"cascade.start: missing or bad field ({exc})") from None
         if not (1 <= passes <= MAX_PASSES) or not (1 <= n < 2**31) or not (0 <= seed < 2**64):
             raise ProtocolError(f"cascade.start: passes={passes}, n={n} or seed out of range")
+        try:
+            ks = np.asarray(body["ks"]).reshape(-1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"cascade.start: missing or bad field ks ({exc})") from None
+        if ks.dtype.kind not in "iu" or ks.shape[0] != passes or ks.min() < 1 or ks.max() > n:
+            raise ProtocolError(f"cascade.start: ks must be {passes} integer block sizes in 1..n={n}")
         if ids.ndim != 1:
             raise ProtocolError(f"cascade.start: frames must be a 1-D list of ids, got shape {ids.shape}")
         N = ids.shape[0]
@@ -279,26 +290,33 @@ class CascadeAlice:
         )
         # an empty batch needs no permutations (and must not make Alice build tables for an unchecked n)
         perms = self._perms.get(seed, n) if N else None
-        self._sessions[sid] = {"eng": eng, "ids": ids, "passes": passes, "perms": perms}
+        geo = _geometry([int(k) for k in ks], n)
+        self._sessions[sid] = {"eng": eng, "ids": ids, "passes": passes, "perms": perms, "geo": geo}
         return {"n_frames": int(ids.shape[0])}
 
     def _on_parities(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             sess = self._sessions[int(body["sid"])]
-            # one copy: the four columns of r as contiguous int64 rows
-            rcols = np.array(np.asarray(body["r"]).reshape(-1, 4).T, dtype=np.int64, order="C")
+            counts = np.asarray(body["c"]).reshape(-1)
+            nodes = np.asarray(body["v"]).reshape(-1)
             t = np.asarray(body["t"], dtype=np.int64).reshape(-1, 4)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"cascade.parities: unknown session or bad field ({exc})") from None
-        eng, perms, P = sess["eng"], sess["perms"], sess["passes"]
+        eng, perms, P, geo = sess["eng"], sess["perms"], sess["passes"], sess["geo"]
         N, n = eng[0].shape
-        rf, rq, rs, re_ = rcols
-        nr, nt = rcols.shape[1], t.shape[0]
-        if nr and (
-            rf.min() < 0 or rf.max() >= N or rq.min() < 0 or rq.max() >= P or rs.min() < 0
-            or re_.max() > n or np.any(re_ <= rs)
-        ):
-            raise ProtocolError("cascade.parities: a range request is out of bounds")
+        nr, nt = nodes.shape[0], t.shape[0]
+        if counts.dtype.kind not in "iu" or nodes.dtype.kind not in "iu" or counts.shape[0] != N:
+            raise ProtocolError(f"cascade.parities: c must be {N} integer counts and v integer node ids")
+        if (N and counts.min() < 0) or int(counts.sum(dtype=np.int64)) != nr:
+            raise ProtocolError(f"cascade.parities: counts c do not add up to the {nr} node ids sent")
+        if nr and (int(nodes.min()) < 0 or int(nodes.max()) >= int(geo[K.G_BASE, -1])):
+            raise ProtocolError("cascade.parities: a node id is outside the batch's geometry")
+        rq = np.empty(nr, dtype=np.int64)
+        rs = np.empty(nr, dtype=np.int64)
+        re_ = np.empty(nr, dtype=np.int64)
+        if nr and K.alice_locate_nodes(geo, np.int64(n), nodes, rq, rs, re_) >= 0:
+            raise ProtocolError("cascade.parities: a node id names an empty node")
+        rf = np.repeat(np.arange(N, dtype=np.int64), counts)
         if nt and (
             t[:, 0].min() < 0 or t[:, 0].max() >= N or t[:, 1].min() < 0 or t[:, 1].max() >= P
             or t[:, 2].min() < 1 or t[:, 2].max() > n or t[:, 3].min() < 0
@@ -321,7 +339,7 @@ class CascadeAlice:
         tpar = np.empty(int(toff[-1]), dtype=np.uint8)
         K.alice_block_parities(eng, perms.pi, perms.masks, perms.maskk, np.ascontiguousarray(t), toff, tpar)
         # her own leakage count, per frame id
-        per = np.bincount(rf, minlength=N) + np.bincount(t[:, 0], weights=t[:, 3], minlength=N).astype(np.int64)
+        per = counts.astype(np.int64) + np.bincount(t[:, 0], weights=t[:, 3], minlength=N).astype(np.int64)
         for i in np.flatnonzero(per):
             fid = int(sess["ids"][i])
             self.leaked[fid] = self.leaked.get(fid, 0) + int(per[i])
@@ -404,11 +422,19 @@ class CascadeBob:
         perms = self._perms.get(int(seed), n)
         geo = _geometry(ks, n)
         M = int(geo[K.G_BASE, P])
+        node_dtype = np.uint32 if M <= 2**32 else np.int64  # wire type of node ids
         rt0, by0 = channel.stats.snapshot()
         sid = secrets.randbits(62)
         channel.request(
             "cascade.start",
-            {"sid": sid, "seed": int(seed).to_bytes(8, "little"), "n": n, "frames": ids, "passes": P},
+            {
+                "sid": sid,
+                "seed": int(seed).to_bytes(8, "little"),
+                "n": n,
+                "frames": ids,
+                "passes": P,
+                "ks": np.asarray(ks, dtype=np.int64),
+            },
         )
         bits = bob.copy()
         eng = (
@@ -461,10 +487,11 @@ class CascadeBob:
                     break
                 # offs[0]: each frame's first range answer; offs[1]: its first
                 # top-level answer, counted after all range answers (one par array)
-                np.cumsum(np.where(act == 1, st[:, K.S_NSEL], 0), out=offs[0, 1:])
+                counts = np.where(act == 1, st[:, K.S_NSEL], 0)
+                np.cumsum(counts, out=offs[0, 1:])
                 nr = int(offs[0, -1])
-                rows = np.empty((nr, 4), dtype=np.int32)
-                K.bob_emit(pend, st, geo, np.int64(n), offs[0], rows)
+                nodes = np.empty(nr, dtype=node_dtype)
+                K.bob_emit(pend, st, offs[0], nodes)
                 tsel = act == 2
                 if tsel.any():
                     ntop = np.where(tsel, st[:, K.S_TOPCOUNT], 0)
@@ -477,7 +504,9 @@ class CascadeBob:
                 offs[1, 0] = 0
                 nt = int(offs[1, -1])
                 offs[1] += nr
-                reply = channel.request("cascade.parities", {"sid": sid, "r": rows, "t": trows})
+                reply = channel.request(
+                    "cascade.parities", {"sid": sid, "c": counts.astype(np.int32), "v": nodes, "t": trows}
+                )
                 par = _unpack_reply(reply, nr, nt)
         finally:
             try:
