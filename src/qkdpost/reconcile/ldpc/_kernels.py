@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from ..._jit import kernel, register
-from ._lanes import LANES, check_in, check_out, prefetch_row, sign_xor
+from ._lanes import LANES, check_in, check_out, check_out_all, prefetch_row, sign_xor
 
 register(__name__)
 
@@ -438,8 +438,12 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
                         prefetch_row(Lg, col_idx[e])
                 for e in range(lo, hi):
                     check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
-                for e in range(lo, hi):
-                    check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, col_idx[e], e, e - lo)
+                if nact == W:  # every lane iterating: unmasked stores (the same values)
+                    for e in range(lo, hi):
+                        check_out_all(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
+                else:
+                    for e in range(lo, hi):
+                        check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, col_idx[e], e, e - lo)
         _unsatisfied_lanes(row_ptr, col_idx, Lg, sg, U, acc)
         for l in range(W):
             if slot[l] < 0:

@@ -39,7 +39,7 @@ LANES = 8
 _PHI_SCALE = np.float32(512.0)
 _PHI_XCLAMP = np.float32((8192 - 1) / 512.0)
 
-__all__ = ["LANES", "check_in", "check_out", "sign_xor", "prefetch_row"]
+__all__ = ["LANES", "check_in", "check_out", "check_out_all", "sign_xor", "prefetch_row"]
 
 if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 run
 
@@ -64,6 +64,12 @@ if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 ru
         act = ACT != 0
         R[e] = np.where(act, r, R[e])
         L[v] = np.where(act, T[k] + r, L[v])
+
+    def check_out_all(L, R, T, P, SG, S, NEG, lut, v, e, k):
+        """check_out when every lane is active (no masking)."""
+        r = _phi8(S - P[k], lut) * (1 - 2 * (NEG ^ SG[k])).astype(np.float32)
+        R[e] = r
+        L[v] = T[k] + r
 
     def sign_xor(L, v, acc):
         """acc ^= (L[v] < 0) lane by lane (hard decisions into a parity accumulator)."""
@@ -168,30 +174,50 @@ else:
 
         return sig, codegen
 
+    def _check_out_ir(context, builder, tys, args, masked):
+        """New message r of edge e and posterior T + r of its variable, stored on active lanes
+        (``masked``; old values kept elsewhere) or on all lanes."""
+        bL, bR, bT, bP, bSG, bS, bNEG, bLUT = (_data(context, builder, tys[i], args[i]) for i in range(8))
+        o = 9 if masked else 8
+        iv, ie, ik = (_idx(context, builder, tys[i], args[i]) for i in (o, o + 1, o + 2))
+        s = _load(builder, builder.bitcast(bS, _vf.as_pointer()))
+        x = builder.fsub(s, _load(builder, _row(builder, bP, ik, _f32, _vf)))
+        ph = _phi_vec(builder, x, bLUT)
+        neg = builder.xor(_load(builder, builder.bitcast(bNEG, _vi.as_pointer())),
+                          _load(builder, _row(builder, bSG, ik, _i32, _vi)))
+        sgn = builder.sitofp(builder.sub(_splat(1, _vi), builder.mul(_splat(2, _vi), neg)), _vf)
+        r = builder.fmul(ph, sgn)
+        pR = _row(builder, bR, ie, _f32, _vf)
+        pL = _row(builder, bL, iv, _f32, _vf)
+        t = _load(builder, _row(builder, bT, ik, _f32, _vf))
+        if masked:
+            bACT = _data(context, builder, tys[8], args[8])
+            act = builder.icmp_signed("!=", _load(builder, builder.bitcast(bACT, _vi.as_pointer())),
+                                      _splat(0, _vi))
+            _store(builder, builder.select(act, r, _load(builder, pR)), pR)
+            _store(builder, builder.select(act, builder.fadd(t, r), _load(builder, pL)), pL)
+        else:
+            _store(builder, r, pR)
+            _store(builder, builder.fadd(t, r), pL)
+        return context.get_dummy_value()
+
     @intrinsic
     def check_out(typingctx, L, R, T, P, SG, S, NEG, lut, ACT, v, e, k):
         sig = types.void(L, R, T, P, SG, S, NEG, lut, ACT, v, e, k)
 
         def codegen(context, builder, signature, args):
-            tys = signature.args
-            bL, bR, bT, bP, bSG, bS, bNEG, bLUT, bACT = (_data(context, builder, tys[i], args[i])
-                                                          for i in range(9))
-            iv, ie, ik = (_idx(context, builder, tys[i], args[i]) for i in (9, 10, 11))
-            s = _load(builder, builder.bitcast(bS, _vf.as_pointer()))
-            x = builder.fsub(s, _load(builder, _row(builder, bP, ik, _f32, _vf)))
-            ph = _phi_vec(builder, x, bLUT)
-            neg = builder.xor(_load(builder, builder.bitcast(bNEG, _vi.as_pointer())),
-                              _load(builder, _row(builder, bSG, ik, _i32, _vi)))
-            sgn = builder.sitofp(builder.sub(_splat(1, _vi), builder.mul(_splat(2, _vi), neg)), _vf)
-            r = builder.fmul(ph, sgn)
-            act = builder.icmp_signed("!=", _load(builder, builder.bitcast(bACT, _vi.as_pointer())),
-                                      _splat(0, _vi))
-            pR = _row(builder, bR, ie, _f32, _vf)
-            _store(builder, builder.select(act, r, _load(builder, pR)), pR)
-            pL = _row(builder, bL, iv, _f32, _vf)
-            t = _load(builder, _row(builder, bT, ik, _f32, _vf))
-            _store(builder, builder.select(act, builder.fadd(t, r), _load(builder, pL)), pL)
-            return context.get_dummy_value()
+            return _check_out_ir(context, builder, signature.args, args, True)
+
+        return sig, codegen
+
+    @intrinsic
+    def check_out_all(typingctx, L, R, T, P, SG, S, NEG, lut, v, e, k):
+        """check_out with every lane active: plain stores. The masked form's L store compiles to
+        vmaskmovps, which is slow on AMD Zen (and blocks store-to-load forwarding)."""
+        sig = types.void(L, R, T, P, SG, S, NEG, lut, v, e, k)
+
+        def codegen(context, builder, signature, args):
+            return _check_out_ir(context, builder, signature.args, args, False)
 
         return sig, codegen
 
