@@ -373,9 +373,12 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
     reproduces its syndrome, whose count has not reached a new minimum for
     ``patience`` iterations (0 = never), or that has run ``max_iter``
     iterations is written back and refilled with the next frame, so lanes
-    do not idle while slower frames of the same group finish. A lane
-    being filled is masked for the iteration in which it waits for its
-    first count.
+    do not idle while slower frames of the same group finish. A frame's
+    hard decision is checked against its syndrome when it is loaded
+    (frames that already match are done in 0 iterations), so a loaded lane
+    iterates at once; while all lanes iterate the stores are unmasked.
+    When nothing is left to refill and at most ``SCALAR_TAIL`` lanes are
+    busy, those frames are finished one at a time (:func:`_scalar_continue`).
 
     Parameters
     ----------
@@ -407,7 +410,6 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
     NEG = np.empty(W, np.int32)
     ACT = np.zeros(W, np.int32)     # lane is iterating
     slot = np.full(W, -1, np.int64)  # index into `which` held by the lane, -1 empty
-    fresh = np.zeros(W, np.int32)   # loaded, waiting for its first count
     it_l = np.zeros(W, np.int64)
     best = np.zeros(W, np.int64)
     since = np.zeros(W, np.int64)
@@ -415,80 +417,20 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
     acc = np.empty(W, np.int32)
     K = which.shape[0]
     nxt = 0
+    busy = 0
     for l in range(W):
+        nxt = _skip_decoded(row_ptr, col_idx, L, syn, which, nxt, iters_out)
         if nxt < K:
             _lane_load(L, R, syn, which[nxt], Lg, Rg, sg, l)
             slot[l] = nxt
-            fresh[l] = 1
+            ACT[l] = 1
+            it_l[l] = 0
+            best[l] = m + 1
+            since[l] = 0
             nxt += 1
-    busy = min(K, W)
+            busy += 1
     while busy > 0:
-        nact = 0
-        for l in range(W):
-            nact += ACT[l]
-        if nact > 0:
-            for j in range(m):
-                lo = row_ptr[j]
-                hi = row_ptr[j + 1]
-                for l in range(W):
-                    NEG[l] = np.int32(sg[j, l])
-                    S[l] = np.float32(0.0)
-                if j + PF_DIST < m:
-                    for e in range(row_ptr[j + PF_DIST], row_ptr[j + PF_DIST + 1]):
-                        prefetch_row(Lg, col_idx[e])
-                for e in range(lo, hi):
-                    check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
-                if nact == W:  # every lane iterating: unmasked stores (the same values)
-                    for e in range(lo, hi):
-                        check_out_all(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
-                else:
-                    for e in range(lo, hi):
-                        check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, col_idx[e], e, e - lo)
-        _unsatisfied_lanes(row_ptr, col_idx, Lg, sg, U, acc)
-        for l in range(W):
-            if slot[l] < 0:
-                continue
-            done = False
-            if fresh[l]:
-                fresh[l] = 0
-                if U[l] == 0:
-                    iters_out[slot[l]] = 0
-                    done = True
-                else:
-                    ACT[l] = 1
-                    it_l[l] = 0
-                    best[l] = m + 1
-                    since[l] = 0
-            else:
-                it_l[l] += 1
-                if U[l] == 0:
-                    iters_out[slot[l]] = it_l[l]
-                    done = True
-                else:
-                    if patience > 0:
-                        if U[l] < best[l]:
-                            best[l] = U[l]
-                            since[l] = 0
-                        else:
-                            since[l] += 1
-                            if since[l] >= patience:
-                                done = True
-                    if it_l[l] >= max_iter:
-                        done = True
-                    if done:
-                        iters_out[slot[l]] = -it_l[l] - 1
-            if done:
-                ACT[l] = 0
-                _lane_store(Lg, Rg, L, R, which[slot[l]], l)
-                slot[l] = -1
-                busy -= 1
-                if nxt < K:
-                    _lane_load(L, R, syn, which[nxt], Lg, Rg, sg, l)
-                    slot[l] = nxt
-                    fresh[l] = 1
-                    nxt += 1
-                    busy += 1
-        if nxt >= K and 0 < busy <= SCALAR_TAIL:
+        if nxt >= K and busy <= SCALAR_TAIL:
             # Nothing left to refill and at most SCALAR_TAIL lanes still busy: finish them one frame at a
             # time (a vector step costs the same with 1 active lane as with 8; the scalar loop is ~3x
             # faster per frame). Same float32 operations, so the results do not change.
@@ -498,11 +440,81 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
                 f = which[slot[l]]
                 _lane_store(Lg, Rg, L, R, f, l)
                 iters_out[slot[l]] = _scalar_continue(row_ptr, col_idx, syn[f], L[f], R[f], lut, T[:, 0],
-                                                      P[:, 0], SG[:, 0], fresh[l], it_l[l], best[l], since[l],
+                                                      P[:, 0], SG[:, 0], it_l[l], best[l], since[l],
                                                       max_iter, patience)
                 ACT[l] = 0
                 slot[l] = -1
-            busy = 0
+            break
+        for j in range(m):
+            lo = row_ptr[j]
+            hi = row_ptr[j + 1]
+            for l in range(W):
+                NEG[l] = np.int32(sg[j, l])
+                S[l] = np.float32(0.0)
+            if j + PF_DIST < m:
+                for e in range(row_ptr[j + PF_DIST], row_ptr[j + PF_DIST + 1]):
+                    prefetch_row(Lg, col_idx[e])
+            for e in range(lo, hi):
+                check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
+            if busy == W:  # every lane iterating: unmasked stores (the same values)
+                for e in range(lo, hi):
+                    check_out_all(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
+            else:
+                for e in range(lo, hi):
+                    check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, col_idx[e], e, e - lo)
+        _unsatisfied_lanes(row_ptr, col_idx, Lg, sg, U, acc)
+        for l in range(W):
+            if slot[l] < 0:
+                continue
+            done = False
+            it_l[l] += 1
+            if U[l] == 0:
+                iters_out[slot[l]] = it_l[l]
+                done = True
+            else:
+                if patience > 0:
+                    if U[l] < best[l]:
+                        best[l] = U[l]
+                        since[l] = 0
+                    else:
+                        since[l] += 1
+                        if since[l] >= patience:
+                            done = True
+                if it_l[l] >= max_iter:
+                    done = True
+                if done:
+                    iters_out[slot[l]] = -it_l[l] - 1
+            if done:
+                ACT[l] = 0
+                _lane_store(Lg, Rg, L, R, which[slot[l]], l)
+                slot[l] = -1
+                busy -= 1
+                nxt = _skip_decoded(row_ptr, col_idx, L, syn, which, nxt, iters_out)
+                if nxt < K:
+                    _lane_load(L, R, syn, which[nxt], Lg, Rg, sg, l)
+                    slot[l] = nxt
+                    ACT[l] = 1
+                    it_l[l] = 0
+                    best[l] = m + 1
+                    since[l] = 0
+                    nxt += 1
+                    busy += 1
+
+
+@kernel(inline="always")
+def _skip_decoded(row_ptr, col_idx, L, syn, which, nxt, iters_out):
+    """From position ``nxt`` of ``which``, mark frames whose hard decision already reproduces
+    their syndrome as decoded in 0 iterations; return the position of the first frame that is
+    not (or K). Counting here, one frame at a time, lets a lane start iterating as soon as it is
+    loaded (no masked iteration waiting for its first count)."""
+    K = which.shape[0]
+    while nxt < K:
+        f = which[nxt]
+        if _unsatisfied_one(row_ptr, col_idx, L[f], syn[f]) != 0:
+            break
+        iters_out[nxt] = 0
+        nxt += 1
+    return nxt
 
 
 @kernel(inline="always")
@@ -525,24 +537,17 @@ def _unsatisfied_one(row_ptr, col_idx, L, syn):
 
 
 @kernel()
-def _scalar_continue(row_ptr, col_idx, syn, L, R, lut, T, P, SG, fresh, it, best, since, max_iter, patience):
+def _scalar_continue(row_ptr, col_idx, syn, L, R, lut, T, P, SG, it, best, since, max_iter, patience):
     """Continue decoding one frame outside the lanes, from a lane's state.
 
     The layered log-tanh update of :func:`decode_stream` for one frame
     (same float32 operations in the same order, so the same messages and
-    decisions), with the lane's counters: ``fresh`` (no count yet), ``it``
-    iterations done, ``best`` unsatisfied-check minimum, ``since``
-    iterations without a new minimum. Returns the status of
-    :func:`decode_stream`'s ``iters_out``. T, P, SG: scratch of at least the
-    largest check degree (strided views are fine).
+    decisions), with the lane's counters: ``it`` iterations done, ``best``
+    unsatisfied-check minimum, ``since`` iterations without a new minimum.
+    Returns the status of :func:`decode_stream`'s ``iters_out``. T, P, SG:
+    scratch of at least the largest check degree (strided views are fine).
     """
     m = row_ptr.shape[0] - 1
-    if fresh:
-        if _unsatisfied_one(row_ptr, col_idx, L, syn) == 0:
-            return np.int64(0)
-        it = 0
-        best = m + 1
-        since = 0
     while True:
         for j in range(m):
             lo = row_ptr[j]
