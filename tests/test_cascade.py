@@ -76,17 +76,12 @@ def parity_requests(log):
     return out
 
 
-def _locate_by_halving(v, geo, n):
-    """Global node id -> (pass, start, end): find the pass and block, then halve from the root."""
+def _locate_by_halving(v, geo, n, with_h=False):
+    """Global node id -> (pass, start, end): find the pass and block, then halve from the root (oracle)."""
     q = max(p for p in range(geo.shape[1] - 1) if geo[K.G_BASE, p] <= v)
-    local = v - int(geo[K.G_BASE, q])
-    b, h = divmod(local, int(geo[K.G_STRIDE, q]))
-    k = int(geo[K.G_K, q])
-    s, e = b * k, min(b * k + k, n)
-    for bit in bin(h)[3:]:  # the path below the root, most significant first
-        m = s + (e - s + 1) // 2
-        s, e = (m, e) if bit == "1" else (s, m)
-    return q, s, e
+    b, h = divmod(v - int(geo[K.G_BASE, q]), int(geo[K.G_STRIDE, q]))
+    s, e = oracle.node_range(int(geo[K.G_K, q]), n, b, h) if h >= 1 else (b * int(geo[K.G_K, q]), -1)
+    return (q, s, e, h) if with_h else (q, s, e)
 
 
 # ---------------------------------------------------------------- presets
@@ -290,6 +285,89 @@ def test_bitset_range_parity_matches_naive(s, e):
     bits = rng.integers(0, 2, size=(1, 1, 256), dtype=np.uint8)
     words = pack_bits(bits.reshape(1, -1)).reshape(1, 1, -1)
     assert K._bitset_range_parity(words, 0, 0, s, e) == bits[0, 0, s:e].sum() % 2
+
+
+@pytest.mark.parametrize("ks,n", [([10, 20, 50, 50], 100), ([1, 3], 7), ([64, 256, 500], 1000)])
+def test_alice_locate_nodes_matches_halving_and_refuses_empty_nodes(ks, n):
+    geo = _geometry(ks, n)
+    M = int(geo[K.G_BASE, -1])
+    for v in range(M):
+        q, s, e, h = _locate_by_halving(v, geo, n, with_h=True)
+        out = [np.zeros(1, np.int64) for _ in range(3)]
+        status = K.alice_locate_nodes(geo, np.int64(n), np.array([v], np.uint32), *out)
+        if h < 1 or e <= s:
+            assert status == 0  # refused: no such node
+        else:
+            assert status == -1 and [int(x[0]) for x in out] == [q, s, e]
+            assert 0 <= s < e <= n
+
+
+@given(st.integers(1, 200), st.data())
+@settings(max_examples=200, deadline=None)
+def test_unknown_in_words_matches_naive(n, data):
+    # "how many (0, 1, 2+) bits of [s, e) are zero, and the first one": the
+    # peeling / all-known test on a pass-ordered known-positions bitset
+    known = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    words = pack_bits(known.astype(np.uint8).reshape(1, -1))[0]
+    s = data.draw(st.integers(0, n - 1))
+    e = data.draw(st.integers(s + 1, n))
+    zeros = np.flatnonzero(~known[s:e]) + s
+    c, z = K._unknown_in_words(words, s, e)
+    assert c == min(zeros.size, 2)
+    assert z == (int(zeros[0]) if zeros.size else -1)
+    x = np.uint64(data.draw(st.integers(0, 2**64 - 1)))
+    assert K._popcount64(x) == bin(int(x)).count("1")
+
+
+@given(st.integers(2, 300), st.integers(0, 2**32 - 1), st.floats(0, 1))
+@settings(max_examples=100, deadline=None)
+def test_pass_ordered_known_positions_match_the_gather(n, seed, density):
+    # Bob's copy of the known-correct positions in pass 1's permuted order
+    # (built as the pass starts) answers "single unknown" / "all known" as the
+    # gather through the permutation does
+    rng = np.random.default_rng(seed)
+    ks = [max(1, n // 7), max(1, n // 3)]
+    geo = _geometry(ks, n)
+    assert geo[K.G_KSLOT, 1] == 0 and geo[K.G_KSLOT, 0] == -1
+    pi = np.zeros((2, 2, n), np.int32)
+    for q in range(2):
+        K.fill_permutation(np.uint64(seed), np.int64(q), pi[0, q])
+    known = rng.random(n) < density
+    kpos = np.zeros((1, K.KP_KQ + 1, (n + 63) // 64), np.uint64)
+    kpos[0, K.KP_KNOWN] = pack_bits(known.astype(np.uint8).reshape(1, -1))[0]
+    K._begin_pass(kpos, pi, geo, 0, 1)
+    for q in range(2):
+        for _ in range(20):
+            s = int(rng.integers(0, n))
+            e = int(rng.integers(s + 1, n + 1))
+            unknown = [int(x) for x in pi[0, q, s:e] if not known[x]]
+            expected = -1 if not unknown else (unknown[0] if len(unknown) == 1 else -2)
+            assert K._single_unknown(kpos, pi, geo, 0, q, s, e) == expected
+            assert K._all_known(kpos, pi, geo, 0, q, s, e) == (not unknown)
+
+
+@given(st.integers(1, 300), st.integers(0, 2**32 - 1), st.data())
+@settings(max_examples=100, deadline=None)
+def test_scratch_marks_of_permuted_nodes_match_naive(n, seed, data):
+    # the scheduler's marks of pass-q nodes (positions perm[s:e]) with the
+    # test / mark switches, read through the summary of non-zero words
+    perm = np.zeros((1, 2, n), np.int32)
+    K.fill_permutation(np.uint64(seed), np.int64(1), perm[0, 1])
+    words = np.zeros((1, 3, (n + 63) // 64), np.uint64)
+    ref = np.zeros(n, dtype=bool)
+    for _ in range(data.draw(st.integers(1, 6))):
+        s = data.draw(st.integers(0, n - 1))
+        e = data.draw(st.integers(s + 1, n))
+        test, mark = data.draw(st.booleans()), data.draw(st.booleans())
+        pos = perm[0, 1, s:e]
+        expected = test and bool(ref[pos].any())
+        assert K._scratch_test_set_perm(words, perm, 0, 1, s, e, test, mark) == expected
+        if mark:
+            ref[pos] = True
+        got = np.unpackbits(words[0, 1].view(np.uint8), bitorder="little")[:n].astype(bool)
+        assert (got == ref).all()
+        summary = np.unpackbits(words[0, 2].view(np.uint8), bitorder="little")[: words.shape[2]].astype(bool)
+        assert (summary == (words[0, 1] != 0)).all()
 
 
 @given(st.integers(1, 300), st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=6))
