@@ -636,6 +636,10 @@ def test_alice_rejects_bad_requests():
     ok = ask(np.array([1, 2], np.uint32), c=np.array([2], np.int32))  # block 0 of pass 0 and its left half
     assert np.unpackbits(ok["r"], bitorder="little")[:2].tolist() == [0, 0]
     assert alice.leaked[7] == 2
+    # ids of another integer type are taken as their values (converted, no kernel compiled for them)
+    for dt in (np.uint64, np.int16):
+        assert np.unpackbits(ask(np.array([2], dt))["r"], bitorder="little")[0] == 0
+    assert alice.leaked[7] == 4
     h["cascade.end"]({"sid": 1})
 
 

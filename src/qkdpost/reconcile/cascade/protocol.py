@@ -311,6 +311,8 @@ class CascadeAlice:
             raise ProtocolError(f"cascade.parities: counts c do not add up to the {nr} node ids sent")
         if nr and (int(nodes.min()) < 0 or int(nodes.max()) >= int(geo[K.G_BASE, -1])):
             raise ProtocolError("cascade.parities: a node id is outside the batch's geometry")
+        if nodes.dtype not in (np.dtype(np.uint32), np.dtype(np.int64)):
+            nodes = nodes.astype(np.int64)  # in range (checked above); no kernel compiled per peer-chosen dtype
         rq = np.empty(nr, dtype=np.int64)
         rs = np.empty(nr, dtype=np.int64)
         re_ = np.empty(nr, dtype=np.int64)
