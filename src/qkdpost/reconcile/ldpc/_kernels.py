@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from ..._jit import kernel, register
-from ._lanes import LANES, check_in, check_out, check_out_all, prefetch_row, sign_xor
+from ._lanes import LANES, check_in, check_in_keep, check_out, check_out_all, prefetch_row, sign_xor
 
 register(__name__)
 
@@ -406,6 +406,8 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
     T = np.empty((maxdeg, W), np.float32)
     P = np.empty((maxdeg, W), np.float32)
     SG = np.empty((maxdeg, W), np.int32)
+    LO = np.empty((maxdeg, W), np.float32)
+    RO = np.empty((maxdeg, W), np.float32)
     S = np.empty(W, np.float32)
     NEG = np.empty(W, np.int32)
     ACT = np.zeros(W, np.int32)     # lane is iterating
@@ -454,14 +456,16 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
             if j + PF_DIST < m:
                 for e in range(row_ptr[j + PF_DIST], row_ptr[j + PF_DIST + 1]):
                     prefetch_row(Lg, col_idx[e])
-            for e in range(lo, hi):
-                check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
             if busy == W:  # every lane iterating: unmasked stores (the same values)
                 for e in range(lo, hi):
-                    check_out_all(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
-            else:
+                    check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
                 for e in range(lo, hi):
-                    check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, col_idx[e], e, e - lo)
+                    check_out_all(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
+            else:  # idle lanes keep their old rows (LO, RO)
+                for e in range(lo, hi):
+                    check_in_keep(Lg, Rg, T, P, SG, S, NEG, lut, LO, RO, col_idx[e], e, e - lo)
+                for e in range(lo, hi):
+                    check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, LO, RO, col_idx[e], e, e - lo)
         _unsatisfied_lanes(row_ptr, col_idx, Lg, sg, U, acc)
         for l in range(W):
             if slot[l] < 0:

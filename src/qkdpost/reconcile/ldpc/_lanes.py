@@ -39,7 +39,7 @@ LANES = 8
 _PHI_SCALE = np.float32(512.0)
 _PHI_XCLAMP = np.float32((8192 - 1) / 512.0)
 
-__all__ = ["LANES", "check_in", "check_out", "check_out_all", "sign_xor", "prefetch_row"]
+__all__ = ["LANES", "check_in", "check_in_keep", "check_out", "check_out_all", "sign_xor", "prefetch_row"]
 
 if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 run
 
@@ -58,12 +58,19 @@ if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 ru
         P[k] = p
         S += p
 
-    def check_out(L, R, T, P, SG, S, NEG, lut, ACT, v, e, k):
-        """Second half: new message of edge ``e`` and posterior of ``v``, on active lanes only."""
+    def check_in_keep(L, R, T, P, SG, S, NEG, lut, LO, RO, v, e, k):
+        """check_in that also keeps the old rows L[v], R[e] in LO[k], RO[k] (for the masked check_out)."""
+        LO[k] = L[v]
+        RO[k] = R[e]
+        check_in(L, R, T, P, SG, S, NEG, lut, v, e, k)
+
+    def check_out(L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, v, e, k):
+        """Second half: new message of edge ``e`` and posterior of ``v``, on active lanes only
+        (inactive lanes get back their old values LO[k], RO[k])."""
         r = _phi8(S - P[k], lut) * (1 - 2 * (NEG ^ SG[k])).astype(np.float32)
         act = ACT != 0
-        R[e] = np.where(act, r, R[e])
-        L[v] = np.where(act, T[k] + r, L[v])
+        R[e] = np.where(act, r, RO[k])
+        L[v] = np.where(act, T[k] + r, LO[k])
 
     def check_out_all(L, R, T, P, SG, S, NEG, lut, v, e, k):
         """check_out when every lane is active (no masking)."""
@@ -150,27 +157,47 @@ else:
     def _idx(context, builder, ty, val):
         return context.cast(builder, val, ty, types.int64)
 
+    def _check_in_ir(context, builder, tys, args, keep):
+        """t = L[v] - R[e] and its sign and phi into T, SG, P, NEG, S (and, if ``keep``, the old
+        rows of L and R into LO[k], RO[k])."""
+        bL, bR, bT, bP, bSG, bS, bNEG, bLUT = (_data(context, builder, tys[i], args[i]) for i in range(8))
+        o = 10 if keep else 8
+        iv, ie, ik = (_idx(context, builder, tys[i], args[i]) for i in (o, o + 1, o + 2))
+        pL = _row(builder, bL, iv, _f32, _vf)
+        pT = _row(builder, bT, ik, _f32, _vf)
+        lv = _load(builder, pL)
+        rv = _load(builder, _row(builder, bR, ie, _f32, _vf))
+        if keep:
+            _store(builder, lv, _row(builder, _data(context, builder, tys[8], args[8]), ik, _f32, _vf))
+            _store(builder, rv, _row(builder, _data(context, builder, tys[9], args[9]), ik, _f32, _vf))
+        t = builder.fsub(lv, rv)
+        _store(builder, t, pT)
+        sg = builder.zext(builder.fcmp_ordered("<", t, _splat(0.0, _vf)), _vi)
+        _store(builder, sg, _row(builder, bSG, ik, _i32, _vi))
+        pNEG = builder.bitcast(bNEG, _vi.as_pointer())
+        _store(builder, builder.xor(_load(builder, pNEG), sg), pNEG)
+        p = _phi_vec(builder, _fabs(builder, t), bLUT)
+        _store(builder, p, _row(builder, bP, ik, _f32, _vf))
+        pS = builder.bitcast(bS, _vf.as_pointer())
+        _store(builder, builder.fadd(_load(builder, pS), p), pS)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def check_in_keep(typingctx, L, R, T, P, SG, S, NEG, lut, LO, RO, v, e, k):
+        """check_in that also keeps the old rows of L and R in LO[k], RO[k] for the masked check_out."""
+        sig = types.void(L, R, T, P, SG, S, NEG, lut, LO, RO, v, e, k)
+
+        def codegen(context, builder, signature, args):
+            return _check_in_ir(context, builder, signature.args, args, True)
+
+        return sig, codegen
+
     @intrinsic
     def check_in(typingctx, L, R, T, P, SG, S, NEG, lut, v, e, k):
         sig = types.void(L, R, T, P, SG, S, NEG, lut, v, e, k)
 
         def codegen(context, builder, signature, args):
-            tys = signature.args
-            bL, bR, bT, bP, bSG, bS, bNEG, bLUT = (_data(context, builder, tys[i], args[i]) for i in range(8))
-            iv, ie, ik = (_idx(context, builder, tys[i], args[i]) for i in (8, 9, 10))
-            pL = _row(builder, bL, iv, _f32, _vf)
-            pT = _row(builder, bT, ik, _f32, _vf)
-            t = builder.fsub(_load(builder, pL), _load(builder, _row(builder, bR, ie, _f32, _vf)))
-            _store(builder, t, pT)
-            sg = builder.zext(builder.fcmp_ordered("<", t, _splat(0.0, _vf)), _vi)
-            _store(builder, sg, _row(builder, bSG, ik, _i32, _vi))
-            pNEG = builder.bitcast(bNEG, _vi.as_pointer())
-            _store(builder, builder.xor(_load(builder, pNEG), sg), pNEG)
-            p = _phi_vec(builder, _fabs(builder, t), bLUT)
-            _store(builder, p, _row(builder, bP, ik, _f32, _vf))
-            pS = builder.bitcast(bS, _vf.as_pointer())
-            _store(builder, builder.fadd(_load(builder, pS), p), pS)
-            return context.get_dummy_value()
+            return _check_in_ir(context, builder, signature.args, args, False)
 
         return sig, codegen
 
@@ -178,7 +205,7 @@ else:
         """New message r of edge e and posterior T + r of its variable, stored on active lanes
         (``masked``; old values kept elsewhere) or on all lanes."""
         bL, bR, bT, bP, bSG, bS, bNEG, bLUT = (_data(context, builder, tys[i], args[i]) for i in range(8))
-        o = 9 if masked else 8
+        o = 11 if masked else 8
         iv, ie, ik = (_idx(context, builder, tys[i], args[i]) for i in (o, o + 1, o + 2))
         s = _load(builder, builder.bitcast(bS, _vf.as_pointer()))
         x = builder.fsub(s, _load(builder, _row(builder, bP, ik, _f32, _vf)))
@@ -191,19 +218,22 @@ else:
         pL = _row(builder, bL, iv, _f32, _vf)
         t = _load(builder, _row(builder, bT, ik, _f32, _vf))
         if masked:
-            bACT = _data(context, builder, tys[8], args[8])
+            # inactive lanes get back their old values, kept by check_in_keep in LO[k], RO[k]; selecting
+            # against a load of pL / pR itself compiles to vmaskmovps, slow on AMD Zen
+            bACT, bLO, bRO = (_data(context, builder, tys[i], args[i]) for i in (8, 9, 10))
             act = builder.icmp_signed("!=", _load(builder, builder.bitcast(bACT, _vi.as_pointer())),
                                       _splat(0, _vi))
-            _store(builder, builder.select(act, r, _load(builder, pR)), pR)
-            _store(builder, builder.select(act, builder.fadd(t, r), _load(builder, pL)), pL)
+            _store(builder, builder.select(act, r, _load(builder, _row(builder, bRO, ik, _f32, _vf))), pR)
+            _store(builder, builder.select(act, builder.fadd(t, r), _load(builder, _row(builder, bLO, ik, _f32, _vf))),
+                   pL)
         else:
             _store(builder, r, pR)
             _store(builder, builder.fadd(t, r), pL)
         return context.get_dummy_value()
 
     @intrinsic
-    def check_out(typingctx, L, R, T, P, SG, S, NEG, lut, ACT, v, e, k):
-        sig = types.void(L, R, T, P, SG, S, NEG, lut, ACT, v, e, k)
+    def check_out(typingctx, L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, v, e, k):
+        sig = types.void(L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, v, e, k)
 
         def codegen(context, builder, signature, args):
             return _check_out_ir(context, builder, signature.args, args, True)
