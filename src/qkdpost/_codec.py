@@ -82,65 +82,60 @@ def decode(data: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def _decode(mv: memoryview) -> tuple[str, dict[str, Any]]:
+    # Fixed-size reads fail by themselves when the message is cut short
+    # (struct.error, IndexError); variable-length ones are checked inline
+    # (slices would silently come back short). No helper call per field:
+    # this runs four times per Cascade round trip.
     end = len(mv)
-
-    def need(pos: int, n: int) -> None:
-        if pos + n > end:
-            raise ValueError(f"truncated at byte {pos}, need {n} more")
-
-    need(0, 5)
     version, klen = _HEAD.unpack_from(mv, 0)
     if version != VERSION:
         raise ValueError(f"message version {version}, this build speaks {VERSION}")
-    pos = 3
-    need(pos, klen + 2)
-    kind = bytes(mv[pos : pos + klen]).decode("ascii")
-    pos += klen
+    pos = 3 + klen
+    if pos + 2 > end:
+        raise ValueError(f"truncated at byte 3, need {klen + 2} more")
+    kind = _name(bytes(mv[3:pos]))
     (nfields,) = _U16.unpack_from(mv, pos)
     pos += 2
     body: dict[str, Any] = {}
     for _ in range(nfields):
-        need(pos, 1)
         nlen = mv[pos]
-        need(pos + 1, nlen + 1)
-        name = _name(bytes(mv[pos + 1 : pos + 1 + nlen]))
-        pos += 1 + nlen
-        tag = mv[pos]
-        pos += 1
+        stop = pos + 1 + nlen
+        if stop >= end:
+            raise ValueError(f"truncated at byte {pos}, need {nlen + 2} more")
+        name = _name(bytes(mv[pos + 1 : stop]))
+        tag = mv[stop]
+        pos = stop + 1
         if tag == 6:
-            need(pos, 1)
             dlen = mv[pos]
-            need(pos + 1, dlen + 1)
-            dtype = _dtype(bytes(mv[pos + 1 : pos + 1 + dlen]))
-            pos += 1 + dlen
-            ndim = mv[pos]
-            pos += 1
-            need(pos, 8 * ndim)
-            shape = struct.unpack_from(f"<{ndim}Q", mv, pos)
-            pos += 8 * ndim
+            stop = pos + 1 + dlen
+            if stop >= end:
+                raise ValueError(f"truncated at byte {pos}, need {dlen + 2} more")
+            dtype = _dtype(bytes(mv[pos + 1 : stop]))
+            ndim = mv[stop]
+            shape = _shape_struct(ndim).unpack_from(mv, stop + 1)
+            pos = stop + 1 + 8 * ndim
             nbytes = math.prod(shape) * dtype.itemsize  # exact for any shape (np.prod may overflow)
-            need(pos, nbytes)
+            if pos + nbytes > end:
+                raise ValueError(f"truncated at byte {pos}, need {nbytes} more")
             body[name] = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
             pos += nbytes
         elif tag == 0:
-            need(pos, 8)
             body[name] = _I64.unpack_from(mv, pos)[0]
             pos += 8
         elif tag == 1:
-            need(pos, 8)
             body[name] = _F64.unpack_from(mv, pos)[0]
             pos += 8
         elif tag == 2 or tag == 3:
-            need(pos, 4)
             (ln,) = _U32.unpack_from(mv, pos)
-            need(pos + 4, ln)
-            raw = bytes(mv[pos + 4 : pos + 4 + ln])
+            pos += 4
+            if pos + ln > end:
+                raise ValueError(f"truncated at byte {pos}, need {ln} more")
+            raw = bytes(mv[pos : pos + ln])
             body[name] = raw.decode("utf-8") if tag == 2 else raw
-            pos += 4 + ln
+            pos += ln
         elif tag == 4:
             body[name] = None
         elif tag == 5:
-            need(pos, 1)
             body[name] = bool(mv[pos])
             pos += 1
         else:
@@ -148,6 +143,11 @@ def _decode(mv: memoryview) -> tuple[str, dict[str, Any]]:
     if pos != end:
         raise ValueError(f"{end - pos} trailing bytes")
     return kind, body
+
+
+@functools.lru_cache(maxsize=256)
+def _shape_struct(ndim: int) -> struct.Struct:
+    return struct.Struct(f"<{ndim}Q")
 
 
 @functools.lru_cache(maxsize=256)

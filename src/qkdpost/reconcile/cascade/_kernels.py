@@ -919,21 +919,126 @@ def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
 
 
 @kernel(nrt=False)
-def bob_emit(pend, st, roff, out):
-    """Write the range queries of every frame as wire node ids.
+def bob_layout(st, offs, counts):
+    """Lay out this round's answers; returns (range requests, top-level parities, top-level rows), or -1s.
+
+    ``counts[f]`` (int32, the ``c`` field) is the number of range requests
+    of frame f; ``offs[0, f]`` is the index of frame f's first range answer
+    and ``offs[1, f]`` of its first top-level answer, counted after all range
+    answers (Alice's reply is read as one array). Returns (-1, -1, -1) when
+    no frame asks anything (every frame is finished).
+    """
+    N = st.shape[0]
+    nr = 0
+    nt = 0
+    rows = 0
+    busy = False
+    for f in range(N):
+        a = st[f, S_ACTION]
+        c = st[f, S_NSEL] if a == 1 else 0
+        counts[f] = c
+        offs[0, f] = nr
+        nr += c
+        if a != 0:
+            busy = True
+        if a == 2:
+            rows += 1
+    offs[0, N] = nr
+    if not busy:
+        return -1, -1, -1
+    for f in range(N):
+        offs[1, f] = nr + nt
+        if st[f, S_ACTION] == 2:
+            nt += st[f, S_TOPCOUNT]
+    offs[1, N] = nr + nt
+    return nr, nt, rows
+
+
+@kernel(nrt=False)
+def bob_emit(pend, st, geo, roff, out, trows):
+    """Write the round's requests as sent: range requests as node ids, top-level requests as rows.
 
     ``out[roff[f] + i]`` is the global id of the left child of the i-th
     selected node of frame f (heap node h's left child is 2h, i.e. global id
     v + h), whose parity is asked: the ``v`` field of ``cascade.parities``.
     Both parties know the geometry, so the id alone names the range
     (:func:`node_locate`); ``out`` is uint32 when every id fits, else int64.
+    ``trows`` gets one row (frame, pass, block size, count) per frame that
+    asks for the top-level parities of its next pass: the ``t`` field.
     """
+    j = 0
     for f in range(st.shape[0]):
-        if st[f, S_ACTION] != 1:
-            continue
-        o = roff[f]
-        for i in range(st[f, S_NSEL]):
-            out[o + i] = pend[f, i, P_V] + pend[f, i, P_H]
+        a = st[f, S_ACTION]
+        if a == 1:
+            o = roff[f]
+            for i in range(st[f, S_NSEL]):
+                out[o + i] = pend[f, i, P_V] + pend[f, i, P_H]
+        elif a == 2:
+            q = st[f, S_PASS]
+            trows[j, 0] = f
+            trows[j, 1] = q
+            trows[j, 2] = geo[G_K, q]
+            trows[j, 3] = st[f, S_TOPCOUNT]
+            j += 1
+
+
+# alice_check_requests status values (0: every request is valid)
+RQ_COUNTS, RQ_NODE_RANGE, RQ_NODE_EMPTY, RQ_TOP = 1, 2, 3, 4
+
+
+@kernel(nrt=False)
+def alice_check_requests(geo, n, counts, nodes, treq, rf, rq, rs, re_, used, per):
+    """Check one ``cascade.parities`` request of Bob's and decode it, before any parity is computed.
+
+    ``counts[f]`` range requests of frame f, in frame order, name nodes by
+    global id (``nodes``); ``treq`` rows (f, q, k, c) ask for the first c
+    top-level blocks of size k of pass q. Fills the frame, pass, start and
+    end of each range request (``rf``, ``rq``, ``rs``, ``re_``), marks in
+    ``used[q]`` every pass the answers read, and adds to ``per[f]`` the
+    parities frame f is about to disclose (her leakage count).
+
+    Returns 0 if everything is valid, else ``RQ_COUNTS`` (a negative count,
+    or counts that do not add up to the ids sent), ``RQ_NODE_RANGE`` (an id
+    outside the batch's nodes), ``RQ_NODE_EMPTY`` (an id naming no node) or
+    ``RQ_TOP`` (a block request out of bounds); ``per`` is only filled when
+    0 is returned.
+    """
+    N = counts.shape[0]
+    P = geo.shape[1] - 1
+    M = geo[G_BASE, P]
+    nr = nodes.shape[0]
+    tot = 0
+    for f in range(N):
+        if counts[f] < 0:
+            return RQ_COUNTS
+        tot += counts[f]
+    if tot != nr:
+        return RQ_COUNTS
+    i = 0
+    for f in range(N):
+        for _ in range(counts[f]):
+            v = np.int64(nodes[i])
+            if v < 0 or v >= M:
+                return RQ_NODE_RANGE
+            q, s, e, h = node_locate(v, geo, n)
+            if h < 1 or e <= s:
+                return RQ_NODE_EMPTY
+            rf[i] = f
+            rq[i] = q
+            rs[i] = s
+            re_[i] = e
+            used[q] = 1
+            i += 1
+    for j in range(treq.shape[0]):
+        f, q, k, c = treq[j, 0], treq[j, 1], treq[j, 2], treq[j, 3]
+        if f < 0 or f >= N or q < 0 or q >= P or k < 1 or k > n or c < 0 or c > (n + k - 1) // k:
+            return RQ_TOP
+        used[q] = 1
+    for f in range(N):
+        per[f] += counts[f]
+    for j in range(treq.shape[0]):
+        per[treq[j, 0]] += treq[j, 3]
+    return 0
 
 
 @kernel(nrt=False)

@@ -299,50 +299,51 @@ class CascadeAlice:
             sess = self._sessions[int(body["sid"])]
             counts = np.asarray(body["c"]).reshape(-1)
             nodes = np.asarray(body["v"]).reshape(-1)
-            t = np.asarray(body["t"], dtype=np.int64).reshape(-1, 4)
+            t = np.asarray(body["t"]).reshape(-1, 4)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"cascade.parities: unknown session or bad field ({exc})") from None
         eng, perms, P, geo = sess["eng"], sess["perms"], sess["passes"], sess["geo"]
         N, n = eng[0].shape
-        nr, nt = nodes.shape[0], t.shape[0]
-        if counts.dtype.kind not in "iu" or nodes.dtype.kind not in "iu" or counts.shape[0] != N:
-            raise ProtocolError(f"cascade.parities: c must be {N} integer counts and v integer node ids")
-        if (N and counts.min() < 0) or int(counts.sum(dtype=np.int64)) != nr:
-            raise ProtocolError(f"cascade.parities: counts c do not add up to the {nr} node ids sent")
-        if nr and (int(nodes.min()) < 0 or int(nodes.max()) >= int(geo[K.G_BASE, -1])):
-            raise ProtocolError("cascade.parities: a node id is outside the batch's geometry")
+        nr = nodes.shape[0]
+        if counts.dtype.kind not in "iu" or nodes.dtype.kind not in "iu" or t.dtype.kind not in "iu":
+            raise ProtocolError("cascade.parities: c (counts), v (node ids) and t must be integer arrays")
+        if counts.shape[0] != N:
+            raise ProtocolError(f"cascade.parities: c (counts) must hold {N}, one per frame, got {counts.shape[0]}")
+        # one dtype per field for the kernel (no compilation per peer-chosen dtype); ids out of
+        # int64 range cannot name a node, and the kernel refuses every id >= the node count
+        counts = counts.astype(np.int64, copy=False)
         if nodes.dtype not in (np.dtype(np.uint32), np.dtype(np.int64)):
-            nodes = nodes.astype(np.int64)  # in range (checked above); no kernel compiled per peer-chosen dtype
+            if nodes.dtype.kind == "u" and nr and int(nodes.max()) >= 2**63:
+                raise ProtocolError("cascade.parities: a node id is outside the batch's geometry")
+            nodes = nodes.astype(np.int64)
+        t = np.ascontiguousarray(t, dtype=np.int64)
+        nt = t.shape[0]
+        rf = np.empty(nr, dtype=np.int64)
         rq = np.empty(nr, dtype=np.int64)
         rs = np.empty(nr, dtype=np.int64)
         re_ = np.empty(nr, dtype=np.int64)
-        if nr and K.alice_locate_nodes(geo, np.int64(n), nodes, rq, rs, re_) >= 0:
-            raise ProtocolError("cascade.parities: a node id names an empty node")
-        rf = np.repeat(np.arange(N, dtype=np.int64), counts)
-        if nt and (
-            t[:, 0].min() < 0 or t[:, 0].max() >= N or t[:, 1].min() < 0 or t[:, 1].max() >= P
-            or t[:, 2].min() < 1 or t[:, 2].max() > n or t[:, 3].min() < 0
-            or np.any(t[:, 3] > -(-n // t[:, 2]))
-        ):
-            raise ProtocolError("cascade.parities: a block request is out of bounds")
-        if perms is None:  # empty batch: the bounds checks refused every row
+        used = np.zeros(P, dtype=np.uint8)
+        per = np.zeros(N, dtype=np.int64)
+        status = K.alice_check_requests(geo, np.int64(n), counts, nodes, t, rf, rq, rs, re_, used, per)
+        if status:
+            raise ProtocolError("cascade.parities: " + _REQUEST_ERRORS.get(status, f"invalid request ({status})"))
+        if perms is None:  # empty batch: nothing can have been asked
             return {"r": np.zeros(0, np.uint8), "t": np.zeros(0, np.uint8)}
-        used = np.bincount(rq, minlength=P)
-        if nt:
-            used[t[:, 1]] += 1
-        for q in np.flatnonzero(used):
+        for q in np.flatnonzero(used > perms.done[0, :P]):  # passes whose permutation is not built yet
             perms.ensure(int(q), inverse=False)
-        for q, k in {(int(q), int(k)) for q, k, c in t[:, 1:4] if c == 1 and k > K.BIG_RANGE}:
-            perms.ensure_mask(q, k)
+        if nt:
+            for q, k in {(int(q), int(k)) for q, k, c in t[:, 1:4] if c == 1 and k > K.BIG_RANGE}:
+                perms.ensure_mask(q, k)
         rpar = np.empty(nr, dtype=np.uint8)
         K.alice_range_parities(eng, perms.pi, rf, rq, rs, re_, rpar)
-        toff = np.zeros(nt + 1, dtype=np.int64)
-        np.cumsum(t[:, 3], out=toff[1:])
-        tpar = np.empty(int(toff[-1]), dtype=np.uint8)
-        K.alice_block_parities(eng, perms.pi, perms.masks, perms.maskk, np.ascontiguousarray(t), toff, tpar)
-        # her own leakage count, per frame id
-        per = counts.astype(np.int64) + np.bincount(t[:, 0], weights=t[:, 3], minlength=N).astype(np.int64)
-        for i in np.flatnonzero(per):
+        if nt:
+            toff = np.zeros(nt + 1, dtype=np.int64)
+            np.cumsum(t[:, 3], out=toff[1:])
+            tpar = np.empty(int(toff[-1]), dtype=np.uint8)
+            K.alice_block_parities(eng, perms.pi, perms.masks, perms.maskk, t, toff, tpar)
+        else:
+            tpar = rpar[:0]
+        for i in np.flatnonzero(per):  # her own leakage count, per frame id
             fid = int(sess["ids"][i])
             self.leaked[fid] = self.leaked.get(fid, 0) + int(per[i])
         return {
@@ -460,8 +461,7 @@ class CascadeBob:
         kcfg[K.C_MAXROUNDS] = cfg.max_rounds
         kcfg[K.C_LOCAL] = cfg.local_max
         offs = np.zeros((2, N + 1), dtype=np.int64)
-        frame_idx = np.arange(N, dtype=np.int64)
-        no_top = np.empty((0, 4), dtype=np.int32)
+        built_for = -1  # q0 of the last round's permutation check
         par = None
         try:
             while True:
@@ -469,7 +469,8 @@ class CascadeBob:
                 # top-level parities may arrive, the next one (planned right
                 # after), and the one-block passes started locally after it
                 q0 = int(st[:, K.S_PASS].max()) if N else 0
-                q = q0
+                q = q0 if q0 != built_for else P  # the same passes as last round: built already
+                built_for = q0
                 while q < P:
                     perms.ensure(q, inverse=True)
                     if geo[K.G_NB, q] == 2 and geo[K.G_K, q] > K.BIG_RANGE:
@@ -484,31 +485,14 @@ class CascadeBob:
                     K.bob_absorb_plan(
                         eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, par, offs, perms.masks, perms.maskk, scr
                     )
-                act = st[:, K.S_ACTION]
-                if not act.any():
-                    break
-                # offs[0]: each frame's first range answer; offs[1]: its first
-                # top-level answer, counted after all range answers (one par array)
-                counts = np.where(act == 1, st[:, K.S_NSEL], 0)
-                np.cumsum(counts, out=offs[0, 1:])
-                nr = int(offs[0, -1])
+                counts = np.empty(N, dtype=np.int32)  # fresh per round: a channel may keep the body it sent
+                nr, nt, ntr = K.bob_layout(st, offs, counts)
+                if nr < 0:
+                    break  # every frame is finished
                 nodes = np.empty(nr, dtype=node_dtype)
-                K.bob_emit(pend, st, offs[0], nodes)
-                tsel = act == 2
-                if tsel.any():
-                    ntop = np.where(tsel, st[:, K.S_TOPCOUNT], 0)
-                    np.cumsum(ntop, out=offs[1, 1:])
-                    tq = st[tsel, K.S_PASS]
-                    trows = np.stack([frame_idx[tsel], tq, geo[K.G_K, tq], ntop[tsel]], axis=1).astype(np.int32)
-                else:
-                    offs[1, 1:] = 0
-                    trows = no_top
-                offs[1, 0] = 0
-                nt = int(offs[1, -1])
-                offs[1] += nr
-                reply = channel.request(
-                    "cascade.parities", {"sid": sid, "c": counts.astype(np.int32), "v": nodes, "t": trows}
-                )
+                trows = np.empty((ntr, 4), dtype=np.int32)
+                K.bob_emit(pend, st, geo, offs[0], nodes, trows)
+                reply = channel.request("cascade.parities", {"sid": sid, "c": counts, "v": nodes, "t": trows})
                 par = _unpack_reply(reply, nr, nt)
         finally:
             try:
@@ -535,6 +519,14 @@ class CascadeBob:
                 "source": preset.source,
             },
         )
+
+
+_REQUEST_ERRORS = {
+    K.RQ_COUNTS: "c (counts) are negative or do not add up to the node ids sent",
+    K.RQ_NODE_RANGE: "a node id is outside the batch's geometry",
+    K.RQ_NODE_EMPTY: "a node id names an empty node",
+    K.RQ_TOP: "a block request is out of bounds",
+}
 
 
 def _unpack_reply(reply: Any, nr: int, nt: int) -> np.ndarray:
