@@ -301,3 +301,15 @@ def test_crash_after_a_lost_claim_or_before_the_ledger_never_serves_the_block(tm
     assert not stray.exists() and not (tmp_path / "alice/delivery" / f"{IDS[0]}.key").exists()
     got = master2.enc_keys("SAE_B", number=1)["keys"][0]
     assert got["key_ID"] == _kid(blocks, IDS[1], 0)  # block 0 went to the other consumer, never to us
+
+
+def test_a_truncated_pool_file_is_a_clear_error_not_a_short_key(tmp_path):
+    blocks = _stores(tmp_path)
+    master, slave = _kmes(tmp_path)
+    got = master.enc_keys("SAE_B", number=1)["keys"]  # pools block 0 (3 keys) on the master
+    pool = master._pool_file(IDS[0])
+    pool.write_bytes(pool.read_bytes()[:40])  # damaged outside qkdpost: key 1 ends at byte 64
+    with pytest.raises(DeliveryError, match="short") as e:
+        master.enc_keys("SAE_B", number=1)
+    assert e.value.status == 500
+    assert key_bits(got[0]["key"]).size == 256

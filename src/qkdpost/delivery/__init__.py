@@ -208,9 +208,15 @@ class Kme:
         return pack_bits(bits[bits.size - ID_SECRET_BITS :]).tobytes()
 
     def _key_bytes(self, block_id: str, index: int) -> bytes:
-        data = self._pool_file(block_id).read_bytes()
+        """Key ``index`` of a pooled block: its bytes only (LSB-first packing: bit k*S.. is byte k*S/8..)."""
         nbytes = self.key_size // 8
-        return data[index * nbytes : (index + 1) * nbytes]  # LSB-first packing: bit k*S.. is byte k*S/8..
+        with open(self._pool_file(block_id), "rb") as fh:
+            fh.seek(index * nbytes)
+            data = fh.read(nbytes)
+        if len(data) != nbytes:  # the ledger promised a key the pool file does not hold
+            raise DeliveryError(500, f"key pool of block {block_id} is short: key {index} is missing; "
+                                "the pool file was truncated outside qkdpost (restore it or drop the block)")
+        return data
 
     def _finish(self, block_id: str) -> None:
         ent = self._ledger["blocks"][block_id]
