@@ -493,12 +493,18 @@ def _begin_pass(kpos, pi, geo, f, q):
     if r < KP_KQ:
         return
     n = pi.shape[2]
-    for w in range(kpos.shape[2]):
-        kpos[f, r, w] = np.uint64(0)
+    # branch-free, one word built in a register and stored once per 64 positions:
+    # the known bits are close to random here, so a test per bit mispredicts and a
+    # read-modify-write of the output word per bit chains stores (perf: 3x slower)
+    word = np.uint64(0)
     for j in range(n):
         x = pi[0, q, j]
-        if (kpos[f, 0, x >> 6] >> np.uint64(x & 63)) & _ONE:
-            kpos[f, r, j >> 6] |= _ONE << np.uint64(j & 63)
+        word |= ((kpos[f, 0, x >> 6] >> np.uint64(x & 63)) & _ONE) << np.uint64(j & 63)
+        if (j & 63) == 63:
+            kpos[f, r, j >> 6] = word
+            word = np.uint64(0)
+    if n & 63:
+        kpos[f, r, n >> 6] = word
 
 
 @kernel(nrt=False)
