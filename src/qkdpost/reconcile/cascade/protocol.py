@@ -283,7 +283,7 @@ class CascadeAlice:
         eng = (
             abits,
             pack_bits(abits),
-            np.empty((N, passes, (n + 1 + 63) // 64), dtype=np.uint64),
+            _sparse_zeros((N, passes, (n + 1 + 63) // 64)),  # prefix parities: only passes asked about are built
             np.full((N, passes), -1, dtype=np.int64),
             np.zeros((N, 1, 1), dtype=np.uint64),
             np.zeros(2, dtype=np.int64),
@@ -443,15 +443,17 @@ class CascadeBob:
         eng = (
             bits,
             pack_bits(bits),
-            np.empty((N, P, (n + 1 + 63) // 64), dtype=np.uint64),
+            _sparse_zeros((N, P, (n + 1 + 63) // 64)),  # prefix parities and flip logs: built per pass on use
             np.full((N, P), -1, dtype=np.int64),
-            np.empty((N, P, (n + 63) // 64), dtype=np.uint64),
+            _sparse_zeros((N, P, (n + 63) // 64)),
             np.empty(2 * K.PEEL_STACK, dtype=np.int64),
         )
         tree = _sparse_zeros((N, (M + 63) // 64, 3))
         kpos = np.zeros((N, K.KP_KQ + int((geo[K.G_KSLOT] >= 0).sum()), (n + 63) // 64), dtype=np.uint64)
-        pend = np.empty((N, n // 2 + 4096, K.NPCOL), dtype=np.int64)
-        scr = np.empty((n // 2 + 4096, K.NSCR), dtype=np.int64)  # planner scratch, reused by every frame
+        # pending lists and the planner's scratch (reused by every frame): sized for the worst case,
+        # touched only as far as the lists grow
+        pend = _sparse_zeros((N, n // 2 + 4096, K.NPCOL), np.int64)
+        scr = _sparse_zeros((n // 2 + 4096, K.NSCR), np.int64)
         st = np.zeros((N, K.NST), dtype=np.int64)
         kcfg = np.zeros(K.NCFG, dtype=np.int64)
         kcfg[K.C_PASSES] = P
@@ -552,30 +554,38 @@ def _unpack_reply(reply: Any, nr: int, nt: int) -> np.ndarray:
     return par
 
 
-def _sparse_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """Zeroed uint64 array in anonymous memory without transparent huge pages.
+def _sparse_zeros(shape: tuple[int, ...], dtype: Any = np.uint64) -> np.ndarray:
+    """Zeroed array (uint64 unless ``dtype``) in anonymous memory without transparent huge pages.
 
     Bob's node bitsets are large (~11 MB per frame at n = 10^6, mostly the
     heap trees of the n/2-bit blocks) and touched sparsely: with huge pages
     every touch makes the kernel clear 2 MB; with 4 KB pages only what is
-    used gets cleared.
+    used gets cleared. The same holds for both parties' per-pass prefix
+    parities and Bob's flip logs (built only for the passes actually
+    searched), and for Bob's worst-case-sized pending lists and planner
+    scratch. NumPy asks for huge pages on every allocation of 4 MB or more
+    (``madvise(MADV_HUGEPAGE)``), so with plain ``np.empty`` the first touch
+    of each pass's 125 KB row cleared 2 MB (perf: ``clear_page_erms`` under
+    ``do_huge_pmd_anonymous_page``); at n = 10^6 and 16 frames the rounds
+    that start passes 0 and 1 took 2-3x as long, the whole run ~9 % more CPU.
 
     The advice is best effort: platforms without it (Windows, macOS) and
     Linux kernels built without transparent huge pages (where ``madvise``
     fails with EINVAL) just get plain zeroed anonymous memory. The array
     keeps the mapping alive (its base is a memoryview exporting the mmap).
     """
+    dtype = np.dtype(dtype)
     size = int(np.prod(shape))
     if size == 0:  # e.g. an empty batch: mmap cannot map 0 bytes
-        return np.zeros(shape, dtype=np.uint64)
-    mm = mmap.mmap(-1, size * 8)
+        return np.zeros(shape, dtype=dtype)
+    mm = mmap.mmap(-1, size * dtype.itemsize)
     advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
     if advice is not None:
         try:
             mm.madvise(advice)
         except OSError:
             pass  # kernel without THP support: the pages are 4 KB already
-    return np.frombuffer(mm, dtype=np.uint64).reshape(shape)
+    return np.frombuffer(mm, dtype=dtype).reshape(shape)
 
 
 def _check_qber(qber: Any) -> None:
