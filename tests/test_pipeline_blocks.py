@@ -17,7 +17,9 @@ BLOCK = 2048
 
 
 def _cfg(**kw):
-    return Config().replace(block_bits=BLOCK, seed=7, **kw)
+    # one block per batch unless a test says otherwise: the drop/resume tests
+    # reason about single blocks (the default batches 4)
+    return Config().replace(block_bits=BLOCK, seed=7, **{"batch_blocks": 1, **kw})
 
 
 def _link(n, q, seed=1):

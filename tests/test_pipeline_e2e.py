@@ -89,8 +89,9 @@ class _MiscorrectOnce(QkdpostKit):
 
     def reconcile_bob(self, channel, method, ids, bits, qber, cfg, *, seed):
         res = super().reconcile_bob(channel, method, ids, bits, qber, cfg, seed=seed)
-        if ids[0].endswith("-0000001"):
-            res.bits[0, 17] ^= 1
+        for i, bid in enumerate(ids):  # the block may share its batch with others
+            if bid.endswith("-0000001"):
+                res.bits[i, 17] ^= 1
         return res
 
 
