@@ -5,6 +5,9 @@ Run:  /tmp/venv/bin/pytest benchmarks/bench_pipeline.py --benchmark-only -q \
 
 Issue 6 goal: >= 20 Mbit/s of sifted key processed into final key at
 Q = 2-5 % with 10^6-bit blocks, one process, loopback channel, 2 cores.
+``sifted_to_final`` times a whole session (8 blocks, default batching and
+lanes), so it includes building Cascade's permutations once; ``lanes_steady``
+times the steady state of a long session.
 
 - ``pipeline``: :class:`~qkdpost.pipeline.engine.BobEngine` driving
   :class:`~qkdpost.pipeline.engine.AliceEngine` over a serialising loopback
@@ -43,7 +46,7 @@ from qkdpost.pipeline.segments import Segment
 from qkdpost.report import Report
 
 N = 10**6
-BLOCKS = 4
+BLOCKS = 8
 
 
 def _blocks(q, k, seed):
@@ -127,7 +130,7 @@ def warm():
 @pytest.mark.parametrize("impl", ["pipeline", "direct"])
 def test_sifted_to_final(benchmark, impl, q):
     data = _blocks(q, BLOCKS, 3)
-    cfg = Config().replace(block_bits=N, batch_blocks=2, ec_method="cascade")
+    cfg = Config().replace(block_bits=N, ec_method="cascade")  # default batching and lanes
     if impl == "pipeline":
         def go():
             with tempfile.TemporaryDirectory() as tmp:
@@ -162,16 +165,17 @@ def test_batch_blocks(benchmark, batch_blocks, q):
 @pytest.mark.parametrize("q", [0.02, 0.05])
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_lanes_steady_state(benchmark, lanes, q):
-    """8 blocks of 10^6 bits, 2 per reconciliation, 1 or 2 back-half lanes, in the steady state
-    of a long session: the Cascade permutations are built before the timed run (a fixed public
-    seed, as one session reuses its seed for every block), so only per-block work is timed."""
+    """16 blocks of 10^6 bits, 4 per reconciliation (the default), 1 or 2 back-half lanes, in the
+    steady state of a long session: the Cascade permutations are built before the timed run (a
+    fixed public seed, as one session reuses its seed for every block), so only per-block work
+    is timed."""
     from qkdpost.pipeline.kit import QkdpostKit
 
-    k = 8
+    k = 16
     data = _blocks(q, k, 3)
-    cfg = Config().replace(block_bits=N, batch_blocks=2, lanes=lanes, ec_method="cascade")
+    cfg = Config().replace(block_bits=N, batch_blocks=4, lanes=lanes, ec_method="cascade")
     with tempfile.TemporaryDirectory() as tmp:  # builds both parties' permutations for this seed
-        _pipeline(data[:2], cfg, Path(tmp), kit=QkdpostKit(cascade_seed=12345))
+        _pipeline(data[:4], cfg, Path(tmp), kit=QkdpostKit(cascade_seed=12345))
 
     def go():
         with tempfile.TemporaryDirectory() as tmp:
