@@ -500,3 +500,32 @@ def test_lanes_after_a_failed_batch_leave_nothing_on_one_side(tmp_path):
     assert p2.sa.ids() == p2.sb.ids() and ids[1] not in p2.sb.ids()
     for bid in ids:
         assert p2.sb.state(bid) in ("final", "dropped") and p2.sa.state(bid) == p2.sb.state(bid)
+
+
+def test_a_partial_batch_goes_once_its_oldest_block_waited_batch_wait_s(tmp_path):
+    import time
+
+    a, b = _link(4 * BLOCK, 0.002)
+    p = _Pair(tmp_path, cfg=_cfg(batch_blocks=4, workers=1, batch_wait_s=0.3))
+    p.bob.start()
+    p.alice.push(Segment(a))
+    got = p.bob.push(Segment(b[:BLOCK]))  # one block cut: waits for three more
+    assert got == []
+    got = p.bob.push(Segment(b[BLOCK:BLOCK + 10]))  # bits arrive, but the block has not waited long yet
+    assert got == []
+    time.sleep(0.35)
+    got = p.bob.push(Segment(b[BLOCK + 10:BLOCK + 20]))  # now it has: a batch of one
+    assert [k.block_id for k in got] == [f"{p.bob.run_id}-0000000"]
+    got += p.bob.push(Segment(b[BLOCK + 20:]))  # three blocks at once fill no batch of 4 ...
+    got += p.bob.finish()  # ... until the end of the input
+    assert len(got) == 4 and p.sa.ids() == p.sb.ids() == [k.block_id for k in got]
+
+
+def test_batch_wait_zero_sends_every_block_as_it_is_cut(tmp_path):
+    a, b = _link(3 * BLOCK, 0.002)
+    p = _Pair(tmp_path, cfg=_cfg(batch_blocks=4, workers=1, batch_wait_s=0.0))
+    p.bob.start()
+    p.alice.push(Segment(a))
+    for i in range(3):
+        got = p.bob.push(Segment(b[i * BLOCK:(i + 1) * BLOCK]))
+        assert [k.block_id for k in got] == [f"{p.bob.run_id}-{i:07d}"]

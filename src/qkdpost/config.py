@@ -331,6 +331,11 @@ class PipelineConfig:
         back half about 1.8x faster than one block at a time on one lane
         (docs/pipeline.md); 1 (with ``lanes = 1``) gives the lowest latency
         per key.
+    batch_wait_s : float
+        Longest time a cut block waits for its batch to fill: then the
+        blocks queued so far go as a smaller batch (checked whenever sifted
+        bits arrive), so a slow link does not hold keys back for
+        ``batch_blocks`` blocks. 0 sends every block as soon as it is cut.
     workers : int
         Threads for the per-block stages (Numba kernels release the GIL).
     lanes : int
@@ -347,6 +352,7 @@ class PipelineConfig:
 
     block_bits: int = 1 << 20
     batch_blocks: int = 4
+    batch_wait_s: float = 30.0
     workers: int = 2
     lanes: int = 2
     seed: int = -1
@@ -355,6 +361,7 @@ class PipelineConfig:
         _check(1024 <= self.block_bits <= 10 ** 8, "block_bits", self.block_bits,
                "must be in [1024, 10^8]", "use e.g. 1048576")
         _check(1 <= self.batch_blocks <= 256, "batch_blocks", self.batch_blocks, "must be in [1, 256]")
+        _check(0 <= self.batch_wait_s < math.inf, "batch_wait_s", self.batch_wait_s, "must be a finite number >= 0")
         _check(1 <= self.workers <= 64, "workers", self.workers, "must be in [1, 64]")
         _check(1 <= self.lanes <= MAX_LANES, "lanes", self.lanes, f"must be in [1, {MAX_LANES}]")
         _check(self.seed >= -1, "seed", self.seed, "must be -1 (OS CSPRNG) or a non-negative int")

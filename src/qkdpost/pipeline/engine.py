@@ -191,6 +191,7 @@ class BobEngine:
         self.run_id = ""
         self._index = 0
         self._queue: list[SiftedBlock] = []
+        self._queued_since = 0.0  # when the oldest queued block was cut (time.monotonic)
         self.blocks: BobBlocks | None = None  # lane 0 (the only one without threads)
         self.lanes: list[BobBlocks] = []
         # workers > 1: the back half runs in `lanes` threads of its own (Numba
@@ -240,15 +241,22 @@ class BobEngine:
         """Add Bob's sifted segment; process every block it completes."""
         self.cutter.add(seg)
         for start, bits, stats, t_end, labels in self.cutter.blocks():
+            if not self._queue:
+                self._queued_since = time.monotonic()
             self._queue.append(SiftedBlock(
                 block_id=block_id(self.run_id, self._index), index=self._index, start=start, bits=bits,
                 stats=stats, qber_estimate=qber_from_stats(stats), stream_time_s=t_end, labels=labels,
             ))
             self._index += 1
+        now = time.monotonic()
         out: list[KeyBlock] = []
-        while len(self._queue) >= self.cfg.pipeline.batch_blocks:
-            out += self._dispatch(self._queue[: self.cfg.pipeline.batch_blocks])
-            self._queue = self._queue[self.cfg.pipeline.batch_blocks :]
+        size = self.cfg.pipeline.batch_blocks
+        # a full batch goes at once; a partial one once its oldest block has
+        # waited batch_wait_s (a slow link must not hold keys back for long)
+        while len(self._queue) >= size or (self._queue and now - self._queued_since >= self.cfg.pipeline.batch_wait_s):
+            out += self._dispatch(self._queue[:size])
+            self._queue = self._queue[size:]
+            self._queued_since = now
         return out + self._collect()
 
     def finish(self) -> list[KeyBlock]:
