@@ -196,6 +196,16 @@ def _pass_pos(pi, inv, q, x):
 
 
 @kernel(inline="always", nrt=False)
+def _word_mask(s, e, w):
+    """The bits of word w (positions 64w .. 64w + 63) that lie in [s, e), as a mask."""
+    lo = max(s, w << 6) - (w << 6)
+    hi = min(e, (w + 1) << 6) - (w << 6)
+    if hi - lo == 64:
+        return ~np.uint64(0)
+    return ((_ONE << np.uint64(hi - lo)) - _ONE) << np.uint64(lo)
+
+
+@kernel(inline="always", nrt=False)
 def _word_parity(x):
     x ^= x >> np.uint64(32)
     x ^= x >> np.uint64(16)
@@ -462,12 +472,7 @@ def _unknown_in_words(words, s, e):
     c = 0
     w = s >> 6
     while (w << 6) < e and c < 2:
-        lo = max(s, w << 6) - (w << 6)
-        hi = min(e, (w + 1) << 6) - (w << 6)
-        if hi - lo == 64:
-            m = ~np.uint64(0)
-        else:
-            m = ((_ONE << np.uint64(hi - lo)) - _ONE) << np.uint64(lo)
+        m = _word_mask(s, e, w)
         u = ~words[w] & m
         if u != 0:
             if z < 0:
@@ -649,12 +654,7 @@ def _scratch_test_set_range(kpos, f, s, e, test, mark):
     hit = False
     w = s >> 6
     while (w << 6) < e:
-        lo = max(s, w << 6) - (w << 6)
-        hi = min(e, (w + 1) << 6) - (w << 6)
-        if hi - lo == 64:
-            m = ~np.uint64(0)
-        else:
-            m = ((_ONE << np.uint64(hi - lo)) - _ONE) << np.uint64(lo)
+        m = _word_mask(s, e, w)
         wd = kpos[f, KP_MARK, w]
         if test and (wd & m):
             hit = True
