@@ -48,7 +48,7 @@ def encode(kind: str, body: Mapping[str, Any]) -> bytes:
         if isinstance(value, np.ndarray):
             arr = np.ascontiguousarray(value)
             ds = arr.dtype.str.encode("ascii")
-            out += (_TAG_ARRAY, _U8.pack(len(ds)), ds, _U8.pack(arr.ndim), struct.pack(f"<{arr.ndim}Q", *arr.shape))
+            out += (_TAG_ARRAY, _U8.pack(len(ds)), ds, _U8.pack(arr.ndim), _shape_struct(arr.ndim).pack(*arr.shape))
             if arr.size:
                 try:
                     out.append(memoryview(arr).cast("B"))  # joined below: no intermediate bytes copy
