@@ -183,3 +183,8 @@ def test_ldpc_split_covers_the_block_in_near_equal_frames():
         assert any(MIN_FILL * s <= min(parts) and max(parts) <= s for s in sizes)
     with pytest.raises(InputError, match="cannot be cut"):
         ldpc_split(1000)
+    # a cap on the code length (config reconcile.ldpc_code_bits) picks shorter, faster codes
+    assert max(ldpc_split(10**6)) > 65536 >= max(ldpc_split(10**6, 65536)) > 0.8 * 65536
+    assert sum(ldpc_split(10**6, 65536)) == 10**6
+    with pytest.raises(InputError, match="ldpc_code_bits=1000"):
+        ldpc_split(10**6, 1000)

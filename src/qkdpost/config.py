@@ -205,6 +205,11 @@ class ReconcileConfig:
         Cascade variant (see :mod:`qkdpost.reconcile.cascade`).
     ldpc_min_qber : float
         Threshold for ``ec_method="auto"``.
+    ldpc_code_bits : int
+        Longest LDPC code the pipeline cuts a block for (0: the longest
+        shipped, 2^18, most efficient). 65536 ran the pipeline 1.5x faster
+        (0.44 -> 0.65 Mbit/s, 4 blocks of 10^6 bits at Q = 5 %) for 0.8 %
+        less final key (docs/pipeline.md).
     ec_qber_floor : float
         Lower clip of the QBER handed to reconciliation (an estimate of 0
         from a small test sample would otherwise give degenerate block sizes).
@@ -213,6 +218,7 @@ class ReconcileConfig:
     ec_method: str = "cascade"
     cascade_preset: str = "option7"
     ldpc_min_qber: float = 0.04
+    ldpc_code_bits: int = 0
     ec_qber_floor: float = 0.005
 
     def __post_init__(self) -> None:
@@ -220,6 +226,8 @@ class ReconcileConfig:
                "must be 'auto', 'cascade' or 'ldpc'")
         _check(bool(self.cascade_preset), "cascade_preset", self.cascade_preset, "must not be empty")
         _check(0 < self.ldpc_min_qber < 0.5, "ldpc_min_qber", self.ldpc_min_qber, "must be in (0, 0.5)")
+        _check(self.ldpc_code_bits >= 0, "ldpc_code_bits", self.ldpc_code_bits,
+               "must be 0 (longest shipped code) or a code length such as 65536")
         _check(0 < self.ec_qber_floor < 0.5, "ec_qber_floor", self.ec_qber_floor, "must be in (0, 0.5)")
 
 

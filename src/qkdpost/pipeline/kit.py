@@ -40,18 +40,25 @@ def frame_id(block_id: str) -> int:
         raise InputError(f"block_id={block_id!r}: expected '<run>-<index>'") from None
 
 
-def ldpc_split(n: int) -> list[int]:
+def ldpc_split(n: int, max_code: int = 0) -> list[int]:
     """Sub-frame lengths for an LDPC-reconciled block of ``n`` bits.
 
     Each shipped code of length N takes frames of ``MIN_FILL * N .. N`` bits
     (shortening covers the rest; about 0.9 N is best, docs/ldpc.md). Prefer
-    the longest code that can cut the block into near-equal frames in its
-    range, with the frame count nearest to ``n / (0.9 N)``.
+    the longest code (of at most ``max_code`` bits, if given) that can cut
+    the block into near-equal frames in its range, with the frame count
+    nearest to ``n / (0.9 N)``.
     """
     from ..reconcile.ldpc import available_codes
     from ..reconcile.ldpc.adapt import MIN_FILL
 
-    for size in sorted({int(c["n"]) for c in available_codes()}, reverse=True):
+    sizes = sorted({int(c["n"]) for c in available_codes()}, reverse=True)
+    if max_code:
+        if not any(size <= max_code for size in sizes):
+            raise InputError(f"ldpc_code_bits={max_code}: no shipped LDPC code is that short "
+                             f"(lengths {sorted(sizes)}); use 0 or one of them")
+        sizes = [size for size in sizes if size <= max_code]
+    for size in sizes:
         lo, hi = math.ceil(MIN_FILL * size), size
         k_min, k_max = math.ceil(n / hi), n // lo
         if k_min < 1 or k_min > k_max:
@@ -101,7 +108,7 @@ class QkdpostKit(StageKit):
             sub: dict[int, np.ndarray] = {}
             for b, bits in frames.items():
                 off = 0
-                for j, ln in enumerate(ldpc_split(bits.size)):
+                for j, ln in enumerate(ldpc_split(bits.size, cfg.reconcile.ldpc_code_bits)):
                     sub[frame_id(b) * _SUB + j] = bits[off : off + ln]
                     off += ln
             seed = None if cfg.pipeline.seed < 0 else cfg.pipeline.seed
@@ -122,15 +129,15 @@ class QkdpostKit(StageKit):
                     seed = self._cascade_seed
             return bob.run(channel, fids, bits, qber, seed=seed)
         if method == "ldpc":
-            return self._ldpc_bob(channel, fids, bits, qber, seed)
+            return self._ldpc_bob(channel, fids, bits, qber, seed, cfg.reconcile.ldpc_code_bits)
         raise InputError(f"ec_method={method!r}: choose 'cascade' or 'ldpc'")
 
     def _ldpc_bob(self, channel: Channel, fids: np.ndarray, bits: np.ndarray, qber: float,
-                  seed: int | None) -> ReconcileResult:
+                  seed: int | None, max_code: int = 0) -> ReconcileResult:
         from ..reconcile.ldpc import LdpcBob
 
         N, n = bits.shape
-        lens = ldpc_split(n)
+        lens = ldpc_split(n, max_code)
         offs = np.concatenate([[0], np.cumsum(lens)])
         out = bits.copy()
         leak = np.zeros(N, np.int64)
