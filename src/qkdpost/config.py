@@ -336,7 +336,7 @@ class PipelineConfig:
     batch_blocks : int
         Blocks reconciled together (one round trip covers all of them).
         Default 4: with two lanes, 10^6-bit blocks at Q = 2 % go through the
-        back half about 1.8x faster than one block at a time on one lane
+        back half 1.3–1.7x faster than one block at a time on one lane
         (docs/pipeline.md); 1 (with ``lanes = 1``) gives the lowest latency
         per key.
     batch_wait_s : float
