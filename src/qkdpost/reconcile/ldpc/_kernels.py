@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from ..._jit import kernel, register
-from ._lanes import LANES, check_in, check_in_keep, check_out, check_out_all, prefetch_row, sign_xor
+from ._lanes import LANES, prefetch_row, row_in, row_in_keep, row_out, row_out_all, row_parity
 
 register(__name__)
 
@@ -457,15 +457,11 @@ def decode_stream(row_ptr, col_idx, syn, limits, L, R, which, iters_out, lut):
                 for e in range(row_ptr[j + PF_DIST], row_ptr[j + PF_DIST + 1]):
                     prefetch_row(Lg, col_idx[e])
             if busy == W:  # every lane iterating: unmasked stores (the same values)
-                for e in range(lo, hi):
-                    check_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
-                for e in range(lo, hi):
-                    check_out_all(Lg, Rg, T, P, SG, S, NEG, lut, col_idx[e], e, e - lo)
+                row_in(Lg, Rg, T, P, SG, S, NEG, lut, col_idx, lo, hi)
+                row_out_all(Lg, Rg, T, P, SG, S, NEG, lut, col_idx, lo, hi)
             else:  # idle lanes keep their old rows (LO, RO)
-                for e in range(lo, hi):
-                    check_in_keep(Lg, Rg, T, P, SG, S, NEG, lut, LO, RO, col_idx[e], e, e - lo)
-                for e in range(lo, hi):
-                    check_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, LO, RO, col_idx[e], e, e - lo)
+                row_in_keep(Lg, Rg, T, P, SG, S, NEG, lut, LO, RO, col_idx, lo, hi)
+                row_out(Lg, Rg, T, P, SG, S, NEG, lut, ACT, LO, RO, col_idx, lo, hi)
         _unsatisfied_lanes(row_ptr, col_idx, Lg, sg, U, acc)
         for l in range(W):
             if slot[l] < 0:
@@ -617,8 +613,7 @@ def _unsatisfied_lanes(row_ptr, col_idx, L, synT, out, acc):
     for j in range(m):
         for l in range(W):
             acc[l] = np.int32(synT[j, l])
-        for e in range(row_ptr[j], row_ptr[j + 1]):
-            sign_xor(L, col_idx[e], acc)
+        row_parity(L, col_idx, row_ptr[j], row_ptr[j + 1], acc)
         for l in range(W):
             out[l] += acc[l]
 

@@ -9,7 +9,11 @@ scalar code (measured: no packed float instructions in the compiled loop,
 same speed as one frame at a time). These Numba intrinsics emit the vector
 IR directly: ``<8 x float>`` loads, arithmetic, compares, selects and
 stores, the table lookups as one AVX2 gather (eight scalar loads on a
-target without AVX2).
+target without AVX2). Each intrinsic runs the loop over the edges of one
+check (``row_*``): the running sum and sign of the check stay in registers
+(with one intrinsic per edge they went through memory, since LLVM cannot
+prove the arrays apart, and every edge waited for the previous edge's
+store to be forwarded).
 
 Each step performs, lane by lane, exactly the float32 operations of the
 one-frame scalar layered decoder (``tests/oracles/ldpc.py``) in the same order (fsub,
@@ -18,9 +22,10 @@ multiply by +-1), so the two decoders give bit-identical messages; the
 tests check this. Under ``NUMBA_DISABLE_JIT=1`` the same steps run as NumPy
 code on row views.
 
-Array arguments are C-contiguous with a last axis of length 8; offsets
-(``v``, ``e``, ``k``) are row indices. Nothing is bounds-checked: callers
-are kernels that pass valid rows.
+Array arguments are C-contiguous with a last axis of length 8 (``col_idx``
+is the int32 CSR column index); the check's edges are ``lo:hi``, edge ``e``
+joins variable ``col_idx[e]`` and uses scratch row ``k = e - lo``. Nothing
+is bounds-checked: callers are kernels that pass valid rows.
 
 Numba's on-disk cache is keyed on the calling kernel's source file, not on
 this one: after editing this module, touch ``_kernels.py`` (or clear the
@@ -39,7 +44,7 @@ LANES = 8
 _PHI_SCALE = np.float32(512.0)
 _PHI_XCLAMP = np.float32((8192 - 1) / 512.0)
 
-__all__ = ["LANES", "check_in", "check_in_keep", "check_out", "check_out_all", "sign_xor", "prefetch_row"]
+__all__ = ["LANES", "row_in", "row_in_keep", "row_out", "row_out_all", "row_parity", "prefetch_row"]
 
 if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 run
 
@@ -47,40 +52,51 @@ if jit_disabled():  # pragma: no cover - exercised by the NUMBA_DISABLE_JIT=1 ru
         x = np.minimum(np.maximum(x, np.float32(0.0)), _PHI_XCLAMP)
         return lut[(x * _PHI_SCALE).astype(np.int32)]
 
-    def check_in(L, R, T, P, SG, S, NEG, lut, v, e, k):
-        """First half of a check update for edge ``e`` (variable ``v``, position ``k`` in the row)."""
-        t = L[v] - R[e]
-        T[k] = t
-        sg = (t < 0).astype(np.int32)
-        SG[k] = sg
-        NEG ^= sg
-        p = _phi8(np.abs(t), lut)
-        P[k] = p
-        S += p
+    def row_in(L, R, T, P, SG, S, NEG, lut, col_idx, lo, hi):
+        """First half of the update of the check whose edges are ``lo:hi``: for each edge e
+        (variable v = col_idx[e], position k = e - lo) t = L[v] - R[e] into T[k], its sign
+        into SG[k] and NEG, phi(|t|) into P[k] and its sum into S."""
+        for e in range(lo, hi):
+            k = e - lo
+            t = L[col_idx[e]] - R[e]
+            T[k] = t
+            sg = (t < 0).astype(np.int32)
+            SG[k] = sg
+            NEG ^= sg
+            p = _phi8(np.abs(t), lut)
+            P[k] = p
+            S += p
 
-    def check_in_keep(L, R, T, P, SG, S, NEG, lut, LO, RO, v, e, k):
-        """check_in that also keeps the old rows L[v], R[e] in LO[k], RO[k] (for the masked check_out)."""
-        LO[k] = L[v]
-        RO[k] = R[e]
-        check_in(L, R, T, P, SG, S, NEG, lut, v, e, k)
+    def row_in_keep(L, R, T, P, SG, S, NEG, lut, LO, RO, col_idx, lo, hi):
+        """row_in that also keeps the old rows L[v], R[e] in LO[k], RO[k] (for the masked row_out)."""
+        for e in range(lo, hi):
+            LO[e - lo] = L[col_idx[e]]
+            RO[e - lo] = R[e]
+        row_in(L, R, T, P, SG, S, NEG, lut, col_idx, lo, hi)
 
-    def check_out(L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, v, e, k):
-        """Second half: new message of edge ``e`` and posterior of ``v``, on active lanes only
-        (inactive lanes get back their old values LO[k], RO[k])."""
-        r = _phi8(S - P[k], lut) * (1 - 2 * (NEG ^ SG[k])).astype(np.float32)
+    def row_out(L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, col_idx, lo, hi):
+        """Second half: new message of each edge and posterior of its variable, on active lanes
+        only (inactive lanes get back their old values LO[k], RO[k])."""
         act = ACT != 0
-        R[e] = np.where(act, r, RO[k])
-        L[v] = np.where(act, T[k] + r, LO[k])
+        for e in range(lo, hi):
+            k = e - lo
+            r = _phi8(S - P[k], lut) * (1 - 2 * (NEG ^ SG[k])).astype(np.float32)
+            R[e] = np.where(act, r, RO[k])
+            L[col_idx[e]] = np.where(act, T[k] + r, LO[k])
 
-    def check_out_all(L, R, T, P, SG, S, NEG, lut, v, e, k):
-        """check_out when every lane is active (no masking)."""
-        r = _phi8(S - P[k], lut) * (1 - 2 * (NEG ^ SG[k])).astype(np.float32)
-        R[e] = r
-        L[v] = T[k] + r
+    def row_out_all(L, R, T, P, SG, S, NEG, lut, col_idx, lo, hi):
+        """row_out when every lane is active (no masking)."""
+        for e in range(lo, hi):
+            k = e - lo
+            r = _phi8(S - P[k], lut) * (1 - 2 * (NEG ^ SG[k])).astype(np.float32)
+            R[e] = r
+            L[col_idx[e]] = T[k] + r
 
-    def sign_xor(L, v, acc):
-        """acc ^= (L[v] < 0) lane by lane (hard decisions into a parity accumulator)."""
-        acc ^= (L[v] < 0).astype(np.int32)
+    def row_parity(L, col_idx, lo, hi, acc):
+        """acc ^= (L[v] < 0) lane by lane for the variables of edges lo:hi (hard decisions into a
+        parity accumulator)."""
+        for e in range(lo, hi):
+            acc ^= (L[col_idx[e]] < 0).astype(np.int32)
 
     def prefetch_row(L, v):
         """Cache hint for row ``v`` of L (no effect on results; nothing to do without the JIT)."""
@@ -157,113 +173,145 @@ else:
     def _idx(context, builder, ty, val):
         return context.cast(builder, val, ty, types.int64)
 
-    def _check_in_ir(context, builder, tys, args, keep):
-        """t = L[v] - R[e] and its sign and phi into T, SG, P, NEG, S (and, if ``keep``, the old
-        rows of L and R into LO[k], RO[k])."""
+    def _edge_range(context, builder, tys, args, i):
+        """(col_idx data pointer, lo, hi) from arguments i, i+1, i+2."""
+        bC = _data(context, builder, tys[i], args[i])
+        lo = _idx(context, builder, tys[i + 1], args[i + 1])
+        hi = _idx(context, builder, tys[i + 2], args[i + 2])
+        return bC, lo, hi
+
+    def _var(builder, bC, e):
+        """Variable of edge e: col_idx[e] (int32) as i64."""
+        return builder.sext(builder.load(builder.gep(bC, [e], inbounds=True), align=4), _i64)
+
+    def _row_in_ir(context, builder, tys, args, keep):
+        """For each edge e in lo:hi of one check: t = L[v] - R[e] and its sign and phi into T, SG, P,
+        accumulated into NEG and S (and, if ``keep``, the old rows of L and R into LO[k], RO[k]).
+
+        The loop is emitted here, with the running S and NEG in stack slots that LLVM promotes to
+        registers: per-edge intrinsics had to keep them in memory (the arrays may alias), so every
+        edge waited for the store-to-load forwarding of the previous edge's sum."""
         bL, bR, bT, bP, bSG, bS, bNEG, bLUT = (_data(context, builder, tys[i], args[i]) for i in range(8))
         o = 10 if keep else 8
-        iv, ie, ik = (_idx(context, builder, tys[i], args[i]) for i in (o, o + 1, o + 2))
-        pL = _row(builder, bL, iv, _f32, _vf)
-        pT = _row(builder, bT, ik, _f32, _vf)
-        lv = _load(builder, pL)
-        rv = _load(builder, _row(builder, bR, ie, _f32, _vf))
+        bC, lo, hi = _edge_range(context, builder, tys, args, o)
         if keep:
-            _store(builder, lv, _row(builder, _data(context, builder, tys[8], args[8]), ik, _f32, _vf))
-            _store(builder, rv, _row(builder, _data(context, builder, tys[9], args[9]), ik, _f32, _vf))
-        t = builder.fsub(lv, rv)
-        _store(builder, t, pT)
-        sg = builder.zext(builder.fcmp_ordered("<", t, _splat(0.0, _vf)), _vi)
-        _store(builder, sg, _row(builder, bSG, ik, _i32, _vi))
-        pNEG = builder.bitcast(bNEG, _vi.as_pointer())
-        _store(builder, builder.xor(_load(builder, pNEG), sg), pNEG)
-        p = _phi_vec(builder, _fabs(builder, t), bLUT)
-        _store(builder, p, _row(builder, bP, ik, _f32, _vf))
+            bLO, bRO = (_data(context, builder, tys[i], args[i]) for i in (8, 9))
         pS = builder.bitcast(bS, _vf.as_pointer())
-        _store(builder, builder.fadd(_load(builder, pS), p), pS)
+        pNEG = builder.bitcast(bNEG, _vi.as_pointer())
+        aS = cgutils.alloca_once(builder, _vf)
+        aN = cgutils.alloca_once(builder, _vi)
+        builder.store(_load(builder, pS), aS)
+        builder.store(_load(builder, pNEG), aN)
+        with cgutils.for_range_slice(builder, lo, hi, ir.Constant(_i64, 1), intp=_i64) as (e, _):
+            k = builder.sub(e, lo)
+            v = _var(builder, bC, e)
+            lv = _load(builder, _row(builder, bL, v, _f32, _vf))
+            rv = _load(builder, _row(builder, bR, e, _f32, _vf))
+            if keep:
+                _store(builder, lv, _row(builder, bLO, k, _f32, _vf))
+                _store(builder, rv, _row(builder, bRO, k, _f32, _vf))
+            t = builder.fsub(lv, rv)
+            _store(builder, t, _row(builder, bT, k, _f32, _vf))
+            sg = builder.zext(builder.fcmp_ordered("<", t, _splat(0.0, _vf)), _vi)
+            _store(builder, sg, _row(builder, bSG, k, _i32, _vi))
+            builder.store(builder.xor(builder.load(aN), sg), aN)
+            p = _phi_vec(builder, _fabs(builder, t), bLUT)
+            _store(builder, p, _row(builder, bP, k, _f32, _vf))
+            builder.store(builder.fadd(builder.load(aS), p), aS)
+        _store(builder, builder.load(aS), pS)
+        _store(builder, builder.load(aN), pNEG)
         return context.get_dummy_value()
 
     @intrinsic
-    def check_in_keep(typingctx, L, R, T, P, SG, S, NEG, lut, LO, RO, v, e, k):
-        """check_in that also keeps the old rows of L and R in LO[k], RO[k] for the masked check_out."""
-        sig = types.void(L, R, T, P, SG, S, NEG, lut, LO, RO, v, e, k)
+    def row_in_keep(typingctx, L, R, T, P, SG, S, NEG, lut, LO, RO, col_idx, lo, hi):
+        """row_in that also keeps the old rows of L and R in LO[k], RO[k] for the masked row_out."""
+        sig = types.void(L, R, T, P, SG, S, NEG, lut, LO, RO, col_idx, lo, hi)
 
         def codegen(context, builder, signature, args):
-            return _check_in_ir(context, builder, signature.args, args, True)
+            return _row_in_ir(context, builder, signature.args, args, True)
 
         return sig, codegen
 
     @intrinsic
-    def check_in(typingctx, L, R, T, P, SG, S, NEG, lut, v, e, k):
-        sig = types.void(L, R, T, P, SG, S, NEG, lut, v, e, k)
+    def row_in(typingctx, L, R, T, P, SG, S, NEG, lut, col_idx, lo, hi):
+        sig = types.void(L, R, T, P, SG, S, NEG, lut, col_idx, lo, hi)
 
         def codegen(context, builder, signature, args):
-            return _check_in_ir(context, builder, signature.args, args, False)
+            return _row_in_ir(context, builder, signature.args, args, False)
 
         return sig, codegen
 
-    def _check_out_ir(context, builder, tys, args, masked):
-        """New message r of edge e and posterior T + r of its variable, stored on active lanes
-        (``masked``; old values kept elsewhere) or on all lanes."""
+    def _row_out_ir(context, builder, tys, args, masked):
+        """For each edge e in lo:hi: new message r of e and posterior T[k] + r of its variable, stored
+        on active lanes (``masked``; old values kept elsewhere) or on all lanes."""
         bL, bR, bT, bP, bSG, bS, bNEG, bLUT = (_data(context, builder, tys[i], args[i]) for i in range(8))
         o = 11 if masked else 8
-        iv, ie, ik = (_idx(context, builder, tys[i], args[i]) for i in (o, o + 1, o + 2))
+        bC, lo, hi = _edge_range(context, builder, tys, args, o)
         s = _load(builder, builder.bitcast(bS, _vf.as_pointer()))
-        x = builder.fsub(s, _load(builder, _row(builder, bP, ik, _f32, _vf)))
-        ph = _phi_vec(builder, x, bLUT)
-        neg = builder.xor(_load(builder, builder.bitcast(bNEG, _vi.as_pointer())),
-                          _load(builder, _row(builder, bSG, ik, _i32, _vi)))
-        sgn = builder.sitofp(builder.sub(_splat(1, _vi), builder.mul(_splat(2, _vi), neg)), _vf)
-        r = builder.fmul(ph, sgn)
-        pR = _row(builder, bR, ie, _f32, _vf)
-        pL = _row(builder, bL, iv, _f32, _vf)
-        t = _load(builder, _row(builder, bT, ik, _f32, _vf))
+        neg0 = _load(builder, builder.bitcast(bNEG, _vi.as_pointer()))
         if masked:
-            # inactive lanes get back their old values, kept by check_in_keep in LO[k], RO[k]; selecting
-            # against a load of pL / pR itself compiles to vmaskmovps, slow on AMD Zen
             bACT, bLO, bRO = (_data(context, builder, tys[i], args[i]) for i in (8, 9, 10))
             act = builder.icmp_signed("!=", _load(builder, builder.bitcast(bACT, _vi.as_pointer())),
                                       _splat(0, _vi))
-            _store(builder, builder.select(act, r, _load(builder, _row(builder, bRO, ik, _f32, _vf))), pR)
-            _store(builder, builder.select(act, builder.fadd(t, r), _load(builder, _row(builder, bLO, ik, _f32, _vf))),
-                   pL)
-        else:
-            _store(builder, r, pR)
-            _store(builder, builder.fadd(t, r), pL)
+        with cgutils.for_range_slice(builder, lo, hi, ir.Constant(_i64, 1), intp=_i64) as (e, _):
+            k = builder.sub(e, lo)
+            v = _var(builder, bC, e)
+            x = builder.fsub(s, _load(builder, _row(builder, bP, k, _f32, _vf)))
+            ph = _phi_vec(builder, x, bLUT)
+            neg = builder.xor(neg0, _load(builder, _row(builder, bSG, k, _i32, _vi)))
+            sgn = builder.sitofp(builder.sub(_splat(1, _vi), builder.mul(_splat(2, _vi), neg)), _vf)
+            r = builder.fmul(ph, sgn)
+            pR = _row(builder, bR, e, _f32, _vf)
+            pL = _row(builder, bL, v, _f32, _vf)
+            t = _load(builder, _row(builder, bT, k, _f32, _vf))
+            if masked:
+                # inactive lanes get back their old values, kept by row_in_keep in LO[k], RO[k]; selecting
+                # against a load of pL / pR itself compiles to vmaskmovps, slow on AMD Zen
+                _store(builder, builder.select(act, r, _load(builder, _row(builder, bRO, k, _f32, _vf))), pR)
+                _store(builder, builder.select(act, builder.fadd(t, r),
+                                               _load(builder, _row(builder, bLO, k, _f32, _vf))), pL)
+            else:
+                _store(builder, r, pR)
+                _store(builder, builder.fadd(t, r), pL)
         return context.get_dummy_value()
 
     @intrinsic
-    def check_out(typingctx, L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, v, e, k):
-        sig = types.void(L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, v, e, k)
+    def row_out(typingctx, L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, col_idx, lo, hi):
+        sig = types.void(L, R, T, P, SG, S, NEG, lut, ACT, LO, RO, col_idx, lo, hi)
 
         def codegen(context, builder, signature, args):
-            return _check_out_ir(context, builder, signature.args, args, True)
+            return _row_out_ir(context, builder, signature.args, args, True)
 
         return sig, codegen
 
     @intrinsic
-    def check_out_all(typingctx, L, R, T, P, SG, S, NEG, lut, v, e, k):
-        """check_out with every lane active: plain stores. The masked form's L store compiles to
+    def row_out_all(typingctx, L, R, T, P, SG, S, NEG, lut, col_idx, lo, hi):
+        """row_out with every lane active: plain stores. The masked form's L store compiles to
         vmaskmovps, which is slow on AMD Zen (and blocks store-to-load forwarding)."""
-        sig = types.void(L, R, T, P, SG, S, NEG, lut, v, e, k)
+        sig = types.void(L, R, T, P, SG, S, NEG, lut, col_idx, lo, hi)
 
         def codegen(context, builder, signature, args):
-            return _check_out_ir(context, builder, signature.args, args, False)
+            return _row_out_ir(context, builder, signature.args, args, False)
 
         return sig, codegen
 
     @intrinsic
-    def sign_xor(typingctx, L, v, acc):
-        sig = types.void(L, v, acc)
+    def row_parity(typingctx, L, col_idx, lo, hi, acc):
+        """acc ^= (L[v] < 0) over the variables of edges lo:hi, accumulated in a register."""
+        sig = types.void(L, col_idx, lo, hi, acc)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
             bL = _data(context, builder, tys[0], args[0])
-            bA = _data(context, builder, tys[2], args[2])
-            iv = _idx(context, builder, tys[1], args[1])
-            neg = builder.zext(builder.fcmp_ordered("<", _load(builder, _row(builder, bL, iv, _f32, _vf)),
-                                                    _splat(0.0, _vf)), _vi)
-            pA = builder.bitcast(bA, _vi.as_pointer())
-            _store(builder, builder.xor(_load(builder, pA), neg), pA)
+            bC, lo, hi = _edge_range(context, builder, tys, args, 1)
+            pA = builder.bitcast(_data(context, builder, tys[4], args[4]), _vi.as_pointer())
+            aA = cgutils.alloca_once(builder, _vi)
+            builder.store(_load(builder, pA), aA)
+            with cgutils.for_range_slice(builder, lo, hi, ir.Constant(_i64, 1), intp=_i64) as (e, _):
+                lv = _load(builder, _row(builder, bL, _var(builder, bC, e), _f32, _vf))
+                neg = builder.zext(builder.fcmp_ordered("<", lv, _splat(0.0, _vf)), _vi)
+                builder.store(builder.xor(builder.load(aA), neg), aA)
+            _store(builder, builder.load(aA), pA)
             return context.get_dummy_value()
 
         return sig, codegen
