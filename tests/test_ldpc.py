@@ -490,23 +490,60 @@ def test_failed_frames_reported_and_left_unchanged():
 
 
 def test_syndrome_match_contradicting_a_known_position_is_not_a_success(monkeypatch):
-    """Review doubt: checks can outvote a shortened position's fixed LLR. Such a frame (syndrome matched,
-    a public value contradicted) must be reported failed, not reconciled."""
+    """Review doubt: checks can outvote a revealed position's fixed LLR. Such a frame (syndrome matched,
+    a disclosed value contradicted) must be reported failed, not reconciled. (Shortened positions are
+    not in the decoder's graph any more: their values are folded into the syndrome.)"""
     from qkdpost.reconcile.ldpc import protocol as P
 
     real = P.K.decode_batch
+    state = {"calls": 0}
 
     def outvoted(row_ptr, col_idx, syn, limits, L, R, todo, sub_it, lut):
+        state["calls"] += 1
+        if state["calls"] == 1:  # frame 0 is made to fail its first attempt, so a blind round reveals bits
+            real(row_ptr, col_idx, syn, limits, L, R, todo, sub_it, lut)
+            i = int(np.flatnonzero(todo == 0)[0])
+            sub_it[i] = -abs(int(sub_it[i])) - 1
+            state["prev"] = L[0].copy()
+            return
+        revealed = np.flatnonzero(np.abs(L[0] - state["prev"]) > K.LLR_KNOWN - 1)
         real(row_ptr, col_idx, syn, limits, L, R, todo, sub_it, lut)
-        if 0 in todo:
-            v = int(np.argmax(np.abs(L[0])))  # the most certain position: a known (shortened) one
-            L[0, v] = -L[0, v]
+        if 0 in todo and revealed.shape[0]:
+            v = revealed[np.argmax(np.abs(L[0, revealed]))]
+            L[0, v] = -L[0, v]  # decisions now contradict a revealed value
 
     monkeypatch.setattr(P.K, "decode_batch", outvoted)
     rng = np.random.default_rng(12)
     a, b = _frames(rng, 2, 14746, 0.03)
     res = reconcile_ldpc(a, b, qber=0.03, seed=5, fallback="drop")
+    assert state["calls"] >= 2 and res.extra["revealed"][0] > 0
     assert not res.success[0] and res.success[1]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 40))
+def test_shortened_subgraph_folds_known_values_into_the_syndrome(seed, n_short):
+    """H x = H_U x_U + H_S x_S (mod 2): the sub-graph's syndrome of the other positions plus the fold
+    equals the full syndrome (dense oracle), and the sub-graph is H with the shortened columns removed."""
+    from qkdpost.reconcile.ldpc.protocol import shortened_subgraph
+
+    code, _ = tiny_regular(96, 3, 6, seed=3)
+    h = np.zeros((code.m, code.n), dtype=np.uint8)
+    h[np.repeat(np.arange(code.m), np.diff(code.row_ptr)), code.col_idx] = 1
+    rng = np.random.default_rng(seed)
+    short = rng.choice(code.n, n_short, replace=False)
+    vals = rng.integers(0, 2, n_short, dtype=np.uint8)
+    x = rng.integers(0, 2, (4, code.n), dtype=np.uint8)
+    x[:, short] = vals
+    row_ptr, col_idx, cols, inv, flip = shortened_subgraph(code, short, vals)
+    assert np.array_equal(np.sort(np.concatenate([cols, short])), np.arange(code.n))
+    assert np.all(inv[short] == -1) and np.array_equal(inv[cols], np.arange(cols.shape[0]))
+    hu = np.zeros((code.m, cols.shape[0]), dtype=np.uint8)
+    for j in range(code.m):
+        hu[j, col_idx[row_ptr[j]:row_ptr[j + 1]]] = 1
+    assert np.array_equal(hu, np.asarray(h)[:, cols])
+    sub = oracle.dense_syndrome(hu, x[:, cols]) ^ flip[None, :]
+    assert np.array_equal(sub, oracle.dense_syndrome(h, x))
 
 
 @pytest.mark.parametrize("sub_batches", [False, True])

@@ -78,6 +78,40 @@ def frame_layout(code: LdpcCode, n_key: int, n_punct: int, layout_seed: bytes) -
                        reveal_order=reveal)
 
 
+def shortened_subgraph(code: LdpcCode, short_pos: np.ndarray,
+                       short_vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The parity checks restricted to the positions that are not shortened.
+
+    A shortened position carries a value both parties know, so its
+    contribution to each of its checks is a known constant: with
+    x_S fixed, H x = s  <=>  H_{:,U} x_U = s + H_{:,S} x_S (mod 2), U the
+    other positions (the usual treatment of shortening, e.g. Elkouss et al.,
+    Quantum Inf. Comput. 11, 226, 2011). Decoding the sub-graph is the exact form of
+    giving the shortened positions an infinite LLR, with fewer edges.
+
+    Returns
+    -------
+    row_ptr : int64 (m+1,), col_idx : int32 (E_U,)   the sub-graph by rows (same m)
+    cols : int64 (|U|,)     code position of each sub-graph column, ascending
+    inv : int64 (n,)        column of each code position, -1 if shortened
+    flip : uint8 (m,)       H_{:,S} x_S mod 2, to be added to every syndrome
+    """
+    keep = np.ones(code.n, dtype=bool)
+    keep[short_pos] = False
+    cols = np.flatnonzero(keep)
+    inv = np.full(code.n, -1, dtype=np.int64)
+    inv[cols] = np.arange(cols.shape[0])
+    val = np.zeros(code.n, dtype=np.int64)
+    val[short_pos] = short_vals
+    rows = np.repeat(np.arange(code.m), np.diff(code.row_ptr))
+    kept = keep[code.col_idx]
+    row_ptr = np.zeros(code.m + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[kept], minlength=code.m), out=row_ptr[1:])
+    col_idx = inv[code.col_idx[kept]].astype(np.int32)
+    flip = (np.bincount(rows, weights=val[code.col_idx], minlength=code.m).astype(np.int64) & 1).astype(np.uint8)
+    return row_ptr, col_idx, cols, inv, flip
+
+
 def _pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=-1, bitorder="little")
 
@@ -361,23 +395,28 @@ class LdpcBob:
         })
         syn = np.ascontiguousarray(_reply_bits(reply, "ldpc.syndromes", "syndromes", nf, code.m))
 
-        # Bob's view of each codeword: known mask (1 known, 2 punctured), known values.
-        mask = np.zeros(code.n, dtype=np.uint8)
-        mask[lay.short_pos] = 1
-        mask[lay.punct_pos] = 2
-        vals = np.zeros((nf, code.n), dtype=np.uint8)
-        vals[:, lay.short_pos] = lay.short_vals
-        word = np.zeros((nf, code.n), dtype=np.uint8)
-        word[:, lay.key_pos] = y
-        known = np.zeros((nf, code.n), dtype=bool)  # positions whose value Bob knows (shortened, revealed)
-        known[:, lay.short_pos] = True
+        # The shortened positions are public: their values are folded into the syndrome and the
+        # decoder runs on the columns that remain (the exact equivalent of infinite LLRs on them;
+        # fewer edges to update). Decoder coordinates: column c of the sub-graph is code position
+        # cols[c]; inv maps a code position to its column (-1 if shortened).
+        row_ptr, col_idx, cols, inv, sflip = shortened_subgraph(code, lay.short_pos, lay.short_vals)
+        syn ^= sflip[None, :]
+        ns = cols.shape[0]
+        # Bob's view of each codeword: mask (2 punctured), known values (none yet: revealed later).
+        mask = np.zeros(ns, dtype=np.uint8)
+        mask[inv[lay.punct_pos]] = 2
+        vals = np.zeros(ns, dtype=np.uint8)
+        word = np.zeros((nf, ns), dtype=np.uint8)
+        key_col = inv[lay.key_pos]
+        word[:, key_col] = y
+        known = np.zeros((nf, ns), dtype=bool)  # columns whose value Bob knows (revealed)
 
         # Decoder state per frame (warm-started across blind rounds).
-        llr0 = np.empty((nf, code.n), dtype=np.float32)
+        llr0 = np.empty((nf, ns), dtype=np.float32)
         for f in range(nf):
-            K.bsc_llr(word[f], qber, mask, vals[f], llr0[f])
+            K.bsc_llr(word[f], qber, mask, vals, llr0[f])
         L = llr0.copy()
-        R = np.zeros((nf, code.n_edges), dtype=np.float32)
+        R = np.zeros((nf, col_idx.shape[0]), dtype=np.float32)
         iters = np.zeros(nf, dtype=np.int64)
         rounds = np.zeros(nf, dtype=np.int64)
         revealed = np.zeros(nf, dtype=np.int64)
@@ -391,7 +430,7 @@ class LdpcBob:
                     break
                 rep = channel.request("ldpc.reveal", {"frame_ids": ids[todo], "start": cursor, "stop": stop})
                 got = _reply_bits(rep, "ldpc.reveal", "values", todo.shape[0], stop - cursor)
-                pos = lay.reveal_order[cursor:stop]
+                pos = inv[lay.reveal_order[cursor:stop]]  # never shortened: punctured or key positions
                 new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
                 sel = np.ix_(todo, pos)
                 known[sel] = True
@@ -409,7 +448,7 @@ class LdpcBob:
             budget = self.max_iter if rnd == 0 else self.max_iter_blind
             limits = np.array([budget, self.patience if rnd < plan.max_rounds else 0, numba.get_num_threads()],
                               dtype=np.int64)
-            K.decode_batch(code.row_ptr, code.col_idx, syn, limits, L, R, todo, sub_it, K.PHI_LUT)
+            K.decode_batch(row_ptr, col_idx, syn, limits, L, R, todo, sub_it, K.PHI_LUT)
             iters[todo] += np.where(sub_it >= 0, sub_it, -sub_it - 1)
             status[todo] = sub_it
             todo = todo[sub_it < 0]
@@ -420,7 +459,7 @@ class LdpcBob:
         # variables the checks can outvote a known position's LLR; verification would catch it anyway)
         success = (status >= 0) & ~np.any(known & ((L < 0) != (llr0 < 0)), axis=1)
         bits = y.copy()
-        bits[success] = (L[success][:, lay.key_pos] < 0).astype(np.uint8)
+        bits[success] = (L[success][:, key_col] < 0).astype(np.uint8)
         leaked = np.full(nf, plan.leak_start, dtype=np.int64) + revealed
         corrected = np.count_nonzero(bits != y, axis=1).astype(np.int64)
         rt1, by1 = channel.stats.snapshot()
@@ -428,7 +467,7 @@ class LdpcBob:
             "code": plan.code, "n": plan.n, "m": plan.m, "n_punct": plan.n_punct, "n_short": plan.n_short,
             "step": plan.step, "max_rounds": plan.max_rounds, "rounds": rounds, "iterations": iters,
             "revealed": revealed, "f_start": plan.efficiency_start(qber), "qber_used": qber,
-            "max_iter": self.max_iter, "edges": code.n_edges,
+            "max_iter": self.max_iter, "edges": int(col_idx.shape[0]), "edges_code": code.n_edges,
         }
         return ReconcileResult(bits=bits, leaked_bits=leaked, success=success, errors_corrected=corrected,
                                round_trips=rt1 - rt0, bytes_sent=by1 - by0, method="ldpc", preset=plan.code,
