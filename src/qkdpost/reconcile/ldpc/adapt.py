@@ -30,7 +30,8 @@ from ...errors import InputError
 from .codes import available_codes
 
 __all__ = ["FramePlan", "plan_frame", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE", "DEFAULT_F_STEP",
-           "DEFAULT_MAX_ROUNDS", "MAX_PUNCT_FRACTION", "MAX_F_START"]
+           "DEFAULT_MAX_ROUNDS", "MAX_PUNCT_FRACTION", "MAX_F_START", "PREFERRED_FAMILY", "PREFERRED_SLACK",
+           "PUNCT_CAP"]
 
 # First-attempt efficiency by code length, set from measured first-round
 # FER (docs/ldpc.md): longer codes work closer to capacity.
@@ -56,8 +57,23 @@ DEFAULT_MAX_ROUNDS = {2**14: 6, 2**16: 20, 2**18: 20}
 def default_f_start(n: int, design_rate: float) -> float:
     """First-attempt efficiency for a mother code of length n and design rate (tables above)."""
     return F_START_BY_CODE.get((n, round(design_rate, 2)), DEFAULT_F_START.get(n, 1.05))
+# Code family used when it has a code that reaches the target (measured at
+# n = 2^16, 32 frames, same seeds, docs/ldpc.md: the Elkouss et al. 2009
+# codes need fewer iterations at equal or lower f than the Martinez-Mateo
+# et al. 2012 codes of the same rate, e.g. Q = 10 %: f 1.100 in 28
+# iterations against 1.114 in 90); the other family serves the lengths and
+# rates it alone has (2^18), or when forced with ``code=``.
+PREFERRED_FAMILY = "elk2009-"
+# ... when it needs at most this fraction of n more punctured positions
+# than the code that needs the fewest (puncturing matters more than family).
+PREFERRED_SLACK = 0.01
 # Puncturing is kept to at most this fraction of the frame (issue 4).
 MAX_PUNCT_FRACTION = 0.10
+# Lower caps by distribution. elk2009-r0.80 punctured 3.5 % (n = 2^16,
+# Q = 2.5 %) left 2 of 96 frames undecoded after 20 blind rounds and
+# f = 1.124, where mm2012-r0.80 punctured as much decoded all 96 at
+# f = 1.111 (docs/ldpc.md).
+PUNCT_CAP = {"elk2009-r0.80": 0.03}
 # Frames shorter than this fraction of a code's length are not placed in it
 # (shortening more would leave a code that discloses nearly the whole frame).
 MIN_FILL = 0.75
@@ -115,8 +131,9 @@ def plan_frame(
     0 <= p <= min(untainted positions, 10 % of n, n - n_key) is used; at
     that length, the code that needs the fewest punctured positions (the
     highest-rate code that reaches the target; shortening is preferred to
-    puncturing). If no code reaches the target exactly, the one with the
-    smallest start leak that is still >= the target is used.
+    puncturing), or a code of :data:`PREFERRED_FAMILY` that needs at most
+    ``PREFERRED_SLACK * n`` more. If no code reaches the target exactly, the
+    one with the smallest start leak that is still >= the target is used.
 
     Raises
     ------
@@ -145,30 +162,34 @@ def plan_frame(
         raise InputError(f"frame length {n_key}: {what}; frames must be {ranges} bits "
                          f"(about 0.9 n is best); split or regroup the key block")
     h = float(binary_entropy(qber))
-    best = None
+    cands = []
     for e in sorted(fitting, key=lambda e: (e["n"], e["m"])):
         n, m = e["n"], e["m"]
         fs = f_start if f_start is not None else default_f_start(n, float(e.get("design_rate", 1.0 - m / n)))
         fst = f_step if f_step is not None else DEFAULT_F_STEP.get(n, 0.02)
         target = fs * n_key * h
-        p_hi = min(e["untainted_max"], int(MAX_PUNCT_FRACTION * n), n - n_key)
+        cap = PUNCT_CAP.get(e.get("distribution", ""), MAX_PUNCT_FRACTION)
+        p_hi = min(e["untainted_max"], int(cap * n), n - n_key)
         p = max(0, min(p_hi, m - int(math.ceil(target))))
         leak = m - p
         if leak < target:
             continue  # code too weak for this QBER even without puncturing
         exact = m - int(math.ceil(target)) <= p_hi  # target reached, not clipped
-        # Least puncturing first: a highly punctured mother code decodes
-        # worse than a higher-rate one shortened (measured at n = 2^16,
-        # Q = 2 %: R 0.8 with 6.3 % punctured f = 1.140, R 0.85 with 1.3 %
-        # f = 1.112; docs/ldpc.md). Blind rounds then reveal the punctured
-        # positions first and key positions after them.
-        key = (0 if exact else 1, n, p, leak, m)
-        if best is None or key < best[0]:
-            best = (key, e, p, fs)
-    if best is None:
+        cands.append(((0 if exact else 1, n, p, leak, m), e, p, fs))
+    if not cands:
         raise InputError(f"qber={qber:.4g}: too high for every shipped LDPC code that fits frames of "
                          f"{n_key} bits (needs more than the lowest-rate code discloses); use Cascade")
-    _, e, p, fs = best
+    # Least puncturing first: a highly punctured mother code decodes worse
+    # than a higher-rate one shortened (measured at n = 2^16, Q = 2 %: R 0.8
+    # with 6.3 % punctured f = 1.140, R 0.85 with 1.3 % f = 1.112;
+    # docs/ldpc.md). Blind rounds then reveal the punctured positions first
+    # and key positions after them. Among the codes (of the shortest length)
+    # within PREFERRED_SLACK of the least puncturing, the preferred family.
+    cands.sort(key=lambda c: c[0])
+    first = cands[0][0]
+    near = [c for c in cands if c[0][:2] == first[:2] and c[2] <= first[2] + PREFERRED_SLACK * first[1]]
+    near.sort(key=lambda c: (0 if c[1]["name"].startswith(PREFERRED_FAMILY) else 1, c[0]))
+    _, e, p, fs = near[0]
     n, m = e["n"], e["m"]
     fst = f_step if f_step is not None else DEFAULT_F_STEP.get(n, 0.02)
     plan = FramePlan(code=e["name"], n=n, m=m, n_key=n_key, n_punct=p, n_short=n - n_key - p,

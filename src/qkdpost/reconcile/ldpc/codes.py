@@ -44,7 +44,9 @@ __all__ = [
 #    (as transcribed in docs/reference README).
 #  - "elk2009-r0.85": Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009,
 #    doi:10.1109/ISIT.2009.5205475, Table I, R = 0.85 (x^4 coefficient
-#    0.04274, the transcription that sums to 1).
+#    0.04274, the transcription that sums to 1), and R = 0.75, 0.65, 0.55
+#    (coefficients of x^(i-1) in the table are degree i here; each set sums
+#    to 1 within 2e-5 and gives the design rate within 1e-3).
 DISTRIBUTIONS: dict[str, dict[str, Any]] = {
     "mm2012-r0.50": {
         "rate": 0.5,
@@ -79,6 +81,57 @@ DISTRIBUTIONS: dict[str, dict[str, Any]] = {
                 21: 0.50015},
         "rho": {41: 0.54204, 42: 0.45795},
         "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009, Table I, R=0.85",
+    },
+    # Intermediate rates from the same table (arXiv:0901.2140, Table I), so
+    # that fewer QBERs fall between two mother codes and need heavy puncturing.
+    "elk2009-r0.75": {
+        "rate": 0.75,
+        "lam": {2: 0.10805, 3: 0.09511, 4: 0.01449, 5: 0.13764, 6: 0.10667, 7: 0.05288, 28: 0.01107,
+                31: 0.47408},
+        "rho": {25: 0.74161, 26: 0.25839},
+        "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I, R=0.75",
+    },
+    "elk2009-r0.65": {
+        "rate": 0.65,
+        "lam": {2: 0.10451, 3: 0.15652, 4: 0.08057, 5: 0.00056, 9: 0.12151, 13: 0.10485, 15: 0.10719,
+                21: 0.00771, 51: 0.31656},
+        "rho": {2: 0.000578, 15: 0.06089, 16: 0.47001, 21: 0.46852},
+        "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I, R=0.65",
+    },
+    "elk2009-r0.80": {
+        "rate": 0.8,
+        "lam": {2: 0.09420, 3: 0.18088, 6: 0.11972, 7: 0.08550, 8: 0.09816, 17: 0.07194, 26: 0.34960},
+        "rho": {29: 0.58807, 30: 0.41193},
+        "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I, R=0.80",
+    },
+    "elk2009-r0.70": {
+        "rate": 0.7,
+        "lam": {2: 0.05343, 3: 0.29406, 6: 0.00896, 9: 0.15571, 12: 0.12189, 25: 0.19872, 46: 0.09572,
+                62: 0.02741, 65: 0.04056, 73: 0.00354},
+        "rho": {20: 0.76922, 21: 0.23077},
+        "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I, R=0.70",
+    },
+    "elk2009-r0.60": {
+        "rate": 0.6,
+        "lam": {2: 0.11040, 3: 0.20804, 8: 0.14163, 9: 0.14858, 26: 0.14438, 27: 0.08909, 46: 0.00748,
+                71: 0.15038},
+        "rho": {2: 0.00036, 10: 0.13063, 13: 0.31068, 18: 0.49341, 19: 0.064915},
+        "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I, R=0.60",
+    },
+    "elk2009-r0.50": {
+        "rate": 0.5,
+        "lam": {2: 0.14438, 3: 0.19026, 4: 0.01836, 5: 0.00233, 6: 0.04697, 8: 0.053943, 9: 0.05590,
+                10: 0.01290, 11: 0.00162, 14: 0.06159, 15: 0.13115, 17: 0.01481, 47: 0.00879, 49: 0.00650,
+                55: 0.00210, 56: 0.00099, 57: 0.11178, 58: 0.06238, 59: 0.05094, 66: 0.02230},
+        "rho": {10: 0.47575, 12: 0.46847, 13: 0.02952, 14: 0.02626},
+        "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I, R=0.50",
+    },
+    "elk2009-r0.55": {
+        "rate": 0.55,
+        "lam": {2: 0.16880, 3: 0.20994, 6: 0.18095, 15: 0.03846, 16: 0.02635, 18: 0.23454, 19: 0.05815,
+                31: 0.08280},
+        "rho": {10: 0.27631, 11: 0.72369},
+        "source": "Elkouss, Leverrier, Alleaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I, R=0.55",
     },
 }
 
