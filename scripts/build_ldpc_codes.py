@@ -38,9 +38,7 @@ OUT = Path(__file__).resolve().parent.parent / "src" / "qkdpost" / "data" / "ldp
 
 # (frame length, distributions, PEG search bound in checks)
 PLAN: list[tuple[int, tuple[str, ...], int]] = [
-    # elk2009-r0.70 (variable degrees up to 73) is left out at 2^14: PEG had to
-    # close 4-cycles (29 edges); mm2012-r0.70 serves R 0.7 there.
-    (2**14, tuple(d for d in DISTRIBUTIONS if d != "elk2009-r0.70"), 2000),
+    (2**14, tuple(DISTRIBUTIONS), 2000),
     (2**16, tuple(DISTRIBUTIONS), 2000),
     # 2^18: the rates that cover Q = 3-8 % (package size); PEG takes minutes
     # to ~25 min per code on the loaded 2-core reference machine.

@@ -610,31 +610,31 @@ def test_plan_prefers_shortening_and_limits_puncturing():
 
 
 def test_plan_takes_the_code_that_needs_least_puncturing():
-    """Every shipped code of the chosen length that could reach the target needs at least as many
-    punctured positions as the chosen one (shortening a higher-rate code is preferred), less the
-    slack allowed to the preferred family (Elkouss et al. 2009); within the family, at least as many."""
-    from qkdpost.reconcile.ldpc.adapt import PREFERRED_FAMILY, PREFERRED_SLACK
+    """The chosen code is of the preferred family (Elkouss et al. 2009) whenever one of its codes
+    reaches the target, and every code of the chosen code's family and length that reaches the
+    target needs at least as many punctured positions (shortening a higher-rate code is preferred)."""
+    from qkdpost.reconcile.ldpc.adapt import PREFERRED_FAMILY
 
     for n_key in (14746, 58982):
-        for q in (0.02, 0.03, 0.04, 0.05, 0.055, 0.07, 0.09, 0.1):
+        for q in (0.02, 0.025, 0.03, 0.04, 0.05, 0.055, 0.07, 0.09, 0.1):
             p = plan_frame(n_key, q)
-            slack = int(PREFERRED_SLACK * p.n) if p.code.startswith(PREFERRED_FAMILY) else 0
+            fam = p.code.startswith(PREFERRED_FAMILY)
             for c in available_codes():
                 if c["n"] != p.n or c["name"] == p.code:
                     continue
-                if c["name"].startswith(PREFERRED_FAMILY) == p.code.startswith(PREFERRED_FAMILY):
-                    allowed = 0
-                else:
-                    allowed = slack
                 try:
                     other = plan_frame(n_key, q, code=c["name"])
                 except InputError:  # this code cannot serve the QBER at all
                     continue
-                if abs(other.leak_start - p.leak_start) <= 1:  # also reaches the target
-                    assert other.n_punct + allowed >= p.n_punct, (q, c["name"])
+                if abs(other.leak_start - p.leak_start) > 1:  # does not reach the target
+                    continue
+                if c["name"].startswith(PREFERRED_FAMILY) == fam:
+                    assert other.n_punct >= p.n_punct, (q, c["name"])
+                else:
+                    assert fam, (n_key, q, p.code, c["name"])  # a preferred code reaching it was skipped
     assert plan_frame(58982, 0.02).code == "elk2009-r0.85-n65536"
-    assert plan_frame(58982, 0.055).code == "elk2009-r0.65-n65536"  # not the R 0.6 codes, ~10 % punctured
-    assert plan_frame(14746, 0.05).code == "mm2012-r0.70-n16384"  # no elk2009 R 0.7 at 2^14
+    assert plan_frame(58982, 0.05).code == "elk2009-r0.65-n65536"
+    assert plan_frame(58982, 0.025).code == "mm2012-r0.80-n65536"  # elk2009-r0.80 capped at 3 %
 
 
 # ------------------------------------------------------------- bad inputs

@@ -30,8 +30,7 @@ from ...errors import InputError
 from .codes import available_codes
 
 __all__ = ["FramePlan", "plan_frame", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE", "DEFAULT_F_STEP",
-           "DEFAULT_MAX_ROUNDS", "MAX_PUNCT_FRACTION", "MAX_F_START", "PREFERRED_FAMILY", "PREFERRED_SLACK",
-           "PUNCT_CAP"]
+           "DEFAULT_MAX_ROUNDS", "MAX_PUNCT_FRACTION", "MAX_F_START", "PREFERRED_FAMILY", "PUNCT_CAP"]
 
 # First-attempt efficiency by code length, set from measured first-round
 # FER (docs/ldpc.md): longer codes work closer to capacity.
@@ -57,23 +56,23 @@ DEFAULT_MAX_ROUNDS = {2**14: 6, 2**16: 20, 2**18: 20}
 def default_f_start(n: int, design_rate: float) -> float:
     """First-attempt efficiency for a mother code of length n and design rate (tables above)."""
     return F_START_BY_CODE.get((n, round(design_rate, 2)), DEFAULT_F_START.get(n, 1.05))
-# Code family used when it has a code that reaches the target (measured at
-# n = 2^16, 32 frames, same seeds, docs/ldpc.md: the Elkouss et al. 2009
-# codes need fewer iterations at equal or lower f than the Martinez-Mateo
-# et al. 2012 codes of the same rate, e.g. Q = 10 %: f 1.100 in 28
-# iterations against 1.114 in 90); the other family serves the lengths and
-# rates it alone has (2^18), or when forced with ``code=``.
+# Code family used when it has a code that reaches the target, even with
+# more puncturing (measured at n = 2^16, 32 frames, same seeds,
+# docs/ldpc.md: the Elkouss et al. 2009 codes at R 0.85, 0.8, 0.75, 0.65,
+# 0.55, 0.5 need fewer iterations at equal or lower f than the
+# Martinez-Mateo et al. 2012 codes, e.g. Q = 10 %: f 1.100 in 28 iterations
+# against 1.114 in 90; Q = 5 %: R 0.65 punctured 6.9 % f 1.090 in 35
+# against R 0.7 punctured 1.9 % f 1.0925 in 46); the other family serves
+# the lengths and rates it alone has (2^18), or when forced with ``code=``.
 PREFERRED_FAMILY = "elk2009-"
-# ... when it needs at most this fraction of n more punctured positions
-# than the code that needs the fewest (puncturing matters more than family).
-PREFERRED_SLACK = 0.01
 # Puncturing is kept to at most this fraction of the frame (issue 4).
 MAX_PUNCT_FRACTION = 0.10
-# Lower caps by distribution. elk2009-r0.80 punctured 3.5 % (n = 2^16,
-# Q = 2.5 %) left 2 of 96 frames undecoded after 20 blind rounds and
-# f = 1.124, where mm2012-r0.80 punctured as much decoded all 96 at
-# f = 1.111 (docs/ldpc.md).
-PUNCT_CAP = {"elk2009-r0.80": 0.03}
+# Lower caps by distribution (n = 2^16, docs/ldpc.md): elk2009-r0.80
+# punctured 3.5 % (Q = 2.5 %) left 2 of 96 frames undecoded after 20 blind
+# rounds, f = 1.124, where mm2012-r0.80 punctured as much decoded all 96 at
+# f = 1.111; elk2009-r0.75 punctured 6 % (Q = 3 %) gave f = 1.144 with 1 of
+# 32 frames undecoded (3.6 % at Q = 3.5 %: f = 1.108, 1 of 96).
+PUNCT_CAP = {"elk2009-r0.80": 0.03, "elk2009-r0.75": 0.04}
 # Frames shorter than this fraction of a code's length are not placed in it
 # (shortening more would leave a code that discloses nearly the whole frame).
 MIN_FILL = 0.75
@@ -131,9 +130,9 @@ def plan_frame(
     0 <= p <= min(untainted positions, 10 % of n, n - n_key) is used; at
     that length, the code that needs the fewest punctured positions (the
     highest-rate code that reaches the target; shortening is preferred to
-    puncturing), or a code of :data:`PREFERRED_FAMILY` that needs at most
-    ``PREFERRED_SLACK * n`` more. If no code reaches the target exactly, the
-    one with the smallest start leak that is still >= the target is used.
+    puncturing), among those of :data:`PREFERRED_FAMILY` if any reaches the
+    target. If no code reaches the target exactly, the one with the smallest
+    start leak that is still >= the target is used.
 
     Raises
     ------
@@ -184,12 +183,10 @@ def plan_frame(
     # with 6.3 % punctured f = 1.140, R 0.85 with 1.3 % f = 1.112;
     # docs/ldpc.md). Blind rounds then reveal the punctured positions first
     # and key positions after them. Among the codes (of the shortest length)
-    # within PREFERRED_SLACK of the least puncturing, the preferred family.
-    cands.sort(key=lambda c: c[0])
-    first = cands[0][0]
-    near = [c for c in cands if c[0][:2] == first[:2] and c[2] <= first[2] + PREFERRED_SLACK * first[1]]
-    near.sort(key=lambda c: (0 if c[1]["name"].startswith(PREFERRED_FAMILY) else 1, c[0]))
-    _, e, p, fs = near[0]
+    # that reach the target, those
+    # of the preferred family first.
+    cands.sort(key=lambda c: (c[0][:2], 0 if c[1]["name"].startswith(PREFERRED_FAMILY) else 1, c[0][2:]))
+    _, e, p, fs = cands[0]
     n, m = e["n"], e["m"]
     fst = f_step if f_step is not None else DEFAULT_F_STEP.get(n, 0.02)
     plan = FramePlan(code=e["name"], n=n, m=m, n_key=n_key, n_punct=p, n_short=n - n_key - p,
