@@ -36,11 +36,13 @@ __all__ = ["FramePlan", "plan_frame", "default_f_start", "DEFAULT_F_START", "F_S
 # FER (docs/ldpc.md): longer codes work closer to capacity.
 DEFAULT_F_START = {2**14: 1.12, 2**16: 1.09, 2**18: 1.08}
 # Exceptions by (code length, design rate of the mother code). The R 0.5 code
-# at 2^16 (Q >= ~9 %) decodes worse the more of it is punctured: starting at
-# 1.10 instead of 1.08 (4.0 % instead of 4.9 % punctured) gave f = 1.111
-# instead of 1.118 at Q = 10 % in 80 instead of 103 iterations (32 frames,
-# same seeds, docs/ldpc.md).
-F_START_BY_CODE = {(2**16, 0.5): 1.10}
+# at 2^16 (Q >= ~9.7 %) decodes worse the more of it is punctured: with
+# mm2012-r0.50, starting at 1.10 instead of 1.08 (4.0 % instead of 4.9 %
+# punctured) gave f = 1.111 instead of 1.118 at Q = 10 % in 80 instead of
+# 103 iterations. elk2009-r0.50 (used now) at Q = 10 %, 32 frames, seed 31:
+# f_start 1.09 / 1.095 / 1.10 -> f 1.0924 / 1.0955 / 1.1000 in 44 / 34 / 28
+# iterations (docs/ldpc.md).
+F_START_BY_CODE = {(2**16, 0.5): 1.095}
 # Efficiency added per blind round, by code length. At 2^16, 0.005 from
 # f_start 1.09 instead of 0.01 from 1.08: f equal or lower at Q = 2, 3, 8,
 # 10 % (+0.0025 at 5 %) in 8-20 % fewer iterations (32 frames, same seeds,
