@@ -389,6 +389,47 @@ def test_scratch_range_test_set_matches_naive(n, ranges):
         assert (summary == (words[0, 1] != 0)).all()
 
 
+@given(st.integers(0, 2**32 - 1), st.sampled_from([3, 8, 16]), st.integers(1, 12))
+@settings(max_examples=60, deadline=None)
+def test_pass01_overlaps_match_naive_intersection(seed, k1, rows):
+    # the scheduler's pass-0/pass-1 overlap test: a pass-0 node (positions [s, e)) flags the
+    # later pass-1 rows sharing a position with it and clashes with an earlier one
+    rng = np.random.default_rng(seed)
+    n = 200
+    pi = np.empty((2, 2, n), dtype=np.int32)
+    K.fill_permutation(np.uint64(seed), 1, pi[0, 1])
+    K.fill_inverse(pi[0, 1], pi[1, 1])
+    scr = np.zeros((64, K.NSCR), dtype=np.int64)
+    nb1 = (n + k1 - 1) // k1
+    heads = np.zeros(nb1, dtype=np.int32)
+    # disjoint pass-1 nodes: a random sub-range of distinct blocks, in random order, random ranks
+    blocks = rng.choice(nb1, size=min(rows, nb1), replace=False)
+    ranks = rng.permutation(2 * len(blocks))[: len(blocks)]
+    for i, b in enumerate(blocks):
+        lo, hi = b * k1, min(b * k1 + k1, n)
+        s1 = int(rng.integers(lo, hi))
+        scr[i, K.P_Q], scr[i, K.P_S], scr[i, K.P_E] = 1, s1, int(rng.integers(s1 + 1, hi + 1))
+        scr[i, K.SC_RANK] = ranks[i]
+    w = len(blocks)
+    K._chain_pass1_rows(scr, heads, w, k1, 4096, True)
+    s0 = int(rng.integers(0, n - 1))
+    e0 = int(rng.integers(s0 + 1, min(n, s0 + 20) + 1))
+    t = int(rng.integers(0, 2 * len(blocks)))
+    clash = K._pass01_overlaps(scr, heads, pi, k1, t, s0, e0)
+    mine = set(range(s0, e0))
+    exp_clash = False
+    for i in range(w):
+        theirs = {int(pi[0, 1, j]) for j in range(scr[i, K.P_S], scr[i, K.P_E])}
+        hit = bool(mine & theirs)
+        if scr[i, K.SC_RANK] > t:
+            assert scr[i, K.SC_HIT] == int(hit)
+        elif hit:
+            exp_clash = True
+    assert clash == exp_clash
+    K._chain_pass1_rows(scr, heads, w, k1, 4096, False)
+    assert not heads.any()
+
+
 def test_block0_mask_parity_matches_naive():
     rng = np.random.default_rng(8)
     n, k = 1000, 500

@@ -92,10 +92,13 @@ NST = 16
 P_V, P_Q, P_S, P_E, P_H = 0, 1, 2, 3, 4
 NPCOL = 5
 # planner scratch columns (``scr`` int64[cap, NSCR], cap >= 65): a copy of the pending
-# rows, then each row's level, the level order, the selection flag, and the
-# counting sort's 65 counters (rows 0..64 of the last column)
+# rows, then each row's level, the level order, the selection flag, the counting
+# sort's 65 counters (rows 0..64), the passes after each order index, each row's
+# order index, and for pass-1 rows: overlapped by an earlier pass-0 node, and the
+# next pass-1 row of the same block (-1 ends; ``heads[b] - 1`` is block b's first)
 SC_LV, SC_ORD, SC_SEL, SC_CNT, SC_LATER = NPCOL, NPCOL + 1, NPCOL + 2, NPCOL + 3, NPCOL + 4
-NSCR = NPCOL + 5
+SC_RANK, SC_HIT, SC_NEXT = NPCOL + 5, NPCOL + 6, NPCOL + 7
+NSCR = NPCOL + 8
 
 # config entries
 C_PASSES, C_CLEAN_STOP, C_CLEAN_FROM, C_SLACK, C_MAXROUNDS, C_LOCAL = 0, 1, 2, 3, 4, 5
@@ -693,6 +696,50 @@ def _scratch_test_set_perm(kpos, pi, f, q, s, e, test, mark):
 
 
 @kernel(nrt=False)
+def _chain_pass1_rows(scr, heads, w, k1, local, link):
+    """Chain the local pass-1 rows of ``scr[:w]`` by block (``link``), or empty the chains.
+
+    ``heads[b] - 1`` is the first row of pass-1 block b (0: none); the next
+    is ``scr[row, SC_NEXT]``. Unchaining leaves ``heads`` all zero again.
+    """
+    for i in range(w):
+        if scr[i, P_Q] == 1 and scr[i, P_E] - scr[i, P_S] <= local:
+            b = scr[i, P_S] // k1
+            if link:
+                scr[i, SC_NEXT] = heads[b] - 1
+                scr[i, SC_HIT] = 0
+                heads[b] = i + 1
+            else:
+                heads[b] = 0
+
+
+@kernel(nrt=False)
+def _pass01_overlaps(scr, heads, pi, k1, t, s, e):
+    """The pass-0 node at order index t (positions s..e-1) against the chained pass-1 rows.
+
+    Flags each later pass-1 row holding one of its positions (that row then
+    clashes), and returns True if an earlier one does (this node clashes).
+    A position's place in pass 1's order is read from the pass-major inverse
+    ``pi[1, 1]`` in sequence and its block's chain from the small ``heads``
+    table, so neither node's positions are gathered through the permutation
+    nor marked in a bitset.
+    """
+    clash = False
+    sh = _level(k1) if k1 & (k1 - 1) == 0 else -1  # a shift, not a division, for k1 = 2^sh
+    for x in range(s, e):
+        j = np.int64(pi[1, 1, x])
+        r = heads[j >> sh if sh >= 0 else j // k1] - 1
+        while r >= 0:
+            if scr[r, P_S] <= j < scr[r, P_E]:
+                if scr[r, SC_RANK] > t:
+                    scr[r, SC_HIT] = 1
+                else:
+                    clash = True
+            r = scr[r, SC_NEXT]
+    return clash
+
+
+@kernel(nrt=False)
 def _level(size):
     """ceil(log2(size)) for size >= 1."""
     lv = 0
@@ -724,7 +771,7 @@ def _start_pass_locally(eng, tree, kpos, pend, st, pi, inv, geo, f):
 
 
 @kernel(nrt=False)
-def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
+def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads):
     n = eng[0].shape[1]
     st[f, S_ACTION] = 0
     st[f, S_NSEL] = 0
@@ -835,6 +882,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
         for i in range(w):
             lv = scr[i, SC_LV]
             scr[scr[lv, SC_CNT], SC_ORD] = i
+            scr[i, SC_RANK] = scr[lv, SC_CNT]
             scr[lv, SC_CNT] += 1
         # Overlap test by marks: in this order each node (up to cfg[C_LOCAL]
         # bits) marks its positions, and clashes if one is marked already. Valid
@@ -842,12 +890,21 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
         # only has to test if a node of another pass came before it, and to
         # mark only if one of another pass comes after it (the passes that come
         # later are gathered first, as a bit mask per order index).
+        # The pair that dominates, pass-0 nodes (the cascade's re-searches: few,
+        # small) against pass-1 nodes (many, up to k2 long), is tested the other
+        # way: the pass-1 rows are chained by block, and each pass-0 node looks
+        # its positions up there (:func:`_pass01_overlaps`); the marks then only
+        # serve pairs with a pass >= 2.
         later = np.int64(0)
         for t in range(w - 1, -1, -1):
             i = scr[t, SC_ORD]
             scr[t, SC_LATER] = later
             if scr[i, P_E] - scr[i, P_S] <= cfg[C_LOCAL]:
                 later |= np.int64(1) << scr[i, P_Q]
+        pair = (later & 3) == 3 and geo[G_NB, 1] <= heads.shape[0]
+        k1 = geo[G_K, 1] if pair else 1
+        if pair:
+            _chain_pass1_rows(scr, heads, w, k1, cfg[C_LOCAL], True)
         earlier = np.int64(0)
         a = 0
         for t in range(w):
@@ -858,18 +915,26 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
                     scr[i, SC_SEL] = 1
                 continue
             others = ~(np.int64(1) << q)
+            if pair and q <= 1:
+                others = ~np.int64(3)  # the pass-0/pass-1 pair is not tested by marks
             test = (earlier & others) != 0
             mark = (scr[t, SC_LATER] & others) != 0
             earlier |= np.int64(1) << q
             clash = False
+            if pair and q == 1:
+                clash = scr[i, SC_HIT] != 0
+            elif pair and q == 0:
+                clash = _pass01_overlaps(scr, heads, pi, k1, t, s, e)
             if test or mark:
                 if q == 0:
                     # pass 0 is the identity: the node is the position range [s, e)
-                    clash = _scratch_test_set_range(kpos, f, s, e, test, mark)
+                    clash = _scratch_test_set_range(kpos, f, s, e, test, mark) or clash
                 else:
-                    clash = _scratch_test_set_perm(kpos, pi, f, q, s, e, test, mark)
+                    clash = _scratch_test_set_perm(kpos, pi, f, q, s, e, test and not clash, mark) or clash
             if not clash:
                 scr[i, SC_SEL] = 1
+        if pair:
+            _chain_pass1_rows(scr, heads, w, k1, cfg[C_LOCAL], False)
         # selected rows first (in pending order), then the others
         for i in range(w):
             if scr[i, SC_SEL]:
@@ -896,7 +961,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
 
 
 @kernel(nrt=False)
-def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, scr):
+def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, scr, heads):
     """Advance every running frame to the point where it must ask Alice something.
 
     Applies pending flips (leaves) and free inferences, drops stale pending
@@ -906,20 +971,23 @@ def bob_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, scr):
     top-level parities of the next pass. Sets ``st[f, S_ACTION]``;
     ``st[f, S_DONE]`` becomes 1 when the frame is finished, 2 if it had to
     be given up (pending list full, round cap, no progress). ``scr`` is the
-    planner's scratch, int64[pend.shape[1], NSCR].
+    planner's scratch, int64[pend.shape[1], NSCR]; ``heads`` is int32 of at
+    least pass 1's block count, all zero (and left so), or shorter to test
+    the pass-0/pass-1 pair by marks like the others. The caller has built
+    the pass-major inverse of pass 1 (``pi[1, 1]``).
     """
     for f in range(st.shape[0]):
-        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
+        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads)
 
 
 @kernel(nrt=False)
-def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr):
+def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads):
     if st[f, S_DONE] == 0:
         if st[f, S_ROUNDS] >= cfg[C_MAXROUNDS]:
             st[f, S_DONE] = 2
             st[f, S_ACTION] = 0
             return
-        _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
+        _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads)
     else:
         st[f, S_ACTION] = 0
 
@@ -1067,7 +1135,7 @@ def alice_locate_nodes(geo, n, nodes, oq, os_, oe):
 
 
 @kernel(nrt=False)
-def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, masks, maskk, scr):
+def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, masks, maskk, scr, heads):
     """Take in Alice's parities for this round's requests, then plan each frame's next round.
 
     ``par`` holds every parity of the round (uint8 0/1); frame f's range
@@ -1079,12 +1147,12 @@ def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, mas
     are still in cache; frames are independent, so the result is that of
     ``bob_absorb`` for all frames followed by ``bob_plan``. The caller must
     have built the permutations of passes up to ``max(S_PASS) + 1`` (and of
-    the one-block passes after it).
+    the one-block passes after it); ``scr`` and ``heads`` as in :func:`bob_plan`.
     """
     for f in range(st.shape[0]):
         if st[f, S_ACTION] != 0:
             _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk, f)
-        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr)
+        _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads)
 
 
 @kernel(nrt=False)

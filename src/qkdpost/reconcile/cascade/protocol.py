@@ -110,7 +110,8 @@ class _Perms:
     ``inverse=True`` is asked, i.e. on Bob's side: for q < INV_COLS in column
     q of the position-major table ``inv`` (int32[n, INV_COLS], rows aligned
     to 64 bytes, so a correction finds the bit's place in every pass in one
-    cache line), for later passes in ``pi[1, q]``. Arrays are allocated with
+    cache line), for later passes in ``pi[1, q]``; pass 1's also in ``pi[1, 1]``
+    (Bob's scheduler reads it in sequence). Arrays are allocated with
     ``np.empty`` so untouched passes cost no memory.
     """
 
@@ -153,7 +154,7 @@ class _Perms:
             if inverse and not self.done[1, q] and q > 0:
                 if q < INV_COLS:
                     K.fill_inverse_column(self.pi[0, q], self._inv_table(), np.int64(q))
-                else:
+                if q >= INV_COLS or q == 1:  # pass 1's also pass-major: Bob's scheduler reads it in sequence
                     K.fill_inverse(self.pi[0, q], self.pi[1, q])
                 self.done[1, q] = True
 
@@ -454,6 +455,7 @@ class CascadeBob:
         # touched only as far as the lists grow
         pend = _sparse_zeros((N, n // 2 + 4096, K.NPCOL), np.int64)
         scr = _sparse_zeros((n // 2 + 4096, K.NSCR), np.int64)
+        heads = np.zeros(int(geo[K.G_NB, 1]) if P > 1 else 0, dtype=np.int32)  # pass-1 rows by block
         st = np.zeros((N, K.NST), dtype=np.int64)
         kcfg = np.zeros(K.NCFG, dtype=np.int64)
         kcfg[K.C_PASSES] = P
@@ -482,10 +484,11 @@ class CascadeBob:
                     else:
                         break
                 if par is None:
-                    K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, scr)
+                    K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, scr, heads)
                 else:
                     K.bob_absorb_plan(
-                        eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, par, offs, perms.masks, perms.maskk, scr
+                        eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, par, offs, perms.masks, perms.maskk,
+                        scr, heads,
                     )
                 counts = np.empty(N, dtype=np.int32)  # fresh per round: a channel may keep the body it sent
                 nr, nt, ntr = K.bob_layout(st, offs, counts)
