@@ -255,6 +255,20 @@ def test_range_parities_match_naive(n):
         assert out[i] == oracle.parity(bits[qf[i]], pi[0, qq[i], qs[i] : qe[i]])
 
 
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 127, 128, 1000, 4159])
+def test_prefix_parities_match_cumulative_sum(n):
+    # word-at-a-time prefix XOR against numpy's running sum; bits above n stay 0
+    rng = np.random.default_rng(n)
+    bits = rng.integers(0, 2, size=(1, n), dtype=np.uint8)
+    pi = np.empty((2, 2, n), dtype=np.int32)
+    K.fill_permutation(np.uint64(3), np.int64(1), pi[0, 1])
+    pref = np.full((1, 2, (n + 1 + 63) // 64), np.uint64(2**64 - 1), dtype=np.uint64)
+    K._build_prefix(pack_bits(bits), pi[0], pref, 0, 1)
+    want = np.zeros(64 * pref.shape[2], dtype=np.uint8)
+    want[1 : n + 1] = np.cumsum(bits[0, pi[0, 1]]) & 1
+    assert (np.unpackbits(pref[0, 1].view(np.uint8), bitorder="little") == want).all()
+
+
 def test_bob_range_parity_follows_flips_after_snapshot():
     # Bob's ranges use a prefix snapshot plus a bitset of the flips made since; both must count
     rng = np.random.default_rng(3)

@@ -223,22 +223,32 @@ def _word_parity(x):
 def _build_prefix(packed, perm, pref, f, q):
     """pref[f, q] bit j = parity of bits[f, perm[q, 0..j-1]] for j = 0..n (one gather pass).
 
-    ``packed`` holds the bits as uint64 words (bit i in word i // 64).
+    ``packed`` holds the bits as uint64 words (bit i in word i // 64). The
+    permuted bits are gathered 64 at a time into a word and turned into
+    their running parities with a prefix XOR (x ^= x << 1, << 2, ..., << 32),
+    so no bit waits for the parity of the one before it; bits above n stay 0.
     """
     n = perm.shape[1]
-    acc = np.uint64(0)
-    word = np.uint64(0)
-    for j in range(n):
-        if acc:
-            word |= _ONE << np.uint64(j & 63)
-        if (j & 63) == 63:
-            pref[f, q, j >> 6] = word
-            word = np.uint64(0)
-        y = perm[q, j]
-        acc ^= (packed[f, y >> 6] >> np.uint64(y & 63)) & _ONE
-    if acc:
-        word |= _ONE << np.uint64(n & 63)
-    pref[f, q, n >> 6] = word
+    acc = np.uint64(0)  # all ones when the parity of everything before this word is odd
+    for w in range(n // 64 + 1):
+        lo = w << 6
+        hi = min(lo + 64, n)
+        g = np.uint64(0)
+        for i in range(hi - lo):
+            y = perm[q, lo + i]
+            g |= ((packed[f, y >> 6] >> np.uint64(y & 63)) & _ONE) << np.uint64(i)
+        x = g ^ (g << np.uint64(1))
+        x ^= x << np.uint64(2)
+        x ^= x << np.uint64(4)
+        x ^= x << np.uint64(8)
+        x ^= x << np.uint64(16)
+        x ^= x << np.uint64(32)
+        # x bit i = parity of g bits 0..i; pref needs bits 0..i-1 (exclusive)
+        word = (x << np.uint64(1)) ^ acc
+        if n - lo < 63:  # last word: bits lo .. n only
+            word &= (_ONE << np.uint64(n - lo + 1)) - _ONE
+        pref[f, q, w] = word
+        acc ^= np.uint64(0) - (x >> np.uint64(63))
 
 
 @kernel(inline="always", nrt=False)
