@@ -464,9 +464,11 @@ def test_both_sides_end_equal_and_agree_with_plain_cascade(preset):
     rng = np.random.default_rng(zlib.crc32(preset.encode()))
     n, N, q = 600, 6, 0.04
     a, b = bsc_pair(rng, N, n, q)
+    b_in = b.copy()
     res = reconcile_cascade(a, b, qber=q, seed=11, preset=preset)
     assert res.success.all()
     np.testing.assert_array_equal(res.bits, a)
+    np.testing.assert_array_equal(b, b_in)  # Bob's input is read, never corrected in place
     np.testing.assert_array_equal(res.errors_corrected, (a != b).sum(axis=1))
     ks = block_sizes(preset, q, n)
     # the oracle with the same block sizes and permutations also ends equal, and

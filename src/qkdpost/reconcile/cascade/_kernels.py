@@ -53,6 +53,9 @@ Scratch space is caller-owned.
 A party's bits travel as the tuple ``eng = (bits uint8[N, n], packed
 uint64[N, ceil(n/64)], pref uint64[N, P, ceil((n+1)/64)], snap int64[N, P],
 flips uint64[N, P, ceil(n/64)] (Bob) or [N, 1, 1] (Alice), scratch int64[.])``.
+The kernels read and change only ``packed``; ``bits`` is the caller's (Bob
+unpacks his corrected bits from ``packed`` when the run ends, so a flip
+does not also write a random byte of a 1 MB-per-frame array).
 """
 
 from __future__ import annotations
@@ -560,10 +563,9 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
     erasure "peeling" of LDPC decoding applied to Cascade's disclosed
     parities).
     """
-    bits = eng[0]
     packed = eng[1]
     flips = eng[4]
-    n = bits.shape[1]
+    n = eng[0].shape[1]
     stk = eng[5]  # scratch: position, flip flag, position, flip flag, ...
     ninv = inv.shape[1]
     cap = stk.shape[0] // 2
@@ -576,8 +578,7 @@ def _learn(eng, tree, kpos, pend, st, pi, inv, geo, f, x0, flip0):
         if _kpos_get(kpos, f, x) != 0:
             continue
         flip = stk[2 * top + 1] != 0
-        if flip:
-            bits[f, x] ^= np.uint8(1)
+        if flip:  # the packed bits only: the caller unpacks them once at the end
             packed[f, x >> 6] ^= _ONE << np.uint64(x & 63)
             st[f, S_FLIPS] += 1
             st[f, S_BTOT] ^= 1

@@ -47,7 +47,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...bits import as_bits, pack_bits
+from ...bits import as_bits, pack_bits, unpack_bits
 from ...channel import Channel, Handler, LoopbackChannel, Responder
 from ...errors import ConfigError, InputError, ProtocolError
 from ..result import ReconcileResult
@@ -440,10 +440,9 @@ class CascadeBob:
                 "ks": np.asarray(ks, dtype=np.int64),
             },
         )
-        bits = bob.copy()
         eng = (
-            bits,
-            pack_bits(bits),
+            bob,  # read for its shape only: the kernels correct the packed copy
+            pack_bits(bob),
             _sparse_zeros((N, P, (n + 1 + 63) // 64)),  # prefix parities and flip logs: built per pass on use
             np.full((N, P), -1, dtype=np.int64),
             _sparse_zeros((N, P, (n + 63) // 64)),
@@ -505,6 +504,7 @@ class CascadeBob:
             except Exception:  # noqa: BLE001 - best effort; the original error matters more
                 pass
         rt1, by1 = channel.stats.snapshot()
+        bits = unpack_bits(eng[1], n)  # the kernels correct the packed copy only
         return ReconcileResult(
             bits=bits,
             leaked_bits=st[:, K.S_LEAK].copy(),
