@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from oracles import cascade as oracle
+from qkdpost._jit import kernel, prefetch
 from qkdpost.bits import binary_entropy, pack_bits
 from qkdpost.channel import LoopbackChannel, Responder
 from qkdpost.errors import ConfigError, InputError, ProtocolError
@@ -442,6 +443,23 @@ def test_pass01_overlaps_match_naive_intersection(seed, k1, rows):
     assert clash == exp_clash
     K._chain_pass1_rows(scr, heads, w, k1, 4096, False)
     assert not heads.any()
+
+
+@kernel(nrt=False)
+def _sum_with_cache_hints(a, b):
+    s = 0.0
+    for i in range(a.shape[0]):
+        prefetch(a, i + 8)  # a hint: even past the end it neither faults nor changes anything
+        prefetch(b, (1, i % b.shape[1], 2))
+        s += a[i] + b[1, i % b.shape[1], 2]
+    return s
+
+
+def test_prefetch_is_only_a_hint():
+    # the cache hint Bob's absorb step issues (qkdpost._jit.prefetch), on 1-D and 3-D arrays
+    a = np.arange(100.0)
+    b = np.arange(42.0).reshape(2, 7, 3)
+    assert _sum_with_cache_hints(a, b) == a.sum() + sum(b[1, i % 7, 2] for i in range(100))
 
 
 def test_block0_mask_parity_matches_naive():

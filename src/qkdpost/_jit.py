@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numba
 
-__all__ = ["kernel", "warmup", "KERNEL_MODULES", "jit_disabled"]
+__all__ = ["kernel", "warmup", "KERNEL_MODULES", "jit_disabled", "prefetch"]
 
 # Every module that defines Numba kernels; ``warmup`` imports and exercises them.
 KERNEL_MODULES: list[str] = []
@@ -83,6 +83,65 @@ def kernel(
         return numba.njit(signature, **opts)(fn)
 
     return wrap
+
+
+def _make_prefetch() -> Callable[..., Any]:
+    """``prefetch(arr, idx)``: ask the CPU to bring ``arr[idx]`` into the caches.
+
+    ``idx`` is an integer (1-D arrays) or a tuple of integers, one per
+    dimension. A hint only: no effect on results, no bounds check, no fault
+    on a bad address (LLVM's ``llvm.prefetch``: read, keep in every level).
+    Kernels whose accesses are random but known a little ahead issue these
+    first, so that the cache misses overlap instead of waiting one after the
+    other. Without the JIT it does nothing.
+    """
+    if jit_disabled():
+
+        def prefetch(arr: Any, idx: Any) -> None:
+            return None
+
+        return prefetch
+
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
+        if not isinstance(arr, types.Array):
+            return None
+        if isinstance(idx, types.Integer):
+            idx_types = [idx]
+        elif isinstance(idx, types.BaseTuple) and all(isinstance(t, types.Integer) for t in idx):
+            idx_types = list(idx)
+        else:
+            return None
+        if len(idx_types) != arr.ndim:
+            return None
+        sig = types.void(arr, idx)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            aryty, idxty = signature.args
+            ary = context.make_array(aryty)(context, builder, args[0])
+            raw = [args[1]] if isinstance(idxty, types.Integer) else cgutils.unpack_tuple(builder, args[1])
+            inds = [context.cast(builder, v, t, types.intp) for v, t in zip(raw, idx_types)]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds, wraparound=False)
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+            )
+            # (address, 0 = read, 3 = keep in every cache level, 1 = data)
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return prefetch
+
+
+prefetch = _make_prefetch()
 
 
 def register(module_name: str) -> None:

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._jit import kernel, register
+from ..._jit import kernel, prefetch, register
 
 register(__name__)
 
@@ -1167,6 +1167,32 @@ def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, mas
 
 
 @kernel(nrt=False)
+def _prefetch_selected(eng, tree, pend, f, nsel):
+    """Cache hints for the words the answers to the first ``nsel`` pending nodes will touch.
+
+    Each answer reads Bob's parity of the asked half (the prefix-parity and
+    flip-log words of its pass, or the packed bits for pass 0) and the node
+    bitset words of the node and its children: a few random lines per
+    answer, which requested together overlap their misses.
+    """
+    packed = eng[1]
+    pref = eng[2]
+    flips = eng[4]
+    for i in range(nsel):
+        v = pend[f, i, P_V]
+        q, s, e, h = pend[f, i, P_Q], pend[f, i, P_S], pend[f, i, P_E], pend[f, i, P_H]
+        m = s + (e - s + 1) // 2
+        prefetch(tree, (f, v >> 6, 0))
+        prefetch(tree, (f, (v + h) >> 6, 0))
+        if q == 0:
+            prefetch(packed, (f, s >> 6))
+        else:
+            prefetch(pref, (f, q, s >> 6))
+            prefetch(pref, (f, q, m >> 6))
+            prefetch(flips, (f, q, s >> 6))
+
+
+@kernel(nrt=False)
 def _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, maskk, f):
     bits = eng[0]
     n = bits.shape[1]
@@ -1175,6 +1201,7 @@ def _absorb_frame(eng, tree, kpos, pend, st, pi, inv, geo, par, offs, masks, mas
     if act == 1:
         o = offs[0, f]
         nsel = st[f, S_NSEL]
+        _prefetch_selected(eng, tree, pend, f, nsel)
         for i in range(nsel):
             v = pend[f, i, P_V]
             q, s, e, h = pend[f, i, P_Q], pend[f, i, P_S], pend[f, i, P_E], pend[f, i, P_H]
