@@ -154,6 +154,7 @@ def main(argv=None):
     t.add_argument("--slack", type=int, default=1)
     t.add_argument("--local-max", type=int, default=4096)
     t.add_argument("--fresh-seed", action="store_true", help="new permutations (seed) for the timed run")
+    t.add_argument("--preset", default="option7")
     args = ap.parse_args(argv)
     if args.cmd == "curves":
         rows = []
@@ -174,15 +175,18 @@ def main(argv=None):
     else:
         rng = np.random.default_rng(5)
         a, b = bsc_pair(rng, args.frames, args.n, args.qber)
-        reconcile_cascade(a[:1], b[:1], qber=args.qber, seed=11, slack=args.slack)  # JIT + permutations
+        # JIT + permutations
+        reconcile_cascade(a[:1], b[:1], qber=args.qber, seed=11, slack=args.slack, preset=args.preset)
         seed = None if args.fresh_seed else 11
         w0, c0 = time.perf_counter(), time.process_time()
         res = reconcile_cascade(
-            a, b, qber=args.qber, seed=seed, slack=args.slack, local_max=args.local_max, rtt_s=args.rtt
+            a, b, qber=args.qber, seed=seed, slack=args.slack, local_max=args.local_max, rtt_s=args.rtt,
+            preset=args.preset,
         )
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         nbits = args.frames * args.n
         out = {
+            "preset": args.preset,
             "n": args.n,
             "frames_in_flight": args.frames,
             "qber": args.qber,
