@@ -430,7 +430,8 @@ def test_pass01_overlaps_match_naive_intersection(seed, k1, rows):
     s0 = int(rng.integers(0, n - 1))
     e0 = int(rng.integers(s0 + 1, min(n, s0 + 20) + 1))
     t = int(rng.integers(0, 2 * len(blocks)))
-    clash = K._pass01_overlaps(scr, heads, pi, k1, t, s0, e0)
+    sh = (k1 - 1).bit_length() if k1 & (k1 - 1) == 0 else -1
+    clash = K._pass01_overlaps(scr, heads, pi, k1, sh, t, s0, e0)
     mine = set(range(s0, e0))
     exp_clash = False
     for i in range(w):

@@ -725,7 +725,7 @@ def _chain_pass1_rows(scr, heads, w, k1, local, link):
 
 
 @kernel(nrt=False)
-def _pass01_overlaps(scr, heads, pi, k1, t, s, e):
+def _pass01_overlaps(scr, heads, pi, k1, sh, t, s, e):
     """The pass-0 node at order index t (positions s..e-1) against the chained pass-1 rows.
 
     Flags each later pass-1 row holding one of its positions (that row then
@@ -733,10 +733,10 @@ def _pass01_overlaps(scr, heads, pi, k1, t, s, e):
     A position's place in pass 1's order is read from the pass-major inverse
     ``pi[1, 1]`` in sequence and its block's chain from the small ``heads``
     table, so neither node's positions are gathered through the permutation
-    nor marked in a bitset.
+    nor marked in a bitset. ``sh`` = log2(k1) when k1 is a power of two (a
+    shift instead of a division), else -1.
     """
     clash = False
-    sh = _level(k1) if k1 & (k1 - 1) == 0 else -1  # a shift, not a division, for k1 = 2^sh
     for x in range(s, e):
         j = np.int64(pi[1, 1, x])
         r = heads[j >> sh if sh >= 0 else j // k1] - 1
@@ -914,6 +914,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads):
                 later |= np.int64(1) << scr[i, P_Q]
         pair = (later & 3) == 3 and geo[G_NB, 1] <= heads.shape[0]
         k1 = geo[G_K, 1] if pair else 1
+        sh = _level(k1) if k1 & (k1 - 1) == 0 else -1
         if pair:
             _chain_pass1_rows(scr, heads, w, k1, cfg[C_LOCAL], True)
         earlier = np.int64(0)
@@ -935,7 +936,7 @@ def _plan_frame(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads):
             if pair and q == 1:
                 clash = scr[i, SC_HIT] != 0
             elif pair and q == 0:
-                clash = _pass01_overlaps(scr, heads, pi, k1, t, s, e)
+                clash = _pass01_overlaps(scr, heads, pi, k1, sh, t, s, e)
             if test or mark:
                 if q == 0:
                     # pass 0 is the identity: the node is the position range [s, e)
