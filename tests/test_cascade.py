@@ -245,15 +245,71 @@ def test_range_parities_match_naive(n):
         K.fill_permutation(np.uint64(9), np.int64(q), pi[0, q])
         K.fill_inverse(pi[0, q], pi[1, q])
     eng = _engine(bits, P)
-    m = 60
-    qf = rng.integers(0, N, m)
-    qq = rng.integers(0, P, m)
-    qs = rng.integers(0, n, m)
-    qe = np.minimum(n, qs + 1 + rng.integers(0, n, m))
-    out = np.empty(m, dtype=np.uint8)
-    K.alice_range_parities(eng, pi, qf, qq, qs, qe, out)
-    for i in range(m):
-        assert out[i] == oracle.parity(bits[qf[i]], pi[0, qq[i], qs[i] : qe[i]])
+    for _ in range(60):
+        f, q, s = int(rng.integers(0, N)), int(rng.integers(0, P)), int(rng.integers(0, n))
+        e = int(min(n, s + 1 + rng.integers(0, n)))
+        assert K._par_range(eng, pi, f, q, s, e, False) == oracle.parity(bits[f], pi[0, q, s:e])
+
+
+@pytest.mark.parametrize("n,ks", [(50, [4, 16, 25]), (5000, [8, 32, 2500]), (20000, [16, 64, 10000])])
+def test_alice_answer_matches_naive_and_packs_like_numpy(n, ks):
+    # Alice's whole round: node ids and top-level rows in, packed parities out, against
+    # the oracle's parities of the decoded ranges and np.packbits' layout
+    rng = np.random.default_rng(n)
+    N, P = 3, len(ks)
+    bits = rng.integers(0, 2, size=(N, n), dtype=np.uint8)
+    geo = _geometry(ks, n)
+    pi = np.empty((2, P, n), dtype=np.int32)
+    for q in range(P):
+        K.fill_permutation(np.uint64(9), np.int64(q), pi[0, q])
+    ids = []
+    while len(ids) < 70:  # valid nodes only: the check is tested in test_alice_rejects_bad_requests
+        v = int(rng.integers(0, geo[K.G_BASE, P]))
+        q, s, e, h = _locate_by_halving(v, geo, n, with_h=True)
+        if h >= 1 and e > s:
+            ids.append(v)
+    counts = np.array([30, 0, 40], dtype=np.int64)
+    nodes = np.array(ids, dtype=np.uint32)
+    k_last = ks[-1]
+    t = np.array([[1, 1, ks[1], 3], [2, P - 1, k_last, 1], [0, 0, ks[0], 2]], dtype=np.int64)
+    masks = np.zeros((P, (n + 63) // 64), dtype=np.uint64)
+    maskk = np.zeros(P, dtype=np.int64)
+    big = k_last > K.BIG_RANGE
+    if big:  # the single block of the last pass is then summed through its membership mask
+        K.fill_block0_mask(pi[0, P - 1], np.int64(k_last), masks[P - 1])
+        maskk[P - 1] = k_last
+    frames = np.repeat(np.arange(N), counts)
+    want_r = [oracle.parity(bits[frames[i]], pi[0, q, s:e]) for i, (q, s, e) in
+              enumerate(_locate_by_halving(v, geo, n, with_h=True)[:3] for v in ids)]
+    want_t = [oracle.parity(bits[f], pi[0, q, b * k : min(b * k + k, n)]) for f, q, k, c in t for b in range(c)]
+    built = np.zeros(P, dtype=bool)
+    dec = np.empty((4, len(ids)), dtype=np.int64)
+    used = np.zeros(P, dtype=np.uint8)
+    per = np.zeros(N, dtype=np.int64)
+    rpk = np.zeros((len(ids) + 7) // 8, dtype=np.uint8)
+    tpk = np.zeros((len(want_t) + 7) // 8, dtype=np.uint8)
+
+    def answer(ask_masks):
+        return K.alice_answer(geo, np.int64(n), counts, nodes, t, _engine(bits, P), pi, built, masks, maskk,
+                              ask_masks, dec, used, per, rpk, tpk)
+
+    # a pass without its permutation: nothing answered, nothing counted
+    assert answer(True) == K.RQ_NEED_TABLES
+    assert not rpk.any() and not tpk.any() and not per.any() and used.all()
+    built[:P] = True
+    if big:
+        maskk[P - 1] = 0  # mask gone: asked for first, then the block is summed as a range
+        assert answer(True) == K.RQ_NEED_TABLES
+        assert answer(False) == 0
+        assert list(np.unpackbits(tpk, count=len(want_t), bitorder="little")) == want_t
+        maskk[P - 1] = k_last
+        rpk[:] = 0
+        tpk[:] = 0
+        per[:] = 0
+    assert answer(True) == 0
+    assert (rpk == np.packbits(np.array(want_r, np.uint8), bitorder="little")).all()
+    assert (tpk == np.packbits(np.array(want_t, np.uint8), bitorder="little")).all()
+    assert list(per) == [30 + 2, 3, 40 + 1]
 
 
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 127, 128, 1000, 4159])

@@ -329,49 +329,6 @@ def _par_block0(eng, masks, f, q):
 
 
 @kernel(nrt=False)
-def alice_range_parities(eng, pi, qf, qq, qs, qe, out):
-    """Parity of Alice's bits ``abits[qf[i], perm[qq[i], j]]`` for j in [qs[i], qe[i]).
-
-    Parameters
-    ----------
-    eng : tuple (bits uint8[N, n], packed uint64[N, W], pref uint64[N, P, W1],
-          snap int64[N, P], flips uint64[N, 1, 1] (unused), scratch int64[2])
-        Alice's bits and her lazily built per-pass prefix parities.
-    pi : int32[2, P, n]
-        Permutations (row 0); inverses are not needed on her side.
-    qf, qq, qs, qe : int64[m]
-        Frame index, pass, start, end of each query.
-    out : uint8[m]
-    """
-    for i in range(qf.shape[0]):
-        out[i] = _par_range(eng, pi, qf[i], qq[i], qs[i], qe[i], False)
-
-
-@kernel(nrt=False)
-def alice_block_parities(eng, pi, masks, maskk, treq, toff, out):
-    """Top-level parities: blocks 0..c-1 of size k in pass q of frame f.
-
-    ``treq`` is int64[m, 4] rows (f, q, k, c); results of request i go to
-    ``out[toff[i] : toff[i] + c]``. A single block 0 of a pass whose mask is
-    built for that k (``maskk[q] == k``) is computed from packed words.
-    """
-    bits = eng[0]
-    n = bits.shape[1]
-    for i in range(treq.shape[0]):
-        f = treq[i, 0]
-        q = treq[i, 1]
-        k = treq[i, 2]
-        c = treq[i, 3]
-        o = toff[i]
-        if c == 1 and maskk[q] == k:
-            out[o] = _par_block0(eng, masks, f, q)
-            continue
-        for b in range(c):
-            s = b * k
-            out[o + b] = _par_range(eng, pi, f, q, s, min(s + k, n), False)
-
-
-@kernel(nrt=False)
 def fill_block0_mask(perm, k, out):
     """out = packed membership bitset of perm[0:k] (block 0 of the pass)."""
     for w in range(out.shape[0]):
@@ -1006,20 +963,23 @@ def _plan_one(eng, tree, kpos, pend, st, pi, inv, geo, cfg, f, scr, heads):
 
 @kernel(nrt=False)
 def bob_layout(st, offs, counts):
-    """Lay out this round's answers; returns (range requests, top-level parities, top-level rows), or -1s.
+    """Lay out this round's answers; returns (range requests, top-level parities, top-level rows, passes).
 
     ``counts[f]`` (int32, the ``c`` field) is the number of range requests
     of frame f; ``offs[0, f]`` is the index of frame f's first range answer
     and ``offs[1, f]`` of its first top-level answer, counted after all range
-    answers (Alice's reply is read as one array). Returns (-1, -1, -1) when
-    no frame asks anything (every frame is finished).
+    answers (Alice's reply is read as one array). The first three are -1
+    when no frame asks anything (every frame is finished); ``passes`` is the
+    most passes any frame has started (the permutations the next round needs).
     """
     N = st.shape[0]
     nr = 0
     nt = 0
     rows = 0
     busy = False
+    passes = 0
     for f in range(N):
+        passes = max(passes, st[f, S_PASS])
         a = st[f, S_ACTION]
         c = st[f, S_NSEL] if a == 1 else 0
         counts[f] = c
@@ -1031,13 +991,13 @@ def bob_layout(st, offs, counts):
             rows += 1
     offs[0, N] = nr
     if not busy:
-        return -1, -1, -1
+        return -1, -1, -1, passes
     for f in range(N):
         offs[1, f] = nr + nt
         if st[f, S_ACTION] == 2:
             nt += st[f, S_TOPCOUNT]
     offs[1, N] = nr + nt
-    return nr, nt, rows
+    return nr, nt, rows, passes
 
 
 @kernel(nrt=False)
@@ -1068,31 +1028,33 @@ def bob_emit(pend, st, geo, roff, out, trows):
             j += 1
 
 
-# alice_check_requests status values (0: every request is valid)
+# alice_check_requests / alice_answer status values (0: every request is valid and answered)
 RQ_COUNTS, RQ_NODE_RANGE, RQ_NODE_EMPTY, RQ_TOP = 1, 2, 3, 4
+# alice_answer only: a pass's permutation or a block-0 mask is not built yet (not an error)
+RQ_NEED_TABLES = 5
 
 
 @kernel(nrt=False)
-def alice_check_requests(geo, n, counts, nodes, treq, rf, rq, rs, re_, used, per):
+def alice_check_requests(geo, n, counts, nodes, treq, dec, used):
     """Check one ``cascade.parities`` request of Bob's and decode it, before any parity is computed.
 
     ``counts[f]`` range requests of frame f, in frame order, name nodes by
     global id (``nodes``); ``treq`` rows (f, q, k, c) ask for the first c
     top-level blocks of size k of pass q. Fills the frame, pass, start and
-    end of each range request (``rf``, ``rq``, ``rs``, ``re_``), marks in
-    ``used[q]`` every pass the answers read, and adds to ``per[f]`` the
-    parities frame f is about to disclose (her leakage count).
+    end of each range request (``dec[0:4, i]``, int64[4, >= len(nodes)]) and
+    sets ``used[q]`` (cleared first) for every pass the answers read.
 
     Returns 0 if everything is valid, else ``RQ_COUNTS`` (a negative count,
     or counts that do not add up to the ids sent), ``RQ_NODE_RANGE`` (an id
     outside the batch's nodes), ``RQ_NODE_EMPTY`` (an id naming no node) or
-    ``RQ_TOP`` (a block request out of bounds); ``per`` is only filled when
-    0 is returned.
+    ``RQ_TOP`` (a block request out of bounds).
     """
     N = counts.shape[0]
     P = geo.shape[1] - 1
     M = geo[G_BASE, P]
     nr = nodes.shape[0]
+    for q in range(used.shape[0]):
+        used[q] = 0
     tot = 0
     for f in range(N):
         if counts[f] < 0:
@@ -1109,10 +1071,10 @@ def alice_check_requests(geo, n, counts, nodes, treq, rf, rq, rs, re_, used, per
             q, s, e, h = node_locate(v, geo, n)
             if h < 1 or e <= s:
                 return RQ_NODE_EMPTY
-            rf[i] = f
-            rq[i] = q
-            rs[i] = s
-            re_[i] = e
+            dec[0, i] = f
+            dec[1, i] = q
+            dec[2, i] = s
+            dec[3, i] = e
             used[q] = 1
             i += 1
     for j in range(treq.shape[0]):
@@ -1120,10 +1082,55 @@ def alice_check_requests(geo, n, counts, nodes, treq, rf, rq, rs, re_, used, per
         if f < 0 or f >= N or q < 0 or q >= P or k < 1 or k > n or c < 0 or c > (n + k - 1) // k:
             return RQ_TOP
         used[q] = 1
-    for f in range(N):
-        per[f] += counts[f]
+    return 0
+
+
+@kernel(nrt=False)
+def alice_answer(geo, n, counts, nodes, treq, eng, pi, built, masks, maskk, ask_masks, dec, used, per, rpk, tpk):
+    """Check, decode and answer one ``cascade.parities`` request (Alice's whole round in one call).
+
+    Validates the request first (:func:`alice_check_requests`; its status is
+    returned and nothing is computed if it is not 0). Returns
+    ``RQ_NEED_TABLES``, again before computing anything, if a pass the answers
+    read has no permutation yet (``built[q]`` False) or, if ``ask_masks``, a
+    single top-level block of more than ``BIG_RANGE`` bits has no membership
+    mask for its size: the caller builds them and calls again with
+    ``ask_masks`` False (a block whose mask is still missing, e.g. a second
+    size asked in the same pass, is then summed as a range). Otherwise writes the parities of
+    the range requests into ``rpk`` and those of the top-level blocks (row
+    after row) into ``tpk``, bit-packed LSB first (both zeroed by the
+    caller, as ``np.packbits(..., bitorder="little")`` would lay them out),
+    adds to ``per[f]`` the parities frame f discloses (her leakage count),
+    and returns 0.
+    """
+    status = alice_check_requests(geo, n, counts, nodes, treq, dec, used)
+    if status != 0:
+        return status
+    for q in range(used.shape[0]):
+        if used[q] and not built[q]:
+            return RQ_NEED_TABLES
     for j in range(treq.shape[0]):
-        per[treq[j, 0]] += treq[j, 3]
+        q, k = treq[j, 1], treq[j, 2]
+        if ask_masks and treq[j, 3] == 1 and k > BIG_RANGE and maskk[q] != k:
+            return RQ_NEED_TABLES
+    for i in range(nodes.shape[0]):
+        if _par_range(eng, pi, dec[0, i], dec[1, i], dec[2, i], dec[3, i], False):
+            rpk[i >> 3] |= np.uint8(1 << (i & 7))
+    o = 0
+    for j in range(treq.shape[0]):
+        f, q, k, c = treq[j, 0], treq[j, 1], treq[j, 2], treq[j, 3]
+        for b in range(c):
+            if c == 1 and maskk[q] == k:
+                p = _par_block0(eng, masks, f, q)
+            else:
+                s = b * k
+                p = _par_range(eng, pi, f, q, s, min(s + k, n), False)
+            if p:
+                tpk[o >> 3] |= np.uint8(1 << (o & 7))
+            o += 1
+        per[f] += c
+    for f in range(counts.shape[0]):
+        per[f] += counts[f]
     return 0
 
 
@@ -1154,7 +1161,7 @@ def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, mas
     answers are ``par[offs[0, f] : offs[0, f + 1]]`` and its top-level
     answers ``par[offs[1, f] : offs[1, f + 1]]``. ``eng`` is Bob's tuple
     (bits, packed, pref, snap, flips uint64[N, P, W], scratch); ``masks``/``maskk`` as in
-    :func:`alice_block_parities`. Each frame is planned (as by
+    :func:`alice_answer`. Each frame is planned (as by
     :func:`bob_plan`) right after its answers are absorbed, while its nodes
     are still in cache; frames are independent, so the result is that of
     ``bob_absorb`` for all frames followed by ``bob_plan``. The caller must

@@ -292,7 +292,10 @@ class CascadeAlice:
         # an empty batch needs no permutations (and must not make Alice build tables for an unchecked n)
         perms = self._perms.get(seed, n) if N else None
         geo = _geometry([int(k) for k in ks], n)
-        self._sessions[sid] = {"eng": eng, "ids": ids, "passes": passes, "perms": perms, "geo": geo}
+        self._sessions[sid] = {
+            "eng": eng, "ids": ids, "passes": passes, "perms": perms, "geo": geo,
+            "dec": np.empty((4, 0), dtype=np.int64), "used": np.zeros(passes, dtype=np.uint8),
+        }
         return {"n_frames": int(ids.shape[0])}
 
     def _on_parities(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -319,38 +322,41 @@ class CascadeAlice:
             nodes = nodes.astype(np.int64)
         t = np.ascontiguousarray(t, dtype=np.int64)
         nt = t.shape[0]
-        rf = np.empty(nr, dtype=np.int64)
-        rq = np.empty(nr, dtype=np.int64)
-        rs = np.empty(nr, dtype=np.int64)
-        re_ = np.empty(nr, dtype=np.int64)
-        used = np.zeros(P, dtype=np.uint8)
+        if sess["dec"].shape[1] < nr:  # decoded requests (frame, pass, start, end), grown on demand
+            sess["dec"] = np.empty((4, max(nr, 2 * sess["dec"].shape[1])), dtype=np.int64)
+        dec, used = sess["dec"], sess["used"]
+        if perms is None:  # empty batch: nothing can validly be asked, and no tables exist
+            status = K.alice_check_requests(geo, np.int64(n), counts, nodes, t, dec, used)
+            if status:
+                raise ProtocolError("cascade.parities: " + _REQUEST_ERRORS.get(status, f"invalid request ({status})"))
+            return {"r": np.zeros(0, np.uint8), "t": np.zeros(0, np.uint8)}
+        # top-level answers: each row's c is checked against n by the kernel; bound the total
+        # here too, since the reply is sized from it before the kernel runs
+        ntop = int(t[:, 3].sum()) if nt else 0
+        if not 0 <= ntop <= nt * n:
+            raise ProtocolError("cascade.parities: " + _REQUEST_ERRORS[K.RQ_TOP])
         per = np.zeros(N, dtype=np.int64)
-        status = K.alice_check_requests(geo, np.int64(n), counts, nodes, t, rf, rq, rs, re_, used, per)
+        for ask_masks in (True, False):
+            rpk = np.zeros((nr + 7) // 8, dtype=np.uint8)
+            tpk = np.zeros((ntop + 7) // 8, dtype=np.uint8)
+            status = K.alice_answer(
+                geo, np.int64(n), counts, nodes, t, eng, perms.pi, perms.done[0], perms.masks, perms.maskk,
+                ask_masks, dec, used, per, rpk, tpk,
+            )
+            if status != K.RQ_NEED_TABLES:
+                break
+            # first use of a pass (or of a big single block): build its tables, then answer
+            for q in np.flatnonzero(used[:P] > perms.done[0, :P]):
+                perms.ensure(int(q), inverse=False)
+            for q, k, c in t[:, 1:4].tolist():
+                if c == 1 and k > K.BIG_RANGE:
+                    perms.ensure_mask(q, k)
         if status:
             raise ProtocolError("cascade.parities: " + _REQUEST_ERRORS.get(status, f"invalid request ({status})"))
-        if perms is None:  # empty batch: nothing can have been asked
-            return {"r": np.zeros(0, np.uint8), "t": np.zeros(0, np.uint8)}
-        for q in np.flatnonzero(used > perms.done[0, :P]):  # passes whose permutation is not built yet
-            perms.ensure(int(q), inverse=False)
-        if nt:
-            for q, k in {(int(q), int(k)) for q, k, c in t[:, 1:4] if c == 1 and k > K.BIG_RANGE}:
-                perms.ensure_mask(q, k)
-        rpar = np.empty(nr, dtype=np.uint8)
-        K.alice_range_parities(eng, perms.pi, rf, rq, rs, re_, rpar)
-        if nt:
-            toff = np.zeros(nt + 1, dtype=np.int64)
-            np.cumsum(t[:, 3], out=toff[1:])
-            tpar = np.empty(int(toff[-1]), dtype=np.uint8)
-            K.alice_block_parities(eng, perms.pi, perms.masks, perms.maskk, t, toff, tpar)
-        else:
-            tpar = rpar[:0]
         for i in np.flatnonzero(per):  # her own leakage count, per frame id
             fid = int(sess["ids"][i])
             self.leaked[fid] = self.leaked.get(fid, 0) + int(per[i])
-        return {
-            "r": np.packbits(rpar, bitorder="little"),
-            "t": np.packbits(tpar, bitorder="little"),
-        }
+        return {"r": rpk, "t": tpk}
 
     def _on_end(self, body: dict[str, Any]) -> dict[str, Any]:
         self._sessions.pop(int(body.get("sid", -1)), None)
@@ -465,13 +471,14 @@ class CascadeBob:
         kcfg[K.C_LOCAL] = cfg.local_max
         offs = np.zeros((2, N + 1), dtype=np.int64)
         built_for = -1  # q0 of the last round's permutation check
+        q0 = 0  # passes started by any frame so far
+        inv = perms.inv
         par = None
         try:
             while True:
                 # permutations the next kernel call may use: the pass whose
                 # top-level parities may arrive, the next one (planned right
                 # after), and the one-block passes started locally after it
-                q0 = int(st[:, K.S_PASS].max()) if N else 0
                 q = q0 if q0 != built_for else P  # the same passes as last round: built already
                 built_for = q0
                 while q < P:
@@ -483,14 +490,14 @@ class CascadeBob:
                     else:
                         break
                 if par is None:
-                    K.bob_plan(eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, scr, heads)
+                    K.bob_plan(eng, tree, kpos, pend, st, perms.pi, inv, geo, kcfg, scr, heads)
                 else:
                     K.bob_absorb_plan(
-                        eng, tree, kpos, pend, st, perms.pi, perms.inv, geo, kcfg, par, offs, perms.masks, perms.maskk,
+                        eng, tree, kpos, pend, st, perms.pi, inv, geo, kcfg, par, offs, perms.masks, perms.maskk,
                         scr, heads,
                     )
                 counts = np.empty(N, dtype=np.int32)  # fresh per round: a channel may keep the body it sent
-                nr, nt, ntr = K.bob_layout(st, offs, counts)
+                nr, nt, ntr, q0 = K.bob_layout(st, offs, counts)
                 if nr < 0:
                     break  # every frame is finished
                 nodes = np.empty(nr, dtype=node_dtype)
