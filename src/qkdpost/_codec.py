@@ -40,21 +40,19 @@ _DTYPE_NAME = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,3}(\[[0-9]{0,3}[a-zA-Z]{1,2}\]
 
 def encode(kind: str, body: Mapping[str, Any]) -> bytes:
     """Serialise one message to bytes."""
-    k = kind.encode("ascii")
-    out: list[Any] = [_HEAD.pack(VERSION, len(k)), k, _U16.pack(len(body))]
+    out: list[Any] = [_head(kind), _U16.pack(len(body))]
     for name, value in body.items():
-        nb = name.encode("ascii")
-        out += (_U8.pack(len(nb)), nb)
         if isinstance(value, np.ndarray):
-            arr = np.ascontiguousarray(value)
-            ds = arr.dtype.str.encode("ascii")
-            out += (_TAG_ARRAY, _U8.pack(len(ds)), ds, _U8.pack(arr.ndim), _shape_struct(arr.ndim).pack(*arr.shape))
+            arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)
+            out += (_array_head(name, arr.dtype, arr.ndim), _shape_struct(arr.ndim).pack(*arr.shape))
             if arr.size:
                 try:
                     out.append(memoryview(arr).cast("B"))  # joined below: no intermediate bytes copy
                 except (TypeError, ValueError):  # dtypes without a buffer format (datetime64, ...)
                     out.append(arr.tobytes())
-        elif isinstance(value, (bool, np.bool_)):
+            continue
+        out.append(_field_name(name))
+        if isinstance(value, (bool, np.bool_)):
             out.append(_U8.pack(5) + _U8.pack(int(value)))
         elif isinstance(value, (int, np.integer)):
             out.append(_U8.pack(0) + _I64.pack(int(value)))
@@ -71,6 +69,26 @@ def encode(kind: str, body: Mapping[str, Any]) -> bytes:
         else:
             raise TypeError(f"message field {name!r}: cannot encode {type(value).__name__}")
     return b"".join(out)
+
+
+# Cached byte strings of the parts that repeat from message to message (kinds,
+# field names, array headers): most of a small message's encoding cost.
+@functools.lru_cache(maxsize=256)
+def _head(kind: str) -> bytes:
+    k = kind.encode("ascii")
+    return _HEAD.pack(VERSION, len(k)) + k
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_name(name: str) -> bytes:
+    nb = name.encode("ascii")
+    return _U8.pack(len(nb)) + nb
+
+
+@functools.lru_cache(maxsize=1024)
+def _array_head(name: str, dtype: np.dtype, ndim: int) -> bytes:
+    ds = dtype.str.encode("ascii")
+    return _field_name(name) + _TAG_ARRAY + _U8.pack(len(ds)) + ds + _U8.pack(ndim)
 
 
 def decode(data: bytes) -> tuple[str, dict[str, Any]]:
@@ -110,14 +128,18 @@ def _decode(mv: memoryview) -> tuple[str, dict[str, Any]]:
             stop = pos + 1 + dlen
             if stop >= end:
                 raise ValueError(f"truncated at byte {pos}, need {dlen + 2} more")
-            dtype = _dtype(bytes(mv[pos + 1 : stop]))
-            ndim = mv[stop]
-            shape = _shape_struct(ndim).unpack_from(mv, stop + 1)
-            pos = stop + 1 + 8 * ndim
+            dtype, shape_of = _array_layout(bytes(mv[pos + 1 : stop + 1]))  # dtype name and ndim
+            shape = shape_of.unpack_from(mv, stop + 1)
+            pos = stop + 1 + shape_of.size
             nbytes = math.prod(shape) * dtype.itemsize  # exact for any shape (np.prod may overflow)
             if pos + nbytes > end:
                 raise ValueError(f"truncated at byte {pos}, need {nbytes} more")
-            body[name] = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
+            arr = np.empty(shape, dtype=dtype)
+            try:
+                memoryview(arr).cast("B")[:] = mv[pos : pos + nbytes]
+            except (TypeError, ValueError):  # dtypes without a buffer format (datetime64, ...)
+                arr = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
+            body[name] = arr
             pos += nbytes
         elif tag == 0:
             body[name] = _I64.unpack_from(mv, pos)[0]
@@ -148,6 +170,12 @@ def _decode(mv: memoryview) -> tuple[str, dict[str, Any]]:
 @functools.lru_cache(maxsize=256)
 def _shape_struct(ndim: int) -> struct.Struct:
     return struct.Struct(f"<{ndim}Q")
+
+
+@functools.lru_cache(maxsize=256)
+def _array_layout(raw: bytes) -> tuple[np.dtype, struct.Struct]:
+    """An array field's dtype and the struct of its shape, from the wire's dtype name and ndim byte."""
+    return _dtype(raw[:-1]), _shape_struct(raw[-1])
 
 
 @functools.lru_cache(maxsize=256)
