@@ -391,6 +391,13 @@ def node_locate(v, geo, n):
     while t > 1:
         t >>= 1
         depth += 1
+    w = e - s
+    if w & (w - 1) == 0 and (w >> depth) > 0:
+        # a power-of-two block halves exactly: the node is the (h - 2^depth)-th
+        # slice of width w >> depth (what the halving below computes, without its branches)
+        w >>= depth
+        s += (h - (1 << depth)) * w
+        return q, s, s + w, h
     for i in range(depth - 1, -1, -1):
         m = s + (e - s + 1) // 2
         if (h >> i) & 1:
