@@ -105,3 +105,56 @@ def test_codec_mutations_raise_only_protocol_errors():
         except ProtocolError:
             refused += 1
     assert 0 < refused < 3000
+
+
+def _meet_in_handler(responder_concurrent):
+    # two threads (two pipeline lanes' views of one channel) send at once; the
+    # handler waits until both are inside it, which only happens if the channel
+    # lets them through together
+    import threading
+
+    from qkdpost.pipeline.engine import SharedChannel
+
+    meet = threading.Barrier(2, timeout=2.0)
+
+    class Alice(Responder):
+        concurrent = responder_concurrent
+
+    def handler(body):
+        meet.wait()
+        return {"x": np.arange(int(body["n"]), dtype=np.int32)}
+
+    shared = SharedChannel(LoopbackChannel(Alice({"t.meet": handler})))
+    views = [shared.view(lane) for lane in (0, 1)]
+    errors = []
+
+    def go(view, n):
+        try:
+            assert list(view.request("t.meet", {"n": n})["x"]) == list(range(n))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(v, 3 + i)) for i, v in enumerate(views)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return shared, views, errors
+
+
+def test_concurrent_loopback_lets_lanes_meet_and_counts_each_exchange_once():
+    shared, views, errors = _meet_in_handler(True)
+    assert errors == []
+    inner = shared.inner
+    assert inner.concurrent
+    assert inner.stats.round_trips == 2 == sum(v.stats.round_trips for v in views)
+    assert inner.stats.bytes_total == sum(v.stats.bytes_total for v in views)
+    assert views[0].stats.bytes_received != views[1].stats.bytes_received  # each view counts its own reply
+
+
+def test_loopback_serialises_requests_unless_the_responder_locks_for_itself():
+    import threading
+
+    shared, _, errors = _meet_in_handler(False)
+    assert not shared.inner.concurrent
+    assert errors and all(isinstance(e, threading.BrokenBarrierError) for e in errors)

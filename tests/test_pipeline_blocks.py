@@ -1,5 +1,7 @@
 """Pipeline orchestration (blocks, two-phase commit, drops, re-runs) with the toy kit."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -140,14 +142,16 @@ def test_disconnect_mid_block_drops_it_on_both_sides_and_next_session_goes_on(tm
     sa, sb = KeyStore(tmp_path / "alice"), KeyStore(tmp_path / "bob")
     kit = ToyKit()
     seen = {"count": 0}
+    count_lock = threading.Lock()  # lanes may send at once (the loopback is concurrent)
 
     def die_on(n, k):
         # Die at the second message of this kind: block 0 has passed that step,
         # a later block is inside it. Counting messages (not finished blocks)
         # keeps the trigger independent of thread timing when workers=2.
         if k == kind:
-            seen["count"] += 1
-            return seen["count"] == 2
+            with count_lock:
+                seen["count"] += 1
+                return seen["count"] == 2
         return False
 
     ra, rb = Report("alice", {}), Report("bob", {})
@@ -529,3 +533,45 @@ def test_batch_wait_zero_sends_every_block_as_it_is_cut(tmp_path):
     for i in range(3):
         got = p.bob.push(Segment(b[i * BLOCK:(i + 1) * BLOCK]))
         assert [k.block_id for k in got] == [f"{p.bob.run_id}-{i:07d}"]
+
+
+def test_alice_answers_cascade_rounds_of_two_lanes_at_once_and_everything_else_in_turn(tmp_path):
+    # Cascade's rounds (LANE_KINDS) touch one lane's state only: two lanes are
+    # answered at once; two rounds of one lane, or any other kind, one at a time
+    from qkdpost.pipeline.engine import LANE_FIELD, LANE_KINDS
+
+    assert "cascade.parities" in LANE_KINDS
+    alice = AliceEngine(_cfg(), KeyStore(tmp_path / "a"), Report("alice", {}), stream_id="A")
+    alice.hello_done = True
+    meet = threading.Barrier(2, timeout=1.0)
+
+    def handler(body):
+        meet.wait()
+        return {}
+
+    for lane in (0, 1):
+        blocks = alice._lane({LANE_FIELD: lane})[0]
+        blocks._routes = {"cascade.parities": handler, "toy.other": handler}
+
+    def both(kind, lanes):
+        meet.reset()
+        out = []
+        threads = [threading.Thread(target=lambda ln=ln: out.append(_try(alice.handle, kind, {LANE_FIELD: ln})))
+                   for ln in lanes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+    assert both("cascade.parities", (0, 1)) == ["ok", "ok"]
+    assert "ok" not in both("cascade.parities", (1, 1))
+    assert "ok" not in both("toy.other", (0, 1))
+
+
+def _try(fn, *args):
+    try:
+        fn(*args)
+        return "ok"
+    except threading.BrokenBarrierError:
+        return "serialised"

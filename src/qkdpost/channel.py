@@ -13,6 +13,7 @@ optional simulated round-trip time makes latency visible in benchmarks.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -97,12 +98,25 @@ class Responder:
 class Channel(ABC):
     """Bob's end of the classical channel. Subclasses move the bytes."""
 
+    #: True when :meth:`exchange` may be called from several threads at once,
+    #: each call a separate request/reply counted as one: a loopback whose
+    #: responder says it locks for itself (``concurrent = True``, as
+    #: :class:`~qkdpost.pipeline.engine.AliceEngine`). A socket carries one
+    #: exchange at a time.
+    concurrent = False
+
     def __init__(self) -> None:
         self.stats = ChannelStats()
 
     @abstractmethod
     def request(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Send one request to Alice and return her decoded reply body."""
+
+    def exchange(self, kind: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
+        """:meth:`request`, also returning the bytes it moved: (reply, sent, received)."""
+        s0, r0 = self.stats.bytes_sent, self.stats.bytes_received
+        reply = self.request(kind, body)
+        return reply, self.stats.bytes_sent - s0, self.stats.bytes_received - r0
 
     def close(self) -> None:
         """Release the transport (no-op for loopback)."""
@@ -131,6 +145,9 @@ class LoopbackChannel(Channel):
             raise ValueError(f"rtt_s={rtt_s!r}: a round-trip time cannot be negative")
         self.responder = responder
         self.rtt_s = float(rtt_s)
+        self.concurrent = bool(getattr(responder, "concurrent", False))
+        self._count = threading.Lock()
+        self._mine = threading.local()  # this thread's last exchange: (bytes sent, bytes received)
 
     def request(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
         wire = _codec.encode(kind, body)
@@ -140,5 +157,12 @@ class LoopbackChannel(Channel):
         _, decoded = _codec.decode(wire_back)
         if self.rtt_s:
             time.sleep(self.rtt_s)
-        self.stats.record(kind, len(wire), len(wire_back))
+        with self._count:
+            self.stats.record(kind, len(wire), len(wire_back))
+        self._mine.sizes = (len(wire), len(wire_back))
         return decoded
+
+    def exchange(self, kind: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
+        self._mine.sizes = (0, 0)
+        reply = self.request(kind, body)  # through request(), so subclasses that wrap it still apply
+        return (reply, *self._mine.sizes)

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 PROTOCOL = 2  # 2: back-half lanes (LANE_FIELD)
 # Request field naming the back-half lane a message belongs to (absent: lane 0).
 LANE_FIELD = "_lane"
+# Message kinds that read and write only their lane's current reconciliation
+# (Cascade's rounds): Alice answers them under that lane's lock, so on an
+# in-process channel the lanes' rounds overlap. Every other kind runs under
+# her session lock, one at a time.
+LANE_KINDS = frozenset({"cascade.parities"})
 # Settings both parties must share (the rest, e.g. workers, timeouts, chunk
 # sizes, are each party's own business).
 _SHARED = ("sift", "estimate", "reconcile", "verify", "finitekey", "amplify")
@@ -96,13 +101,16 @@ def claim_capture(store: KeyStore, alice_stream: str, bob_stream: str, cfg: Conf
 
 
 class SharedChannel:
-    """One channel used by several threads, one request at a time.
+    """One channel used by several threads.
 
     :meth:`view` gives each thread its own :class:`Channel` whose ``stats``
     count only that thread's traffic (the inner channel counts the total).
     A view of back-half lane ``i > 0`` adds the field ``_lane = i`` to every
     request, so Alice answers it with that lane's state; lane 0 (and the
-    front half) add nothing.
+    front half) add nothing. Requests go one at a time, unless the inner
+    channel is ``concurrent`` (the in-process loopback): then Alice's
+    :meth:`AliceEngine.handle` serialises what must be, and the lanes'
+    Cascade rounds overlap.
     """
 
     def __init__(self, inner: Channel):
@@ -123,11 +131,12 @@ class _ChannelView(Channel):
         sh = self._shared
         if self._lane:
             body = {**body, LANE_FIELD: self._lane}
-        with sh.lock:
-            st = sh.inner.stats
-            s0, r0 = st.bytes_sent, st.bytes_received
-            reply = sh.inner.request(kind, body)
-            self.stats.record(kind, st.bytes_sent - s0, st.bytes_received - r0)
+        if sh.inner.concurrent:
+            reply, sent, received = sh.inner.exchange(kind, body)
+        else:
+            with sh.lock:
+                reply, sent, received = sh.inner.exchange(kind, body)
+        self.stats.record(kind, sent, received)
         return reply
 
     def close(self) -> None:
@@ -428,6 +437,10 @@ class AliceEngine:
     kit : StageKit, optional
     """
 
+    # handle() locks for itself (LANE_KINDS per lane, the rest per session), so a
+    # loopback channel may call it from several of Bob's threads at once
+    concurrent = True
+
     def __init__(self, cfg: Config, store: KeyStore, report: Report, *, stream_id: str,
                  pull: Callable[[], Segment | None] | None = None,
                  extra_handlers: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
@@ -442,8 +455,8 @@ class AliceEngine:
         self.blocks = AliceBlocks(cfg, store, report, self._key_bits, kit=self._kit)  # lane 0
         # one back-half state per lane Bob uses, made on first use; lanes share
         # the store, the report and the list of committed keys (commit order)
-        self.lanes: dict[int, tuple[AliceBlocks, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]]] = {
-            0: (self.blocks, self.blocks.handlers())}
+        self.lanes: dict[int, tuple[AliceBlocks, dict[str, Callable[[dict[str, Any]], dict[str, Any]]],
+                                    threading.Lock]] = {0: (self.blocks, self.blocks.handlers(), threading.Lock())}
         self._static = {"pipe.hello": self._hello, **dict(extra_handlers or {})}
         self._lock = threading.RLock()  # Bob's threads may call in turn (loopback)
         self.run_id = ""
@@ -488,9 +501,14 @@ class AliceEngine:
 
     def handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            return self._handle(kind, body)
+            fn, lane_lock = self._handler(kind, body)
+            if kind not in LANE_KINDS:
+                return self._call(kind, fn, body)
+        with lane_lock:  # only this lane's reconciliation state: other lanes go on meanwhile
+            return self._call(kind, fn, body)
 
-    def _lane(self, body: dict[str, Any]) -> tuple[AliceBlocks, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]]:
+    def _lane(self, body: dict[str, Any]) -> tuple[AliceBlocks, dict[str, Callable[[dict[str, Any]], dict[str, Any]]],
+                                                   threading.Lock]:
         lane = body.pop(LANE_FIELD, 0)
         if type(lane) is not int or not 0 <= lane < MAX_LANES:
             raise ProtocolError(f"{LANE_FIELD}={lane!r}: a back-half lane must be an int in 0..{MAX_LANES - 1}")
@@ -498,16 +516,20 @@ class AliceEngine:
         if got is None:
             blocks = AliceBlocks(self.cfg, self.store, self.report, self._key_bits, kit=self._kit)
             blocks.finished = self.blocks.finished
-            got = self.lanes[lane] = (blocks, blocks.handlers())
+            got = self.lanes[lane] = (blocks, blocks.handlers(), threading.Lock())
         return got
 
-    def _handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        blocks, handlers = self._lane(body)
+    def _handler(self, kind: str, body: dict[str, Any]) -> tuple[Callable[[dict[str, Any]], dict[str, Any]],
+                                                                   threading.Lock]:
+        blocks, handlers, lane_lock = self._lane(body)
         fn = self._static.get(kind) or handlers.get(kind) or blocks.route(kind)
         if fn is None:
             raise ProtocolError(f"no handler for message kind {kind!r} at this point of the session")
         if not self.hello_done and kind != "pipe.hello":
             raise ProtocolError(f"{kind!r} before pipe.hello; Bob must start the session with a hello")
+        return fn, lane_lock
+
+    def _call(self, kind: str, fn: Callable[[dict[str, Any]], dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
         try:
             return fn(body)
         except ProtocolError:
@@ -516,7 +538,7 @@ class AliceEngine:
             raise ProtocolError(f"Alice could not answer {kind!r}: {type(exc).__name__}: {exc}") from exc
 
     def abandon(self, reason: str) -> None:
-        for blocks, _ in self.lanes.values():
+        for blocks, _, _ in self.lanes.values():
             blocks.abandon(reason)
 
     def take_finished(self) -> list[KeyBlock]:
