@@ -358,18 +358,19 @@ def test_bitset_range_parity_matches_naive(s, e):
     assert K._bitset_range_parity(words, 0, 0, s, e) == bits[0, 0, s:e].sum() % 2
 
 
-@pytest.mark.parametrize("ks,n", [([10, 20, 50, 50], 100), ([1, 3], 7), ([64, 256, 500], 1000)])
-def test_alice_locate_nodes_matches_halving_and_refuses_empty_nodes(ks, n):
+@pytest.mark.parametrize("ks,n", [([10, 20, 50, 50], 100), ([1, 3], 7), ([64, 256, 500], 1000), ([4, 16, 32], 64)])
+def test_node_locate_matches_halving_for_every_id(ks, n):
+    # every id of the geometry, including the ids of empty nodes (heap index 0,
+    # deeper than the block's tree) that Alice refuses
     geo = _geometry(ks, n)
     M = int(geo[K.G_BASE, -1])
     for v in range(M):
         q, s, e, h = _locate_by_halving(v, geo, n, with_h=True)
-        out = [np.zeros(1, np.int64) for _ in range(3)]
-        status = K.alice_locate_nodes(geo, np.int64(n), np.array([v], np.uint32), *out)
+        got = tuple(int(x) for x in K.node_locate(np.int64(v), geo, np.int64(n)))
         if h < 1 or e <= s:
-            assert status == 0  # refused: no such node
+            assert got[3] < 1 or got[2] <= got[1]  # refused by Alice's check: no such node
         else:
-            assert status == -1 and [int(x[0]) for x in out] == [q, s, e]
+            assert got == (q, s, e, h)
             assert 0 <= s < e <= n
 
 

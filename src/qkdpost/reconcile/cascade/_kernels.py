@@ -1142,25 +1142,6 @@ def alice_answer(geo, n, counts, nodes, treq, eng, pi, built, masks, maskk, ask_
 
 
 @kernel(nrt=False)
-def alice_locate_nodes(geo, n, nodes, oq, os_, oe):
-    """Alice's decoding of requested node ids into (pass, start, end); -1 if all valid.
-
-    Returns the index of the first id that names no node with a non-empty
-    range (heap index 0, or deeper than its block's tree), so that a
-    malicious request is refused before any parity is computed. The caller
-    has checked ``0 <= nodes < geo[G_BASE, -1]``.
-    """
-    for i in range(nodes.shape[0]):
-        q, s, e, h = node_locate(np.int64(nodes[i]), geo, n)
-        if h < 1 or e <= s:
-            return i
-        oq[i] = q
-        os_[i] = s
-        oe[i] = e
-    return -1
-
-
-@kernel(nrt=False)
 def bob_absorb_plan(eng, tree, kpos, pend, st, pi, inv, geo, cfg, par, offs, masks, maskk, scr, heads):
     """Take in Alice's parities for this round's requests, then plan each frame's next round.
 
