@@ -543,6 +543,7 @@ def test_alice_answers_cascade_rounds_of_two_lanes_at_once_and_everything_else_i
     assert "cascade.parities" in LANE_KINDS
     alice = AliceEngine(_cfg(), KeyStore(tmp_path / "a"), Report("alice", {}), stream_id="A")
     alice.hello_done = True
+    assert LoopbackChannel(alice).concurrent  # so a loopback lets Bob's lanes through together
     meet = threading.Barrier(2, timeout=1.0)
 
     def handler(body):

@@ -68,6 +68,8 @@ def _progress(total: int | None, desc: str, enabled: bool) -> Any:
 class _AliceParty:
     """Alice's engine + front for one session over her file."""
 
+    concurrent = True  # handle() is AliceEngine's, which locks for itself
+
     def __init__(self, cfg: Config, path: str | os.PathLike[str], store: KeyStore, report: Report, kit: Any = None):
         info, chunks = open_input(path, cfg)
         self.engine: AliceEngine

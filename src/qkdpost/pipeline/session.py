@@ -45,7 +45,7 @@ from ..errors import ChannelError, ConfigError, InputError, ProtocolError
 from ..io.model import StreamInfo
 from ..keystore import KeyBlock, KeyStore
 from ..report import Report
-from .engine import AliceEngine, BobEngine
+from .engine import LANE_KINDS, AliceEngine, BobEngine
 from .front import AliceFront, BobFront
 
 __all__ = ["Session"]
@@ -127,7 +127,12 @@ class Session:
             raise ConfigError("only Alice's session answers requests")
         return self
 
+    # handle() locks for itself: a loopback may call it from Bob's lanes at once
+    concurrent = True
+
     def handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind in LANE_KINDS:  # one lane's reconciliation state only: the engine locks that lane
+            return self._alice.handle(kind, body)
         with self._lock:
             return self._alice.handle(kind, body)
 
