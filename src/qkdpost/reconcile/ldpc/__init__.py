@@ -43,8 +43,8 @@ __all__ = [
     "write_alist",
 ]
 
-_BOB_OPTIONS = ("f_start", "f_step", "max_rounds", "max_iter", "max_iter_blind", "warm", "patience", "code",
-                "fallback")
+_BOB_OPTIONS = ("f_start", "f_step", "max_rounds", "max_iter", "max_iter_blind", "warm", "patience", "trap_checks",
+                "code", "fallback")
 
 
 def reconcile_ldpc(
@@ -73,8 +73,8 @@ def reconcile_ldpc(
     rtt_s : float
         Simulated round-trip time of the loopback channel.
     **options
-        ``f_start``, ``f_step``, ``max_rounds``, ``max_iter``, ``max_iter_blind``, ``warm``, ``patience``, ``code``,
-        ``fallback`` (``"cascade"``, the default, or ``"drop"``; see :class:`LdpcBob`).
+        ``f_start``, ``f_step``, ``max_rounds``, ``max_iter``, ``max_iter_blind``, ``warm``, ``patience``,
+        ``trap_checks``, ``code``, ``fallback`` (``"cascade"``, the default, or ``"drop"``; see :class:`LdpcBob`).
 
     Returns
     -------

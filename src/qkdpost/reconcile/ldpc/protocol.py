@@ -7,6 +7,19 @@ Bob drives, Alice answers (DESIGN.md). One batch of N frames costs
                     Alice -> {syndromes: uint8 (N, ceil(m/8)) packed bits}
 ``ldpc.reveal``     Bob -> {frame_ids, start, stop}   (only failed frames)
                     Alice -> {values: uint8 (N', ceil((stop-start)/8)) packed}
+``ldpc.reveal_at``  Bob -> {frame_ids, counts, positions}  (frames stuck on a few checks)
+                    Alice -> {values: uint8 (1, ceil(sum(counts)/8)) packed}
+
+A frame whose attempt ended with at most ``trap_checks`` unsatisfied checks
+is stuck in a trapping set of the code: revealing more punctured bits (the
+blind round) does not reach it, and such frames used to fail all 20 rounds
+(docs/ldpc.md). In its next round Bob asks instead for the values of the
+variables of those checks (``ldpc.reveal_at``, code positions; a round with
+both kinds of frames costs two round trips). Every value disclosed counts
+one bit of leakage, as in a blind round. Which positions Bob asks for
+depends on his decoder state, which belief propagation makes a function of
+the error pattern (and of Alice's punctured bits), not of Alice's key: the
+same argument as for Cascade's choice of blocks to bisect.
 
 Frames that still fail after every blind round are, with
 ``fallback="cascade"`` (the default), reconciled by Cascade over the same
@@ -112,6 +125,26 @@ def shortened_subgraph(code: LdpcCode, short_pos: np.ndarray,
     return row_ptr, col_idx, cols, inv, flip
 
 
+def _trapped_columns(row_ptr: np.ndarray, col_idx: np.ndarray, syn: np.ndarray, L: np.ndarray,
+                     frames: np.ndarray, known: np.ndarray, max_checks: int) -> dict[int, np.ndarray]:
+    """Frames whose hard decision leaves between 1 and ``max_checks`` checks unsatisfied, each
+    with the columns (not yet known) of the variables of those checks, ascending."""
+    x = np.ascontiguousarray(L[frames] < 0, dtype=np.uint8)
+    par = np.empty((frames.shape[0], syn.shape[1]), dtype=np.uint8)
+    K.syndrome_batch(row_ptr, col_idx, x, par)
+    par ^= syn[frames]
+    u = par.sum(axis=1, dtype=np.int64)
+    out = {}
+    for i in np.flatnonzero((u > 0) & (u <= max_checks)).tolist():
+        f = int(frames[i])
+        checks = np.flatnonzero(par[i])
+        c = np.unique(np.concatenate([col_idx[row_ptr[j]:row_ptr[j + 1]] for j in checks.tolist()])).astype(np.int64)
+        c = c[~known[f, c]]
+        if c.shape[0]:
+            out[f] = c
+    return out
+
+
 def _pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=-1, bitorder="little")
 
@@ -160,7 +193,8 @@ class LdpcAlice:
         self._layouts: dict[int, FrameLayout] = {}  # per frame: a reveal uses the layout its syndrome was sent with
 
     def handlers(self) -> dict[str, Handler]:
-        return {"ldpc.syndromes": self._on_syndromes, "ldpc.reveal": self._on_reveal, **self._cascade.handlers()}
+        return {"ldpc.syndromes": self._on_syndromes, "ldpc.reveal": self._on_reveal,
+                "ldpc.reveal_at": self._on_reveal_at, **self._cascade.handlers()}
 
     @property
     def cascade_leaked(self) -> dict[int, int]:
@@ -232,6 +266,35 @@ class LdpcAlice:
             vals[i] = w[lay.reveal_order[start:stop]]
         return {"values": _pack(vals)}
 
+    def _on_reveal_at(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ids = np.asarray(body["frame_ids"], dtype=np.int64)
+            counts = np.asarray(body["counts"], dtype=np.int64)
+            pos = np.asarray(body["positions"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"ldpc.reveal_at: malformed request ({exc})") from None
+        if ids.ndim != 1 or counts.shape != ids.shape or pos.ndim != 1:
+            raise ProtocolError(f"ldpc.reveal_at: frame_ids {ids.shape}, counts {counts.shape} and positions "
+                                f"{pos.shape} must be 1-D, one count per frame id")
+        if np.any(counts < 1) or int(counts.sum()) != pos.shape[0]:
+            raise ProtocolError(f"ldpc.reveal_at: counts must be >= 1 and sum to the {pos.shape[0]} positions")
+        vals = np.empty(pos.shape[0], dtype=np.uint8)
+        start = 0
+        for f, c in zip(ids.tolist(), counts.tolist()):
+            w, lay = self._words.get(f), self._layouts.get(f)
+            if w is None or lay is None:
+                raise ProtocolError(f"ldpc.reveal_at: no syndrome was sent for frame {f}")
+            p = pos[start:start + c]
+            # only key and punctured positions (the shortened ones are public already)
+            allowed = np.zeros(w.shape[0], dtype=bool)
+            allowed[lay.reveal_order] = True
+            if np.any((p < 0) | (p >= w.shape[0])) or not np.all(allowed[np.clip(p, 0, w.shape[0] - 1)]):
+                raise ProtocolError(f"ldpc.reveal_at: frame {f}: a position is outside the key and punctured "
+                                    f"positions of its layout")
+            vals[start:start + c] = w[p]
+            start += c
+        return {"values": _pack(vals[None, :])}
+
 
 class LdpcBob:
     """Bob's side: drives syndrome decoding and blind rounds over a channel.
@@ -258,6 +321,11 @@ class LdpcBob:
         Abandon an attempt (and go to the next blind round) when the number
         of unsatisfied checks has not improved for this many iterations;
         0 disables. Not applied in the last round.
+    trap_checks : int
+        A frame whose attempt ends with at most this many unsatisfied
+        checks (a trapping set) gets the values of those checks' variables
+        revealed in its next round instead of the next blind step
+        (``ldpc.reveal_at``); 0 disables.
     warm : bool
         Continue decoding from the failed attempt's messages after a blind
         round instead of restarting (measured at n = 2^16, Q = 5 %: same f,
@@ -280,7 +348,7 @@ class LdpcBob:
 
     def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int | None = None,
                  max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
-                 patience: int = 6, code: str | None = None, seed: int | None = None,
+                 patience: int = 6, trap_checks: int = 8, code: str | None = None, seed: int | None = None,
                  max_state_bytes: int = 256 << 20, fallback: str = "cascade",
                  cascade: CascadeConfig | None = None):
         if fallback not in ("cascade", "drop"):
@@ -297,6 +365,9 @@ class LdpcBob:
         if patience < 0:
             raise InputError(f"patience={patience!r}: must be >= 0 (0 disables)")
         self.patience = int(patience)
+        if trap_checks < 0:
+            raise InputError(f"trap_checks={trap_checks!r}: must be >= 0 (0 disables)")
+        self.trap_checks = int(trap_checks)
         if max_iter_blind is None:
             max_iter_blind = max_iter
         self.max_iter_blind = int(max_iter_blind)
@@ -348,6 +419,20 @@ class LdpcBob:
             round_trips=sum(p.round_trips for p in parts), bytes_sent=sum(p.bytes_sent for p in parts),
             method="ldpc", preset=plan.code, extra=extra)
         return self._fall_back(channel, ids, y, qber, res)
+
+    def _apply_reveal(self, L: np.ndarray, R: np.ndarray, llr0: np.ndarray, known: np.ndarray,
+                      frames: np.ndarray, columns: np.ndarray, new: np.ndarray) -> None:
+        """Give the revealed columns of the frames their known LLR (warm: add the change to the
+        posteriors; cold: restart those frames from their channel LLRs)."""
+        known[frames, columns] = True
+        if self.warm:
+            L[frames, columns] += new - llr0[frames, columns]
+            llr0[frames, columns] = new
+        else:
+            llr0[frames, columns] = new
+            u = np.unique(frames)
+            L[u] = llr0[u]
+            R[u] = 0.0
 
     def _fall_back(self, channel: Channel, ids: np.ndarray, y: np.ndarray, qber: float,
                    res: ReconcileResult) -> ReconcileResult:
@@ -422,28 +507,40 @@ class LdpcBob:
         revealed = np.zeros(nf, dtype=np.int64)
         status = np.full(nf, -1, dtype=np.int64)
         todo = np.arange(nf, dtype=np.int64)
+        trapped: dict[int, np.ndarray] = {}  # frame -> sub-graph columns to reveal (variables of its few unsatisfied checks)
         cursor = 0
         for rnd in range(plan.max_rounds + 1):
             if rnd > 0:
+                blind = np.array([f for f in todo.tolist() if f not in trapped], dtype=np.int64)
+                if trapped:
+                    tf = np.array(sorted(trapped), dtype=np.int64)
+                    tcols = [trapped[f] for f in tf.tolist()]
+                    counts = np.array([c.shape[0] for c in tcols], dtype=np.int64)
+                    flat = np.concatenate(tcols)
+                    rep = channel.request("ldpc.reveal_at", {"frame_ids": ids[tf], "counts": counts,
+                                                             "positions": cols[flat]})
+                    got = _reply_bits(rep, "ldpc.reveal_at", "values", 1, flat.shape[0])[0]
+                    new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
+                    frow = np.repeat(tf, counts)
+                    self._apply_reveal(L, R, llr0, known, frow, flat, new)
+                    revealed[tf] += counts
+                    rounds[tf] = rnd
+                    trapped.clear()
                 stop = min(cursor + plan.step, lay.reveal_order.shape[0])
-                if stop <= cursor:
-                    break
-                rep = channel.request("ldpc.reveal", {"frame_ids": ids[todo], "start": cursor, "stop": stop})
-                got = _reply_bits(rep, "ldpc.reveal", "values", todo.shape[0], stop - cursor)
-                pos = inv[lay.reveal_order[cursor:stop]]  # never shortened: punctured or key positions
-                new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
-                sel = np.ix_(todo, pos)
-                known[sel] = True
-                if self.warm:
-                    L[sel] += new - llr0[sel]
-                    llr0[sel] = new
-                else:
-                    llr0[sel] = new
-                    L[todo] = llr0[todo]
-                    R[todo] = 0.0
-                revealed[todo] += stop - cursor
-                rounds[todo] = rnd
-                cursor = stop
+                if blind.shape[0] and stop > cursor:
+                    rep = channel.request("ldpc.reveal", {"frame_ids": ids[blind], "start": cursor, "stop": stop})
+                    got = _reply_bits(rep, "ldpc.reveal", "values", blind.shape[0], stop - cursor)
+                    pos = inv[lay.reveal_order[cursor:stop]]  # never shortened: punctured or key positions
+                    new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
+                    self._apply_reveal(L, R, llr0, known, np.repeat(blind, pos.shape[0]),
+                                       np.tile(pos, blind.shape[0]), new.ravel())
+                    revealed[blind] += stop - cursor
+                    rounds[blind] = rnd
+                    cursor = stop
+                elif blind.shape[0]:
+                    todo = todo[~np.isin(todo, blind)]  # nothing left to reveal to these frames
+                    if todo.shape[0] == 0:
+                        break
             sub_it = np.empty(todo.shape[0], dtype=np.int64)
             budget = self.max_iter if rnd == 0 else self.max_iter_blind
             limits = np.array([budget, self.patience if rnd < plan.max_rounds else 0, numba.get_num_threads()],
@@ -454,6 +551,8 @@ class LdpcBob:
             todo = todo[sub_it < 0]
             if todo.shape[0] == 0:
                 break
+            if self.trap_checks > 0 and rnd < plan.max_rounds:
+                trapped = _trapped_columns(row_ptr, col_idx, syn, L, todo, known, self.trap_checks)
 
         # a syndrome match whose decisions contradict a known value is not a success (with high-degree
         # variables the checks can outvote a known position's LLR; verification would catch it anyway)
