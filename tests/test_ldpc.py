@@ -570,12 +570,21 @@ def test_failed_frames_go_to_cascade_and_its_parities_are_counted(sub_batches):
             disclosed[body["frame_ids"]] += res.extra["m"] - body["n_punct"]
         elif kind == "ldpc.reveal":
             disclosed[body["frame_ids"]] += body["stop"] - body["start"]
+        elif kind == "ldpc.reveal_at":
+            np.add.at(disclosed, body["frame_ids"], body["counts"])
     parities = np.array([alice.cascade_leaked.get(i, 0) for i in range(nf)])
     assert parities[1] > 0 and parities[2] > 0 and parities[0] == parities[3] == 0
     assert np.array_equal(res.extra["cascade_leaked"], parities)
     assert np.array_equal(res.leaked_bits, disclosed + parities)
     assert any(kind.startswith("cascade.") for kind, _, _ in chan.log)
     assert res.round_trips == len(chan.log) and res.bytes_sent == chan.stats.bytes_total
+
+
+def test_reveal_options_are_validated():
+    with pytest.raises(InputError, match="reveal"):
+        LdpcBob(reveal="random")
+    with pytest.raises(InputError, match="trap_checks"):
+        LdpcBob(trap_checks=-1)
 
 
 def test_fallback_option_is_validated():
@@ -636,7 +645,7 @@ def test_plan_takes_the_code_that_needs_least_puncturing():
                     assert fam, (n_key, q, p.code, c["name"])  # a preferred code reaching it was skipped
     assert plan_frame(58982, 0.02).code == "elk2009-r0.85-n65536"
     assert plan_frame(58982, 0.05).code == "elk2009-r0.65-n65536"
-    assert plan_frame(58982, 0.025).code == "mm2012-r0.80-n65536"  # elk2009-r0.80 capped at 3 %
+    assert plan_frame(58982, 0.025).code == "elk2009-r0.80-n65536"  # punctured 3.5 %, under its 4 % cap
 
 
 # ------------------------------------------------------------- bad inputs
@@ -770,6 +779,59 @@ def test_targeted_reveals_are_counted_and_frames_decode():
     assert np.array_equal(res.extra["revealed"], disclosed - (res.extra["m"] - res.extra["n_punct"]))
 
 
+def test_reliability_reveals_ask_for_the_least_reliable_positions_and_are_counted(monkeypatch):
+    """reveal="reliability": a failed frame's next round asks (ldpc.reveal_at) for the ``step``
+    positions of smallest |posterior LLR| among those not yet known; the leak recounted from the
+    messages equals leaked_bits and the keys match."""
+    from qkdpost.reconcile.ldpc import protocol as P
+
+    rng = np.random.default_rng(23)
+    a, b = _frames(rng, 4, 14746, 0.05)
+    seen = {}
+    real = P.K.decode_batch
+
+    def spy(row_ptr, col_idx, syn, limits, L, R, which, it, lut):
+        real(row_ptr, col_idx, syn, limits, L, R, which, it, lut)
+        seen["L"] = L.copy()
+
+    monkeypatch.setattr(P.K, "decode_batch", spy)
+    alice = LdpcAlice({i: a[i] for i in range(4)}, sim_seed=1)
+    chan = RecordingChannel(Responder(alice.handlers()))
+    bob = LdpcBob(seed=2, f_start=1.0, max_rounds=8, trap_checks=0, reveal="reliability", fallback="drop")
+    # the first reveal_at must name, per frame, the step least reliable columns after the first attempt
+    first = {}
+    real_request = chan.request
+
+    def request(kind, body):
+        if kind == "ldpc.reveal_at" and not first:
+            first.update(body=body, L=seen["L"].copy())
+        return real_request(kind, body)
+
+    chan.request = request
+    res = bob.run(chan, np.arange(4), b, 0.05)
+    assert res.success.all() and np.array_equal(res.bits, a)
+    body, L = first["body"], first["L"]
+    from qkdpost.reconcile.ldpc.protocol import frame_layout, shortened_subgraph
+
+    plan = bob.plan(14746, 0.05)
+    code = load_code(plan.code)
+    lay = frame_layout(code, 14746, plan.n_punct, np.random.default_rng([2, 0xB0B]).bytes(16))
+    cols = shortened_subgraph(code, lay.short_pos, lay.short_vals)[2]
+    pos = np.split(np.asarray(body["positions"], np.int64), np.cumsum(body["counts"])[:-1])
+    assert len(pos) >= 1
+    for f, p in zip(np.asarray(body["frame_ids"]).tolist(), pos):
+        want = cols[np.sort(np.argsort(np.abs(L[f]), kind="stable")[:plan.step])]
+        np.testing.assert_array_equal(p, want)
+    disclosed = np.zeros(4, np.int64)
+    for kind, body, reply in chan.log:
+        assert kind != "ldpc.reveal"
+        if kind == "ldpc.syndromes":
+            disclosed[body["frame_ids"]] += res.extra["m"] - body["n_punct"]
+        elif kind == "ldpc.reveal_at":
+            np.add.at(disclosed, body["frame_ids"], body["counts"])
+    assert np.array_equal(res.leaked_bits, disclosed)
+
+
 def test_alice_reveals_each_frame_in_the_layout_its_syndrome_used():
     """Review doubt: one layout kept for all frames answered a reveal for an earlier batch's frame at the
     latest batch's positions. Layouts are kept per frame now."""
@@ -793,7 +855,8 @@ def test_alice_reveals_each_frame_in_the_layout_its_syndrome_used():
 
 
 @pytest.mark.parametrize("kind,cut", [("ldpc.syndromes", "column"), ("ldpc.syndromes", "row"),
-                                      ("ldpc.reveal", "column"), ("ldpc.reveal", "row")])
+                                      ("ldpc.reveal", "column"), ("ldpc.reveal", "row"),
+                                      ("ldpc.reveal_at", "column"), ("ldpc.reveal_at", "row")])
 def test_bob_rejects_malformed_replies(kind, cut):
     """A reply of the wrong shape (a peer out of step, a truncated message) is a ProtocolError
     naming the message, never zero-padded into a wrong syndrome or revealed value."""
@@ -811,7 +874,8 @@ def test_bob_rejects_malformed_replies(kind, cut):
 
     handlers[kind] = tampered
     # f_start below 1 makes the first attempt fail, so a reveal round follows
-    bob = LdpcBob(seed=2, f_start=0.9, max_rounds=2, fallback="drop")
+    bob = LdpcBob(seed=2, f_start=0.9, max_rounds=2, fallback="drop",
+                  reveal="punctured" if kind == "ldpc.reveal" else "reliability")
     with pytest.raises(ProtocolError, match=kind):
         bob.run(LoopbackChannel(Responder(handlers)), np.arange(2), b, 0.05)
 

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 _BOB_OPTIONS = ("f_start", "f_step", "max_rounds", "max_iter", "max_iter_blind", "warm", "patience", "trap_checks",
-                "code", "fallback")
+                "reveal", "code", "fallback")
 
 
 def reconcile_ldpc(

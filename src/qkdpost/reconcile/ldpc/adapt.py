@@ -74,7 +74,7 @@ MAX_PUNCT_FRACTION = 0.10
 # rounds, f = 1.124, where mm2012-r0.80 punctured as much decoded all 96 at
 # f = 1.111; elk2009-r0.75 punctured 6 % (Q = 3 %) gave f = 1.144 with 1 of
 # 32 frames undecoded (3.6 % at Q = 3.5 %: f = 1.108, 1 of 96).
-PUNCT_CAP = {"elk2009-r0.80": 0.03, "elk2009-r0.75": 0.04}
+PUNCT_CAP = {"elk2009-r0.80": 0.04, "elk2009-r0.75": 0.04}
 # Frames shorter than this fraction of a code's length are not placed in it
 # (shortening more would leave a code that discloses nearly the whole frame).
 MIN_FILL = 0.75

@@ -348,7 +348,8 @@ class LdpcBob:
 
     def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int | None = None,
                  max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
-                 patience: int = 6, trap_checks: int = 8, code: str | None = None, seed: int | None = None,
+                 patience: int = 6, trap_checks: int = 8, reveal: str = "reliability", code: str | None = None,
+                 seed: int | None = None,
                  max_state_bytes: int = 256 << 20, fallback: str = "cascade",
                  cascade: CascadeConfig | None = None):
         if fallback not in ("cascade", "drop"):
@@ -368,6 +369,11 @@ class LdpcBob:
         if trap_checks < 0:
             raise InputError(f"trap_checks={trap_checks!r}: must be >= 0 (0 disables)")
         self.trap_checks = int(trap_checks)
+        if reveal not in ("punctured", "reliability"):
+            raise InputError(f"reveal={reveal!r}: choose 'punctured' (blind rounds reveal the punctured "
+                             "positions, then key positions, in the public order) or 'reliability' (the "
+                             "least reliable positions of each failed frame)")
+        self.reveal = reveal
         if max_iter_blind is None:
             max_iter_blind = max_iter
         self.max_iter_blind = int(max_iter_blind)
@@ -518,7 +524,7 @@ class LdpcBob:
                     counts = np.array([c.shape[0] for c in tcols], dtype=np.int64)
                     flat = np.concatenate(tcols)
                     rep = channel.request("ldpc.reveal_at", {"frame_ids": ids[tf], "counts": counts,
-                                                             "positions": cols[flat]})
+                                                             "positions": cols[flat].astype(np.int32)})
                     got = _reply_bits(rep, "ldpc.reveal_at", "values", 1, flat.shape[0])[0]
                     new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
                     frow = np.repeat(tf, counts)
@@ -553,6 +559,15 @@ class LdpcBob:
                 break
             if self.trap_checks > 0 and rnd < plan.max_rounds:
                 trapped = _trapped_columns(row_ptr, col_idx, syn, L, todo, known, self.trap_checks)
+            if self.reveal == "reliability" and rnd < plan.max_rounds:
+                for f in todo.tolist():
+                    if f not in trapped:
+                        a = np.abs(L[f])
+                        a[known[f]] = np.inf
+                        c = np.argsort(a, kind="stable")[:plan.step]
+                        c = c[np.isfinite(a[c])]
+                        if c.shape[0]:
+                            trapped[f] = np.sort(c).astype(np.int64)
 
         # a syndrome match whose decisions contradict a known value is not a success (with high-degree
         # variables the checks can outvote a known position's LLR; verification would catch it anyway)
