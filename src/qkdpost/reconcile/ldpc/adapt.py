@@ -32,17 +32,22 @@ from .codes import available_codes
 __all__ = ["FramePlan", "plan_frame", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE", "DEFAULT_F_STEP",
            "DEFAULT_MAX_ROUNDS", "MAX_PUNCT_FRACTION", "MAX_F_START", "PREFERRED_FAMILY", "PUNCT_CAP"]
 
-# First-attempt efficiency by code length, set from measured first-round
-# FER (docs/ldpc.md): longer codes work closer to capacity.
-DEFAULT_F_START = {2**14: 1.12, 2**16: 1.09, 2**18: 1.08}
-# Exceptions by (code length, design rate of the mother code). The R 0.5 code
-# at 2^16 (Q >= ~9.7 %) decodes worse the more of it is punctured: with
-# mm2012-r0.50, starting at 1.10 instead of 1.08 (4.0 % instead of 4.9 %
-# punctured) gave f = 1.111 instead of 1.118 at Q = 10 % in 80 instead of
-# 103 iterations. elk2009-r0.50 (used now) at Q = 10 %, 32 frames, seed 31:
-# f_start 1.09 / 1.095 / 1.10 -> f 1.0924 / 1.0955 / 1.1000 in 44 / 34 / 28
-# iterations (docs/ldpc.md).
-F_START_BY_CODE = {(2**16, 0.5): 1.095}
+# First-attempt efficiency by code length, set from measured f and
+# iterations (docs/ldpc.md): longer codes work closer to capacity. With
+# reliability reveals (the default) a lower start pays (n = 2^16, 96 frames,
+# seed 7, f_start 1.09 / 1.08 / 1.07: Q 5 % f 1.0901 / 1.0818 / 1.0759 in
+# 36 / 48 / 69 iterations; Q 8 % 1.0902 / 1.0830 / 1.0780 in 36 / 54 / 75):
+# 1.09 at 2^16 keeps the iterations (throughput) of the previous plan.
+# n = 2^18, 8 frames, f_start 1.08 / 1.05 / 1.04: Q 5 % f 1.080 / 1.066 /
+# 1.062 in 45 / 147 / 171 iterations.
+DEFAULT_F_START = {2**14: 1.12, 2**16: 1.09, 2**18: 1.05}
+# Exceptions by (code length, design rate of the mother code). elk2009-r0.85
+# at 2^16 (Q ~ 2 %) sits closest to the 1.10 goal: f_start 1.09 / 1.08 / 1.07
+# -> f 1.0971 / 1.0923 / 1.0885 in 58 / 77 / 96 iterations (96 frames,
+# seed 7). The R 0.5 code's exception (1.095, for punctured reveals) is gone:
+# with reliability reveals at Q = 10 %, 1.095 / 1.09 -> f 1.0955 / 1.0910
+# in 34 / 42 iterations.
+F_START_BY_CODE = {(2**16, 0.85): 1.08}
 # Efficiency added per blind round, by code length. At 2^16, 0.005 from
 # f_start 1.09 instead of 0.01 from 1.08: f equal or lower at Q = 2, 3, 8,
 # 10 % (+0.0025 at 5 %) in 8-20 % fewer iterations (32 frames, same seeds,
