@@ -15,9 +15,11 @@ a blind round adds one. So leaked_bits = m - p + revealed.
 
 Blind rounds (Martinez-Mateo, Elkouss, Martin, "Blind reconciliation", QIC
 12, 791 (2012), arXiv:1205.5729): the first attempt targets efficiency
-``f_start``; each failed attempt reveals ``step`` more positions (first the
-punctured ones, converting them to shortened, then key positions), raising
-the leak by about ``f_step * n_key * h(Q)`` bits.
+``f_start``; each failed attempt reveals ``step`` more positions, raising
+the leak by ``step`` bits, about ``f_step * n_key * h(Q)``: by default the
+frame's least reliable positions (Kiktenko et al., Phys. Rev. Applied 8,
+044017 (2017), arXiv:1612.03673), or the punctured ones in a public order
+and then key positions (:class:`.protocol.LdpcBob` ``reveal``).
 """
 
 from __future__ import annotations
