@@ -445,7 +445,7 @@ def test_reconcile_end_to_end_and_leakage_equals_disclosed(q):
     a, b = _frames(rng, 6, n_key, q)
     alice = LdpcAlice({i: a[i] for i in range(6)}, sim_seed=1)
     chan = RecordingChannel(Responder(alice.handlers()))
-    res = LdpcBob(seed=2, max_rounds=6).run(chan, np.arange(6), b, q)
+    res = LdpcBob(seed=2).run(chan, np.arange(6), b, q)
     assert res.success.all()
     assert np.array_equal(res.bits, a)
     assert np.array_equal(res.errors_corrected, (a != b).sum(axis=1))
@@ -764,7 +764,8 @@ def test_targeted_reveals_are_counted_and_frames_decode():
     a, b = _frames(rng, 5, 14746, 0.05)
     alice = LdpcAlice({i: a[i] for i in range(5)}, sim_seed=1)
     chan = RecordingChannel(Responder(alice.handlers()))
-    res = LdpcBob(seed=2, f_start=1.0, max_rounds=6, trap_checks=10**6, fallback="drop").run(chan, np.arange(5), b, 0.05)
+    res = LdpcBob(seed=2, f_start=1.0, f_step=0.04, max_rounds=6, trap_checks=10**6,
+                  fallback="drop").run(chan, np.arange(5), b, 0.05)
     kinds = [k for k, _, _ in chan.log]
     assert "ldpc.reveal_at" in kinds and "ldpc.reveal" not in kinds
     assert res.success.all() and np.array_equal(res.bits, a)
@@ -797,7 +798,8 @@ def test_reliability_reveals_ask_for_the_least_reliable_positions_and_are_counte
     monkeypatch.setattr(P.K, "decode_batch", spy)
     alice = LdpcAlice({i: a[i] for i in range(4)}, sim_seed=1)
     chan = RecordingChannel(Responder(alice.handlers()))
-    bob = LdpcBob(seed=2, f_start=1.0, max_rounds=8, trap_checks=0, reveal="reliability", fallback="drop")
+    bob = LdpcBob(seed=2, f_start=1.0, f_step=0.04, max_rounds=8, trap_checks=0, reveal="reliability",
+                  fallback="drop")
     # the first reveal_at must name, per frame, the step least reliable columns after the first attempt
     first = {}
     real_request = chan.request
