@@ -195,10 +195,9 @@ def plan_frame(
     # Least puncturing first: a highly punctured mother code decodes worse
     # than a higher-rate one shortened (measured at n = 2^16, Q = 2 %: R 0.8
     # with 6.3 % punctured f = 1.140, R 0.85 with 1.3 % f = 1.112;
-    # docs/ldpc.md). Blind rounds then reveal the punctured positions first
-    # and key positions after them. Among the codes (of the shortest length)
-    # that reach the target, those
-    # of the preferred family first.
+    # docs/ldpc.md; measured with punctured reveals). Among the codes (of the
+    # shortest length) that reach the target, those of the preferred family
+    # first.
     cands.sort(key=lambda c: (c[0][:2], 0 if c[1]["name"].startswith(PREFERRED_FAMILY) else 1, c[0][2:]))
     _, e, p, fs = cands[0]
     n, m = e["n"], e["m"]
