@@ -84,6 +84,9 @@ class Session:
         time, else random.
     """
 
+    # handle() locks for itself: a loopback may call it from Bob's lanes at once
+    concurrent = True
+
     def __init__(self, config: Config | None = None, *, role: str, info: StreamInfo,
                  store: str | Path | KeyStore, channel: Channel | None = None, stream_id: str | None = None,
                  kit: Any = None):
@@ -126,9 +129,6 @@ class Session:
         if self.role != "alice":
             raise ConfigError("only Alice's session answers requests")
         return self
-
-    # handle() locks for itself: a loopback may call it from Bob's lanes at once
-    concurrent = True
 
     def handle(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         if kind in LANE_KINDS:  # one lane's reconciliation state only: the engine locks that lane
