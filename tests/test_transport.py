@@ -372,3 +372,98 @@ def test_short_or_non_bytes_auth_keys_are_refused_at_the_boundary(bad):
         transport.Server("127.0.0.1", 0, auth_key=bad)
     with pytest.raises(InputError, match="at least 32"):
         TcpChannel("127.0.0.1", 1, auth_key=bad)  # refused before any connection attempt
+
+
+# ---------------------------------------------------------------- several of Bob's threads on one connection
+
+
+class _Concurrent(Responder):
+    concurrent = True  # handle() may run in several threads at once
+
+
+def _meet_handlers(meet):
+    def meet_h(body):
+        meet.wait()
+        return {"v": int(body["v"])}
+
+    def wait_h(body):
+        time.sleep(float(body["s"]))
+        return {"v": int(body["v"])}
+
+    return {"t.meet": meet_h, "t.wait": wait_h}
+
+
+def _in_threads(chan, kind, bodies):
+    out, errors = [None] * len(bodies), []
+
+    def go(i):
+        try:
+            out[i] = chan.request(kind, bodies[i])
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return out, errors
+
+
+@pytest.mark.parametrize("key", [None, bytes(range(32))])
+def test_two_threads_are_answered_at_once_by_a_concurrent_responder(key):
+    # two lanes' requests meet inside Alice's handler: both are in flight on one
+    # connection, and each thread gets its own reply (also with authentication)
+    meet = threading.Barrier(2, timeout=3.0)
+    srv = _ServerThread(responder=_Concurrent(_meet_handlers(meet)), auth_key=key)
+    with TcpChannel("127.0.0.1", srv.port, timeout_s=5, auth_key=key) as chan:
+        out, errors = _in_threads(chan, "t.meet", [{"v": 1}, {"v": 2}])
+        assert errors == []
+        assert sorted(r["v"] for r in out) == [1, 2] and out[0]["v"] == 1
+        assert chan.stats.round_trips == 2
+    srv.join()
+
+
+def test_replies_out_of_order_reach_their_own_threads():
+    srv = _ServerThread(responder=_Concurrent(_meet_handlers(threading.Barrier(1))))
+    with TcpChannel("127.0.0.1", srv.port, timeout_s=5) as chan:
+        out, errors = _in_threads(chan, "t.wait", [{"v": 7, "s": 0.4}, {"v": 8, "s": 0.0}, {"v": 9, "s": 0.2}])
+        assert errors == []
+        assert [r["v"] for r in out] == [7, 8, 9]
+        assert chan.request("t.wait", {"v": 10, "s": 0.0})["v"] == 10  # the connection goes on
+    srv.join()
+
+
+def test_a_responder_that_does_not_lock_for_itself_is_called_one_request_at_a_time():
+    meet = threading.Barrier(2, timeout=1.0)
+    srv = _ServerThread(responder=Responder(_meet_handlers(meet)))
+    with TcpChannel("127.0.0.1", srv.port, timeout_s=5) as chan:
+        out, errors = _in_threads(chan, "t.meet", [{"v": 1}, {"v": 2}])
+    srv.join()
+    # the first handler waited alone and broke the barrier; the second found it broken
+    assert errors and all(isinstance(e, ProtocolError) for e in errors)
+
+
+def test_every_waiting_thread_learns_that_alice_is_gone():
+    srv = _ServerThread(responder=_Concurrent(_meet_handlers(threading.Barrier(1))), timeout_s=5.0)
+    chan = TcpChannel("127.0.0.1", srv.port, timeout_s=5)
+    results = []
+
+    def go(v):
+        try:
+            chan.request("t.wait", {"v": v, "s": 2.0})
+            results.append("answered")
+        except PeerDisconnected as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=go, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    chan._sock.shutdown(socket.SHUT_RDWR)  # the link drops while both wait
+    for t in threads:
+        t.join(10)
+    assert len(results) == 2 and "answered" not in results
+    with pytest.raises(PeerDisconnected, match="closed"):
+        chan.request("t.wait", {"v": 3, "s": 0.0})
+    srv.join()

@@ -11,11 +11,18 @@ each direction is the handshake::
 Bob sends it with status 0; Alice answers with status 0 (accepted), 1
 (version mismatch), 2 (she requires authentication, Bob offered none) or 3
 (Bob offered authentication, she has no key), closing on a refusal. Every
-later frame is one message encoded by :mod:`qkdpost._codec` (the exact bytes
-the loopback channel counts): Bob's request ``kind``, Alice's reply
-``kind + ".reply"``, or ``kind + ".error"`` with fields ``error`` and
-``message`` when her handler failed (Bob raises
-:class:`~qkdpost.errors.ProtocolError`; Alice keeps serving).
+later frame is ``u32 request id | message``, the message encoded by
+:mod:`qkdpost._codec` (the exact bytes the loopback channel counts): Bob's
+request ``kind``, Alice's reply (same id) ``kind + ".reply"``, or
+``kind + ".error"`` with fields ``error`` and ``message`` when her handler
+failed (Bob raises :class:`~qkdpost.errors.ProtocolError`; Alice keeps
+serving).
+
+Several of Bob's threads (the pipeline's lanes) may have a request out at
+once: the ids match replies to requests, so one lane's round trip does not
+wait for another's. Alice answers them at once if her responder says it
+locks for itself (``concurrent = True``, as the pipeline's Alice does),
+otherwise one after the other in arrival order.
 
 Authentication
 --------------
@@ -61,9 +68,11 @@ __all__ = ["TcpChannel", "serve", "Server", "parse_address", "load_auth_key", "a
 
 log = logging.getLogger(__name__)
 
-TRANSPORT_VERSION = 2  # 2: authentication flag and nonce in the handshake
+TRANSPORT_VERSION = 3  # 2: authentication flag and nonce in the handshake; 3: request ids
 MAGIC = b"QKDPOST\x00"
 _LEN = struct.Struct("<I")
+_RID = struct.Struct("<I")  # request id, first in every frame after the handshake
+_WORKERS = 8  # Alice's handler threads per connection (concurrent responders): Bob's lanes + his front half
 _HEAD = struct.Struct("<8sHBB")  # magic, versions, status: the part every version shares
 _HELLO = struct.Struct("<8sHBBB16s")
 _TAG = 16
@@ -231,6 +240,10 @@ class _Auth:
 class TcpChannel(Channel):
     """Bob's end of a TCP channel to Alice's :func:`serve` loop.
 
+    Thread-safe: several threads may wait for replies at once (each request
+    carries an id); whichever waiting thread reads a reply hands it to its
+    owner.
+
     Parameters
     ----------
     host, port :
@@ -275,21 +288,37 @@ class TcpChannel(Channel):
             raise
         sock.settimeout(self.timeout_s)
         self._sock: socket.socket | None = sock
+        self._send_lock = threading.Lock()  # one frame at a time, sealed in sending order
+        self._cv = threading.Condition()  # guards the fields below
+        self._next_id = 0
+        self._waiting: set[int] = set()  # ids sent, reply not read yet
+        self._replies: dict[int, bytes] = {}  # replies read by another thread than their owner
+        self._reading = False  # one thread reads the socket at a time
+        self._broken: ChannelError | None = None
+
+    concurrent = True  # see the class docstring
 
     def request(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        if self._sock is None:
-            raise PeerDisconnected(f"channel to {self.address[0]}:{self.address[1]} is closed")
+        return self.exchange(kind, body)[0]
+
+    def exchange(self, kind: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
         wire = _codec.encode(kind, body)
-        try:
-            _send_frame(self._sock, wire if self._auth is None else self._auth.seal(wire), f"request {kind!r}")
-            back = _recv_frame(self._sock, f"reply to {kind!r}")
-            if self._auth is not None:
-                back = self._auth.open(back, f"reply to {kind!r}")
-        except ChannelError:
-            self.close()
-            raise
+        with self._send_lock:
+            sock = self._live_socket(kind)
+            with self._cv:
+                rid = self._next_id
+                self._next_id = (rid + 1) & 0xFFFFFFFF
+                self._waiting.add(rid)
+            frame = _RID.pack(rid) + wire
+            try:
+                _send_frame(sock, frame if self._auth is None else self._auth.seal(frame), f"request {kind!r}")
+            except ChannelError as exc:
+                self._fail(exc)
+                raise
+        back = self._reply(rid, kind)
         rkind, rbody = _codec.decode(back)
-        self.stats.record(kind, len(wire), len(back))
+        with self._cv:
+            self.stats.record(kind, len(wire), len(back))
         if rkind == kind + ".error":
             raise ProtocolError(
                 f"Alice could not answer {kind!r}: {rbody.get('error', '?')}: {rbody.get('message', '')}"
@@ -297,7 +326,66 @@ class TcpChannel(Channel):
         if rkind != kind + ".reply":
             self.close()
             raise ProtocolError(f"reply kind {rkind!r} to request {kind!r}; expected {kind + '.reply'!r}")
-        return rbody
+        return rbody, len(wire), len(back)
+
+    def _live_socket(self, kind: str) -> socket.socket:
+        sock = self._sock
+        if self._broken is not None:
+            raise type(self._broken)(f"channel to {self.address[0]}:{self.address[1]} is closed: it failed "
+                                     f"earlier ({self._broken}); {kind!r} was not sent")
+        if sock is None:
+            raise PeerDisconnected(f"channel to {self.address[0]}:{self.address[1]} is closed")
+        return sock
+
+    def _reply(self, rid: int, kind: str) -> bytes:
+        """The reply to request ``rid``: read by this thread, or by another one that got it first."""
+        what = f"reply to {kind!r}"
+        while True:
+            with self._cv:
+                while True:
+                    if rid in self._replies:
+                        return self._replies.pop(rid)
+                    if self._broken is not None:
+                        self._waiting.discard(rid)
+                        raise type(self._broken)(f"{what}: {self._broken}")
+                    if not self._reading:
+                        self._reading = True
+                        break
+                    self._cv.wait()
+            try:  # this thread reads the next frame, whoever it is for
+                sock = self._live_socket(kind)
+                frame = _recv_frame(sock, what)
+                if self._auth is not None:
+                    frame = self._auth.open(frame, what)
+                if len(frame) < _RID.size:
+                    raise ChannelError(f"{what}: frame of {len(frame)} bytes has no request id")
+                (got,) = _RID.unpack_from(frame)
+            except ChannelError as exc:
+                self._fail(exc)
+                raise
+            with self._cv:
+                self._reading = False
+                self._cv.notify_all()
+                if got not in self._waiting:
+                    exc = ChannelError(f"{what}: Alice answered request id {got}, which is not waiting for a "
+                                       "reply; the peer is not qkdpost")
+                else:
+                    self._waiting.discard(got)
+                    if got == rid:
+                        return frame[_RID.size:]
+                    self._replies[got] = frame[_RID.size:]
+                    continue
+            self._fail(exc)
+            raise exc
+
+    def _fail(self, exc: ChannelError) -> None:
+        """The connection is unusable: every thread waiting for a reply gets the error."""
+        with self._cv:
+            if self._broken is None:
+                self._broken = exc
+            self._reading = False
+            self._cv.notify_all()
+        self.close()
 
     def close(self) -> None:
         if self._sock is not None:
@@ -387,45 +475,75 @@ class Server:
 
         ``"closed"`` when Bob hung up between requests (normal end),
         otherwise the text of the PeerDisconnected/ChannelError that ended it.
+        A responder with ``concurrent = True`` (it locks for itself) gets
+        each request in a worker thread, so Bob's threads are answered at
+        once; any other is called in arrival order, one request at a time.
         """
         auth = self._auths.pop(conn, None)
         if self._key is not None and auth is None:
             conn.close()
             return "connection was not accepted by this server's handshake"
+        send_lock = threading.Lock()
+        ended: list[str] = []  # why a worker could not send its reply
+        busy = [0]  # requests being answered (Bob waits for them: no idle timeout meanwhile)
+
+        def answer(rid: int, kind: str, body: dict[str, Any]) -> None:
+            try:
+                reply_kind, reply = kind + ".reply", responder.handle(kind, body)
+            except QkdpostError as exc:
+                log.warning("request %r failed: %s", kind, exc)
+                reply_kind, reply = kind + ".error", {"error": type(exc).__name__, "message": str(exc)}
+            except Exception as exc:  # a bug on Alice's side: tell Bob, keep serving
+                log.exception("request %r failed", kind)
+                reply_kind, reply = kind + ".error", {"error": type(exc).__name__, "message": "internal error"}
+            frame = _RID.pack(rid) + _codec.encode(reply_kind, reply)
+            with send_lock:
+                busy[0] -= 1
+                try:
+                    _send_frame(conn, frame if auth is None else auth.seal(frame), f"reply to {kind!r}")
+                except ChannelError as exc:
+                    ended.append(str(exc))
+                    conn.close()  # the reader stops at once
+
+        pool = None
+        if getattr(responder, "concurrent", False):
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="qkdpost-answer")
         try:
             while True:
                 try:
                     first = conn.recv(4, socket.MSG_PEEK)
                 except socket.timeout:
+                    if busy[0]:
+                        continue  # Bob is waiting for an answer, not idle
                     return f"no request from Bob for {self.timeout_s} s"
                 except OSError as exc:
-                    return f"connection lost: {exc}"
+                    return ended[0] if ended else f"connection lost: {exc}"
                 if not first:
-                    return "closed"
+                    return ended[0] if ended else "closed"
                 try:
                     data = _recv_frame(conn, "request")
                     if auth is not None:
                         data = auth.open(data, "request")
                 except ChannelError as exc:
-                    return str(exc)
+                    return ended[0] if ended else str(exc)
                 try:
-                    kind, body = _codec.decode(data)
+                    if len(data) < _RID.size:
+                        raise ProtocolError(f"frame of {len(data)} bytes has no request id")
+                    (rid,) = _RID.unpack_from(data)
+                    kind, body = _codec.decode(data[_RID.size:])
                 except ProtocolError as exc:
                     return f"undecodable request: {exc}"
-                try:
-                    reply_kind, reply = kind + ".reply", responder.handle(kind, body)
-                except QkdpostError as exc:
-                    log.warning("request %r failed: %s", kind, exc)
-                    reply_kind, reply = kind + ".error", {"error": type(exc).__name__, "message": str(exc)}
-                except Exception as exc:  # a bug on Alice's side: tell Bob, keep serving
-                    log.exception("request %r failed", kind)
-                    reply_kind, reply = kind + ".error", {"error": type(exc).__name__, "message": "internal error"}
-                wire = _codec.encode(reply_kind, reply)
-                try:
-                    _send_frame(conn, wire if auth is None else auth.seal(wire), f"reply to {kind!r}")
-                except ChannelError as exc:
-                    return str(exc)
+                with send_lock:
+                    busy[0] += 1
+                if pool is None:
+                    answer(rid, kind, body)
+                else:
+                    pool.submit(answer, rid, kind, body)
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # no handler of this session outlives it
             conn.close()
 
     def close(self) -> None:
