@@ -388,11 +388,13 @@ class TcpChannel(Channel):
         self.close()
 
     def close(self) -> None:
-        if self._sock is not None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
             try:
-                self._sock.close()
-            finally:
-                self._sock = None
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it
+            except OSError:
+                pass
+            sock.close()
 
 
 class Server:
@@ -503,7 +505,10 @@ class Server:
                     _send_frame(conn, frame if auth is None else auth.seal(frame), f"reply to {kind!r}")
                 except ChannelError as exc:
                     ended.append(str(exc))
-                    conn.close()  # the reader stops at once
+                    try:
+                        conn.shutdown(socket.SHUT_RDWR)  # wakes the reader, which ends the session
+                    except OSError:
+                        pass
 
         pool = None
         if getattr(responder, "concurrent", False):
