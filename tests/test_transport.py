@@ -467,3 +467,13 @@ def test_every_waiting_thread_learns_that_alice_is_gone():
     with pytest.raises(PeerDisconnected, match="closed"):
         chan.request("t.wait", {"v": 3, "s": 0.0})
     srv.join()
+
+
+@pytest.mark.parametrize("responder_cls", [Responder, _Concurrent])
+def test_a_reply_the_codec_cannot_carry_comes_back_as_an_internal_error(responder_cls):
+    srv = _ServerThread(responder=responder_cls({"t.bad": lambda body: {"x": object()}, **_handlers()}))
+    with TcpChannel("127.0.0.1", srv.port, timeout_s=5) as chan:
+        with pytest.raises(ProtocolError, match="internal error"):
+            chan.request("t.bad", {})
+        assert chan.request("t.echo", {"v": 1})["v"] == 1  # Alice keeps serving
+    srv.join()

@@ -498,7 +498,12 @@ class Server:
             except Exception as exc:  # a bug on Alice's side: tell Bob, keep serving
                 log.exception("request %r failed", kind)
                 reply_kind, reply = kind + ".error", {"error": type(exc).__name__, "message": "internal error"}
-            frame = _RID.pack(rid) + _codec.encode(reply_kind, reply)
+            try:
+                frame = _RID.pack(rid) + _codec.encode(reply_kind, reply)
+            except Exception as exc:  # a reply the codec cannot carry is a bug on Alice's side, too
+                log.exception("reply to %r could not be encoded", kind)
+                frame = _RID.pack(rid) + _codec.encode(kind + ".error", {"error": type(exc).__name__,
+                                                                         "message": "internal error"})
             with send_lock:
                 busy[0] -= 1
                 try:
