@@ -257,6 +257,8 @@ class TcpChannel(Channel):
         (module docstring); Alice must hold the same key.
     """
 
+    concurrent = True  # see above: requests of several threads may be out at once
+
     def __init__(self, host: str, port: int, *, timeout_s: float = 60.0, connect_timeout_s: float = 10.0,
                  auth_key: bytes | None = None):
         super().__init__()
@@ -295,8 +297,6 @@ class TcpChannel(Channel):
         self._replies: dict[int, bytes] = {}  # replies read by another thread than their owner
         self._reading = False  # one thread reads the socket at a time
         self._broken: ChannelError | None = None
-
-    concurrent = True  # see the class docstring
 
     def request(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.exchange(kind, body)[0]

@@ -427,9 +427,10 @@ class LdpcBob:
         return self._fall_back(channel, ids, y, qber, res)
 
     def _apply_reveal(self, L: np.ndarray, R: np.ndarray, llr0: np.ndarray, known: np.ndarray,
-                      frames: np.ndarray, columns: np.ndarray, new: np.ndarray) -> None:
-        """Give the revealed columns of the frames their known LLR (warm: add the change to the
-        posteriors; cold: restart those frames from their channel LLRs)."""
+                      frames: np.ndarray, columns: np.ndarray, bits: np.ndarray) -> None:
+        """Give the revealed columns of the frames the LLR of Alice's revealed bits (warm: add the
+        change to the posteriors; cold: restart those frames from their channel LLRs)."""
+        new = np.where(bits == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
         known[frames, columns] = True
         if self.warm:
             L[frames, columns] += new - llr0[frames, columns]
@@ -526,9 +527,7 @@ class LdpcBob:
                     rep = channel.request("ldpc.reveal_at", {"frame_ids": ids[tf], "counts": counts,
                                                              "positions": cols[flat].astype(np.int32)})
                     got = _reply_bits(rep, "ldpc.reveal_at", "values", 1, flat.shape[0])[0]
-                    new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
-                    frow = np.repeat(tf, counts)
-                    self._apply_reveal(L, R, llr0, known, frow, flat, new)
+                    self._apply_reveal(L, R, llr0, known, np.repeat(tf, counts), flat, got)
                     revealed[tf] += counts
                     rounds[tf] = rnd
                     trapped.clear()
@@ -537,9 +536,8 @@ class LdpcBob:
                     rep = channel.request("ldpc.reveal", {"frame_ids": ids[blind], "start": cursor, "stop": stop})
                     got = _reply_bits(rep, "ldpc.reveal", "values", blind.shape[0], stop - cursor)
                     pos = inv[lay.reveal_order[cursor:stop]]  # never shortened: punctured or key positions
-                    new = np.where(got == 1, -K.LLR_KNOWN, K.LLR_KNOWN).astype(np.float32)
                     self._apply_reveal(L, R, llr0, known, np.repeat(blind, pos.shape[0]),
-                                       np.tile(pos, blind.shape[0]), new.ravel())
+                                       np.tile(pos, blind.shape[0]), got.ravel())
                     revealed[blind] += stop - cursor
                     rounds[blind] = rnd
                     cursor = stop
