@@ -438,6 +438,49 @@ def _frames(rng, nf, n_key, q):
     return a, bsc(rng, a, q)
 
 
+def _disclosed(log, max_rounds):
+    """LDPC leak per frame id recounted from the recorded messages alone.
+
+    The rule (``protocol.leak_bits``): m - p + revealed values, plus
+    ceil(log2(max_rounds + 2)) bits for the public round count when p > 0;
+    but m + revealed *key* values once Bob named positions himself
+    (``ldpc.reveal_at``) in a frame with p > 0. Positions are classified
+    from the public layout the ``ldpc.syndromes`` request fixed.
+    """
+    from qkdpost.reconcile.ldpc.protocol import frame_layout
+
+    frame = {}  # id -> [m, p, punctured positions, layout, revealed, revealed punctured, adaptive]
+    for kind, body, _ in log:
+        if kind == "ldpc.syndromes":
+            code = load_code(str(body["code"]))
+            lay = frame_layout(code, int(body["n_key"]), int(body["n_punct"]), bytes(body["layout_seed"]))
+            punct = np.zeros(code.n, bool)
+            punct[lay.punct_pos] = True
+            for f in np.asarray(body["frame_ids"]).tolist():
+                frame[f] = [code.m, int(body["n_punct"]), punct, lay, 0, 0, False]
+        elif kind == "ldpc.reveal":
+            for f in np.asarray(body["frame_ids"]).tolist():
+                pos = frame[f][3].reveal_order[body["start"]:body["stop"]]
+                frame[f][4] += pos.shape[0]
+                frame[f][5] += int(frame[f][2][pos].sum())
+        elif kind == "ldpc.reveal_at":
+            counts = np.asarray(body["counts"])
+            parts = np.split(np.asarray(body["positions"], np.int64), np.cumsum(counts)[:-1])
+            for f, pos in zip(np.asarray(body["frame_ids"]).tolist(), parts):
+                frame[f][4] += pos.shape[0]
+                frame[f][5] += int(frame[f][2][pos].sum())
+                frame[f][6] = True
+    out = np.zeros(max(frame) + 1, np.int64)
+    for f, (m, p, _, _, rev, rev_p, adaptive) in frame.items():
+        if p == 0:
+            out[f] = m + rev
+        elif adaptive:
+            out[f] = m + rev - rev_p
+        else:
+            out[f] = m - p + rev + int(np.ceil(np.log2(max_rounds + 2)))
+    return out
+
+
 @pytest.mark.parametrize("q", [0.02, 0.05, 0.09])
 def test_reconcile_end_to_end_and_leakage_equals_disclosed(q):
     rng = np.random.default_rng(int(q * 1000))
@@ -451,16 +494,10 @@ def test_reconcile_end_to_end_and_leakage_equals_disclosed(q):
     assert np.array_equal(res.errors_corrected, (a != b).sum(axis=1))
     # disclosed: the syndrome (m bits, of which n_punct are offset by Alice's private bits) + revealed values
     plan = res.extra
-    disclosed = np.zeros(6, np.int64)
     for kind, body, reply in chan.log:
         if kind == "ldpc.syndromes":
-            disclosed[body["frame_ids"]] += plan["m"] - body["n_punct"]
             assert reply["syndromes"].shape == (6, (plan["m"] + 7) // 8)
-        elif kind == "ldpc.reveal":
-            disclosed[body["frame_ids"]] += body["stop"] - body["start"]
-        elif kind == "ldpc.reveal_at":
-            np.add.at(disclosed, body["frame_ids"], body["counts"])
-    assert np.array_equal(res.leaked_bits, disclosed)
+    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, plan["max_rounds"]))
     assert res.round_trips == len(chan.log) >= 1 + int(plan["rounds"].max())
     assert res.bytes_sent == chan.stats.bytes_total
     f = res.efficiency(q)
@@ -564,14 +601,7 @@ def test_failed_frames_go_to_cascade_and_its_parities_are_counted(sub_batches):
     assert fb[1] and fb[2] and not fb[0] and not fb[3]
     assert res.success.all() and np.array_equal(res.bits, a)
     assert np.array_equal(res.errors_corrected, (a != b).sum(axis=1))
-    disclosed = np.zeros(nf, np.int64)
-    for kind, body, reply in chan.log:
-        if kind == "ldpc.syndromes":
-            disclosed[body["frame_ids"]] += res.extra["m"] - body["n_punct"]
-        elif kind == "ldpc.reveal":
-            disclosed[body["frame_ids"]] += body["stop"] - body["start"]
-        elif kind == "ldpc.reveal_at":
-            np.add.at(disclosed, body["frame_ids"], body["counts"])
+    disclosed = _disclosed(chan.log, res.extra["max_rounds"])
     parities = np.array([alice.cascade_leaked.get(i, 0) for i in range(nf)])
     assert parities[1] > 0 and parities[2] > 0 and parities[0] == parities[3] == 0
     assert np.array_equal(res.extra["cascade_leaked"], parities)
@@ -769,15 +799,17 @@ def test_targeted_reveals_are_counted_and_frames_decode():
     kinds = [k for k, _, _ in chan.log]
     assert "ldpc.reveal_at" in kinds and "ldpc.reveal" not in kinds
     assert res.success.all() and np.array_equal(res.bits, a)
-    disclosed = np.zeros(5, np.int64)
+    revealed = np.zeros(5, np.int64)
     for kind, body, reply in chan.log:
-        if kind == "ldpc.syndromes":
-            disclosed[body["frame_ids"]] += res.extra["m"] - body["n_punct"]
-        elif kind == "ldpc.reveal_at":
+        if kind == "ldpc.reveal_at":
             assert np.asarray(reply["values"]).shape == (1, (int(body["counts"].sum()) + 7) // 8)
-            np.add.at(disclosed, body["frame_ids"], body["counts"])
-    assert np.array_equal(res.leaked_bits, disclosed)
-    assert np.array_equal(res.extra["revealed"], disclosed - (res.extra["m"] - res.extra["n_punct"]))
+            np.add.at(revealed, body["frame_ids"], body["counts"])
+    assert np.array_equal(res.extra["revealed"], revealed)
+    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, res.extra["max_rounds"]))
+    # positions Bob chose void the puncturing credit: m + revealed key bits (see protocol.leak_bits)
+    assert res.extra["n_punct"] > 0 and res.extra["adaptive_reveals"].any()
+    ad = res.extra["adaptive_reveals"]
+    assert np.array_equal(res.leaked_bits[ad], res.extra["m"] + (revealed - res.extra["revealed_punctured"])[ad])
 
 
 def test_reliability_reveals_ask_for_the_least_reliable_positions_and_are_counted(monkeypatch):
@@ -824,14 +856,8 @@ def test_reliability_reveals_ask_for_the_least_reliable_positions_and_are_counte
     for f, p in zip(np.asarray(body["frame_ids"]).tolist(), pos):
         want = cols[np.sort(np.argsort(np.abs(L[f]), kind="stable")[:plan.step])]
         np.testing.assert_array_equal(p, want)
-    disclosed = np.zeros(4, np.int64)
-    for kind, body, reply in chan.log:
-        assert kind != "ldpc.reveal"
-        if kind == "ldpc.syndromes":
-            disclosed[body["frame_ids"]] += res.extra["m"] - body["n_punct"]
-        elif kind == "ldpc.reveal_at":
-            np.add.at(disclosed, body["frame_ids"], body["counts"])
-    assert np.array_equal(res.leaked_bits, disclosed)
+    assert all(kind != "ldpc.reveal" for kind, _, _ in chan.log)
+    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, res.extra["max_rounds"]))
 
 
 def test_alice_reveals_each_frame_in_the_layout_its_syndrome_used():
@@ -886,7 +912,10 @@ def test_bob_rejects_malformed_replies(kind, cut):
 @given(st.integers(0, 2**32 - 1), st.sampled_from([0.025, 0.045, 0.065, 0.09]))
 def test_property_success_means_identical_keys_and_exact_leak(seed, q):
     """Whatever the frame: success => Bob's bits equal Alice's and reproduce her syndrome;
-    leaked = m - p + revealed, plus Cascade's parities for a frame LDPC gave up on (fallback)."""
+    leaked = protocol.leak_bits of its reveals, plus Cascade's parities for a frame LDPC gave up on
+    (fallback); never less than m - p + revealed."""
+    from qkdpost.reconcile.ldpc.protocol import leak_bits
+
     rng = np.random.default_rng(seed)
     a, b = _frames(rng, 2, 14746, q)
     res = reconcile_ldpc(a, b, qber=q, seed=seed)
@@ -894,8 +923,11 @@ def test_property_success_means_identical_keys_and_exact_leak(seed, q):
     for i in range(2):
         if res.success[i]:
             assert np.array_equal(res.bits[i], a[i])
-    assert np.array_equal(res.leaked_bits, code.m - res.extra["n_punct"] + res.extra["revealed"]
-                          + res.extra["cascade_leaked"])
+    plan = plan_frame(14746, q)
+    ex = res.extra
+    ldpc_leak = leak_bits(plan, ex["revealed"], ex["revealed_punctured"], ex["adaptive_reveals"])
+    assert np.array_equal(res.leaked_bits, ldpc_leak + ex["cascade_leaked"])
+    assert np.all(ldpc_leak >= code.m - ex["n_punct"] + ex["revealed"])
     assert np.all(res.extra["cascade_leaked"][~res.extra["fallback"]] == 0)
     assert res.extra["n_punct"] <= 0.1 * code.n
 
@@ -910,3 +942,19 @@ def test_large_batches_run_as_sub_batches_with_same_outcome():
     assert res.success.all() and np.array_equal(res.bits, a)
     assert res.round_trips >= 3 and res.extra["rounds"].shape == (3,)
     assert res.leaked_bits.shape == (3,)
+
+
+def test_leak_bits_known_answers():
+    """protocol.leak_bits on hand-counted cases: m = 1000 checks, p = 50 punctured, 20 rounds
+    (ceil(log2(22)) = 5 bits for the public round count)."""
+    from qkdpost.reconcile.ldpc.adapt import FramePlan
+    from qkdpost.reconcile.ldpc.protocol import leak_bits
+
+    plan = FramePlan(code="x", n=2000, m=1000, n_key=1800, n_punct=50, n_short=150, step=10, max_rounds=20)
+    rev = np.array([0, 30, 30, 60])
+    rev_p = np.array([0, 10, 10, 50])
+    adaptive = np.array([False, False, True, True])
+    # public order: 950 + revealed + 5; Bob's choice: 1000 + revealed key bits
+    assert leak_bits(plan, rev, rev_p, adaptive).tolist() == [955, 985, 1020, 1010]
+    plain = FramePlan(code="x", n=2000, m=1000, n_key=1850, n_punct=0, n_short=150, step=10, max_rounds=20)
+    assert leak_bits(plain, rev, np.zeros(4, np.int64), adaptive).tolist() == [1000, 1030, 1030, 1060]

@@ -15,11 +15,12 @@ is stuck in a trapping set of the code: revealing more punctured bits (the
 blind round) does not reach it, and such frames used to fail all 20 rounds
 (docs/ldpc.md). In its next round Bob asks instead for the values of the
 variables of those checks (``ldpc.reveal_at``, code positions; a round with
-both kinds of frames costs two round trips). Every value disclosed counts
-one bit of leakage, as in a blind round. Which positions Bob asks for
+both kinds of frames costs two round trips). Which positions Bob asks for
 depends on his decoder state, which belief propagation makes a function of
-the error pattern (and of Alice's punctured bits), not of Alice's key: the
-same argument as for Cascade's choice of blocks to bisect.
+the error pattern *and of Alice's punctured bits*: such a choice may tell
+Eve about those bits, which voids the puncturing credit of the syndrome, so
+a frame with punctured positions that had one pays m + its revealed key bits
+instead of m - p + revealed (:func:`leak_bits`).
 
 Frames that still fail after every blind round are, with
 ``fallback="cascade"`` (the default), reconciled by Cascade over the same
@@ -36,6 +37,7 @@ private randomness (``secrets`` unless a simulation seed is given).
 
 from __future__ import annotations
 
+import math
 import numbers
 import secrets
 from dataclasses import dataclass
@@ -53,7 +55,7 @@ from . import _kernels as K
 from .adapt import FramePlan, plan_frame
 from .codes import LdpcCode, load_code
 
-__all__ = ["LdpcAlice", "LdpcBob", "FrameLayout", "frame_layout"]
+__all__ = ["LdpcAlice", "LdpcBob", "FrameLayout", "frame_layout", "leak_bits"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,40 @@ def _trapped_columns(row_ptr: np.ndarray, col_idx: np.ndarray, syn: np.ndarray, 
         if c.shape[0]:
             out[f] = c
     return out
+
+
+def leak_bits(plan: FramePlan, revealed: np.ndarray, revealed_punct: np.ndarray,
+              adaptive: np.ndarray) -> np.ndarray:
+    """Bits a frame's reconciliation discloses about Alice's key (int64 per frame).
+
+    Let K be the key bits, P Alice's private bits on the p punctured
+    positions and E the error pattern (independent of K and P). The syndrome
+    S = H_K K + H_P P tells at most m - p bits about K, because P is uniform
+    and H_P has rank p (untainted columns). That credit of p bits holds only
+    while P stays hidden, and Bob's decoder state is a function of E *and P*
+    (BP is symmetric: in error coordinates it decodes the syndrome
+    H_K E + H_P P). So:
+
+    - positions in the public order of ``layout_seed`` (``ldpc.reveal``):
+      m - p + revealed, plus ceil(log2(max_rounds + 2)) bits when p > 0,
+      since the round in which a frame stops (0 .. max_rounds, or never) is
+      public and depends on P;
+    - once a position was chosen from Bob's decoder state (``ldpc.reveal_at``:
+      trap or reliability reveals) and p > 0: m + the revealed key bits.
+      Granting Eve P makes every choice of Bob's a function of E alone, so
+      I(K; transcript) <= I(K; transcript | P) <= m + |revealed key bits|;
+      without that grant the choices could tell her about P and void the
+      credit. Revealed punctured bits are then free (P is already counted).
+
+    With p = 0 both cases are m + revealed (Bob's choices depend on E only,
+    as in Cascade).
+    """
+    p = plan.n_punct
+    public = plan.leak_start + revealed
+    if p == 0:
+        return public.astype(np.int64)
+    public = public + int(math.ceil(math.log2(plan.max_rounds + 2)))
+    return np.where(adaptive, plan.m + (revealed - revealed_punct), public).astype(np.int64)
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
@@ -512,6 +548,8 @@ class LdpcBob:
         iters = np.zeros(nf, dtype=np.int64)
         rounds = np.zeros(nf, dtype=np.int64)
         revealed = np.zeros(nf, dtype=np.int64)
+        revealed_punct = np.zeros(nf, dtype=np.int64)  # of which punctured positions
+        adaptive = np.zeros(nf, dtype=bool)  # a position was chosen from Bob's decoder state (leak_bits)
         status = np.full(nf, -1, dtype=np.int64)
         todo = np.arange(nf, dtype=np.int64)
         trapped: dict[int, np.ndarray] = {}  # frame -> sub-graph columns to reveal (variables of its few unsatisfied checks)
@@ -529,6 +567,8 @@ class LdpcBob:
                     got = _reply_bits(rep, "ldpc.reveal_at", "values", 1, flat.shape[0])[0]
                     self._apply_reveal(L, R, llr0, known, np.repeat(tf, counts), flat, got)
                     revealed[tf] += counts
+                    revealed_punct[tf] += np.add.reduceat((mask[flat] == 2).astype(np.int64), np.cumsum(counts) - counts)
+                    adaptive[tf] = True
                     rounds[tf] = rnd
                     trapped.clear()
                 stop = min(cursor + plan.step, lay.reveal_order.shape[0])
@@ -539,6 +579,7 @@ class LdpcBob:
                     self._apply_reveal(L, R, llr0, known, np.repeat(blind, pos.shape[0]),
                                        np.tile(pos, blind.shape[0]), got.ravel())
                     revealed[blind] += stop - cursor
+                    revealed_punct[blind] += int(np.count_nonzero(mask[pos] == 2))
                     rounds[blind] = rnd
                     cursor = stop
                 elif blind.shape[0]:
@@ -572,13 +613,14 @@ class LdpcBob:
         success = (status >= 0) & ~np.any(known & ((L < 0) != (llr0 < 0)), axis=1)
         bits = y.copy()
         bits[success] = (L[success][:, key_col] < 0).astype(np.uint8)
-        leaked = np.full(nf, plan.leak_start, dtype=np.int64) + revealed
+        leaked = leak_bits(plan, revealed, revealed_punct, adaptive)
         corrected = np.count_nonzero(bits != y, axis=1).astype(np.int64)
         rt1, by1 = channel.stats.snapshot()
         extra = {
             "code": plan.code, "n": plan.n, "m": plan.m, "n_punct": plan.n_punct, "n_short": plan.n_short,
             "step": plan.step, "max_rounds": plan.max_rounds, "rounds": rounds, "iterations": iters,
-            "revealed": revealed, "f_start": plan.efficiency_start(qber), "qber_used": qber,
+            "revealed": revealed, "revealed_punctured": revealed_punct, "adaptive_reveals": adaptive,
+            "f_start": plan.efficiency_start(qber), "qber_used": qber,
             "max_iter": self.max_iter, "edges": int(col_idx.shape[0]), "edges_code": code.n_edges,
         }
         return ReconcileResult(bits=bits, leaked_bits=leaked, success=success, errors_corrected=corrected,
