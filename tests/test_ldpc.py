@@ -438,46 +438,57 @@ def _frames(rng, nf, n_key, q):
     return a, bsc(rng, a, q)
 
 
-def _disclosed(log, max_rounds):
+def _disclosed(log, max_rounds, chosen="trap", trap_checks=8):
     """LDPC leak per frame id recounted from the recorded messages alone.
 
-    The rule (``protocol.leak_bits``): m - p + revealed values, plus
-    ceil(log2(max_rounds + 2)) bits for the public round count when p > 0;
-    but m + revealed *key* values once Bob named positions himself
-    (``ldpc.reveal_at``) in a frame with p > 0. Positions are classified
-    from the public layout the ``ldpc.syndromes`` request fixed.
+    The rule (``protocol.leak_bits``), with exact binomials: with p = 0,
+    m + revealed; with p > 0 the smaller of m + revealed key values and
+    m - p + revealed + ceil(log2(max_rounds + 2) + choices), where each
+    ``ldpc.reveal_at`` request adds log2 of the number of requests Bob could
+    have made: ``chosen="trap"``, the sets of 1..trap_checks of the m checks;
+    ``"reliability"``, the subsets of that size of the frame's columns not
+    yet revealed. Positions are classified from the public layout that the
+    ``ldpc.syndromes`` request fixed.
     """
+    import math
+
     from qkdpost.reconcile.ldpc.protocol import frame_layout
 
-    frame = {}  # id -> [m, p, punctured positions, layout, revealed, revealed punctured, adaptive]
+    frame = {}  # id -> dict of m, p, punctured mask, layout, counters
     for kind, body, _ in log:
         if kind == "ldpc.syndromes":
             code = load_code(str(body["code"]))
             lay = frame_layout(code, int(body["n_key"]), int(body["n_punct"]), bytes(body["layout_seed"]))
             punct = np.zeros(code.n, bool)
             punct[lay.punct_pos] = True
+            cols = int(body["n_key"]) + int(body["n_punct"])  # the columns Bob decodes (not shortened)
             for f in np.asarray(body["frame_ids"]).tolist():
-                frame[f] = [code.m, int(body["n_punct"]), punct, lay, 0, 0, False]
+                frame[f] = dict(m=code.m, p=int(body["n_punct"]), punct=punct, lay=lay, cols=cols, rev=0, rev_p=0,
+                                choice=0.0, adaptive=False)
         elif kind == "ldpc.reveal":
             for f in np.asarray(body["frame_ids"]).tolist():
-                pos = frame[f][3].reveal_order[body["start"]:body["stop"]]
-                frame[f][4] += pos.shape[0]
-                frame[f][5] += int(frame[f][2][pos].sum())
+                pos = frame[f]["lay"].reveal_order[body["start"]:body["stop"]]
+                frame[f]["rev"] += pos.shape[0]
+                frame[f]["rev_p"] += int(frame[f]["punct"][pos].sum())
         elif kind == "ldpc.reveal_at":
             counts = np.asarray(body["counts"])
             parts = np.split(np.asarray(body["positions"], np.int64), np.cumsum(counts)[:-1])
             for f, pos in zip(np.asarray(body["frame_ids"]).tolist(), parts):
-                frame[f][4] += pos.shape[0]
-                frame[f][5] += int(frame[f][2][pos].sum())
-                frame[f][6] = True
+                fr = frame[f]
+                if chosen == "trap":
+                    fr["choice"] += math.log2(sum(math.comb(fr["m"], k) for k in range(1, trap_checks + 1)))
+                else:
+                    fr["choice"] += math.log2(math.comb(fr["cols"] - fr["rev"], pos.shape[0]))
+                fr["rev"] += pos.shape[0]
+                fr["rev_p"] += int(fr["punct"][pos].sum())
+                fr["adaptive"] = True
     out = np.zeros(max(frame) + 1, np.int64)
-    for f, (m, p, _, _, rev, rev_p, adaptive) in frame.items():
-        if p == 0:
-            out[f] = m + rev
-        elif adaptive:
-            out[f] = m + rev - rev_p
+    for f, fr in frame.items():
+        if fr["p"] == 0:
+            out[f] = fr["m"] + fr["rev"]
         else:
-            out[f] = m - p + rev + int(np.ceil(np.log2(max_rounds + 2)))
+            public = fr["m"] - fr["p"] + fr["rev"] + math.ceil(math.log2(max_rounds + 2) + fr["choice"])
+            out[f] = min(public, fr["m"] + fr["rev"] - fr["rev_p"])
     return out
 
 
@@ -807,11 +818,34 @@ def test_targeted_reveals_are_counted_and_frames_decode():
             assert np.asarray(reply["values"]).shape == (1, (int(body["counts"].sum()) + 7) // 8)
             np.add.at(revealed, body["frame_ids"], body["counts"])
     assert np.array_equal(res.extra["revealed"], revealed)
-    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, res.extra["max_rounds"]))
-    # positions Bob chose void the puncturing credit: m + revealed key bits (see protocol.leak_bits)
+    # any set of checks could have been named: log2(2^m - 1) ~ m bits of choice, so the count is
+    # capped by granting Eve the punctured bits: m + revealed key bits (see protocol.leak_bits)
+    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, res.extra["max_rounds"], trap_checks=10**6))
     assert res.extra["n_punct"] > 0 and res.extra["adaptive_reveals"].any()
     ad = res.extra["adaptive_reveals"]
     assert np.array_equal(res.leaked_bits[ad], res.extra["m"] + (revealed - res.extra["revealed_punctured"])[ad])
+
+
+def test_trap_reveal_costs_its_choices_when_cheaper_than_the_puncturing_credit():
+    """A trap reveal among many frames: Bob named one of the sets of <= 80 unsatisfied checks
+    (~600 bits of choice), fewer than the ~1400 punctured bits, so that frame is counted
+    m - p + revealed + ceil(log2(rounds) + choices), below m + revealed key bits; the
+    recount from the messages agrees."""
+    rng = np.random.default_rng(21)
+    a, b = _frames(rng, 6, 14746, 0.05)
+    alice = LdpcAlice({i: a[i] for i in range(6)}, sim_seed=1)
+    chan = RecordingChannel(Responder(alice.handlers()))
+    res = LdpcBob(seed=2, f_start=1.03, max_rounds=6, trap_checks=80, fallback="drop").run(chan, np.arange(6), b, 0.05)
+    ex = res.extra
+    assert any(kind == "ldpc.reveal_at" for kind, _, _ in chan.log)
+    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, ex["max_rounds"], trap_checks=80))
+    ad = ex["adaptive_reveals"]
+    assert ad.any() and np.all(ex["choice_bits"][ad] > 0) and np.all(ex["choice_bits"][~ad] == 0)
+    granted = ex["m"] + ex["revealed"] - ex["revealed_punctured"]
+    assert np.all(res.leaked_bits[ad] < granted[ad])
+    assert np.all(res.leaked_bits >= ex["m"] - ex["n_punct"] + ex["revealed"])
+    ok = res.success
+    assert np.array_equal(res.bits[ok], a[ok])
 
 
 def test_reliability_reveals_ask_for_the_least_reliable_positions_and_are_counted(monkeypatch):
@@ -859,7 +893,7 @@ def test_reliability_reveals_ask_for_the_least_reliable_positions_and_are_counte
         want = cols[np.sort(np.argsort(np.abs(L[f]), kind="stable")[:plan.step])]
         np.testing.assert_array_equal(p, want)
     assert all(kind != "ldpc.reveal" for kind, _, _ in chan.log)
-    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, res.extra["max_rounds"]))
+    assert np.array_equal(res.leaked_bits, _disclosed(chan.log, res.extra["max_rounds"], chosen="reliability"))
 
 
 def test_alice_reveals_each_frame_in_the_layout_its_syndrome_used():
@@ -927,7 +961,7 @@ def test_property_success_means_identical_keys_and_exact_leak(seed, q):
             assert np.array_equal(res.bits[i], a[i])
     plan = plan_frame(14746, q)
     ex = res.extra
-    ldpc_leak = leak_bits(plan, ex["revealed"], ex["revealed_punctured"], ex["adaptive_reveals"])
+    ldpc_leak = leak_bits(plan, ex["revealed"], ex["revealed_punctured"], ex["choice_bits"])
     assert np.array_equal(res.leaked_bits, ldpc_leak + ex["cascade_leaked"])
     assert np.all(ldpc_leak >= code.m - ex["n_punct"] + ex["revealed"])
     assert np.all(res.extra["cascade_leaked"][~res.extra["fallback"]] == 0)
@@ -953,10 +987,11 @@ def test_leak_bits_known_answers():
     from qkdpost.reconcile.ldpc.protocol import leak_bits
 
     plan = FramePlan(code="x", n=2000, m=1000, n_key=1800, n_punct=50, n_short=150, step=10, max_rounds=20)
-    rev = np.array([0, 30, 30, 60])
-    rev_p = np.array([0, 10, 10, 50])
-    adaptive = np.array([False, False, True, True])
-    # public order: 950 + revealed + 5; Bob's choice: 1000 + revealed key bits
-    assert leak_bits(plan, rev, rev_p, adaptive).tolist() == [955, 985, 1020, 1010]
+    rev = np.array([0, 30, 30, 60, 60])
+    rev_p = np.array([0, 10, 10, 50, 50])
+    choice = np.array([0.0, 0.0, 12.3, 40.0, 100.0])
+    # 950 + revealed + ceil(log2(22) + choice) = 950 + revealed + 5, 5, 17, 45, 105 bits;
+    # capped by 1000 + revealed key bits: 1020, 1010 for the last two
+    assert leak_bits(plan, rev, rev_p, choice).tolist() == [955, 985, 997, 1010, 1010]
     plain = FramePlan(code="x", n=2000, m=1000, n_key=1850, n_punct=0, n_short=150, step=10, max_rounds=20)
-    assert leak_bits(plain, rev, np.zeros(4, np.int64), adaptive).tolist() == [1000, 1030, 1030, 1060]
+    assert leak_bits(plain, rev, np.zeros(5, np.int64), choice).tolist() == [1000, 1030, 1030, 1060, 1060]

@@ -18,9 +18,10 @@ variables of those checks (``ldpc.reveal_at``, code positions; a round with
 both kinds of frames costs two round trips). Which positions Bob asks for
 depends on his decoder state, which belief propagation makes a function of
 the error pattern *and of Alice's punctured bits*: such a choice may tell
-Eve about those bits, which voids the puncturing credit of the syndrome, so
-a frame with punctured positions that had one pays m + its revealed key bits
-instead of m - p + revealed (:func:`leak_bits`).
+Eve about those bits, on which the syndrome's puncturing credit rests, so a
+frame with punctured positions pays for Bob's choices too: log2 of the
+number of requests he could have made, at most the whole credit
+(:func:`leak_bits`).
 
 Frames that still fail after every blind round are, with
 ``fallback="cascade"`` (the default), reconciled by Cascade over the same
@@ -147,38 +148,53 @@ def _trapped_columns(row_ptr: np.ndarray, col_idx: np.ndarray, syn: np.ndarray, 
     return out
 
 
+def _log2_binom(n: int, k: int) -> float:
+    """log2 C(n, k)."""
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+
+
+def _log2_subsets(n: int, kmax: int) -> float:
+    """log2 of the number of subsets of 1..kmax elements of an n-set (0 if kmax < 1)."""
+    terms = [_log2_binom(n, k) for k in range(1, min(kmax, n) + 1)]
+    if not terms:
+        return 0.0
+    top = max(terms)
+    return top + math.log2(sum(2.0 ** (t - top) for t in terms))
+
+
 def leak_bits(plan: FramePlan, revealed: np.ndarray, revealed_punct: np.ndarray,
-              adaptive: np.ndarray) -> np.ndarray:
+              choice_bits: np.ndarray) -> np.ndarray:
     """Bits a frame's reconciliation discloses about Alice's key (int64 per frame).
 
     Let K be the key bits, P Alice's private bits on the p punctured
     positions and E the error pattern (independent of K and P). The syndrome
     S = H_K K + H_P P tells at most m - p bits about K, because P is uniform
-    and H_P has rank p (untainted columns). That credit of p bits holds only
-    while P stays hidden, and Bob's decoder state is a function of E *and P*
-    (BP is symmetric: in error coordinates it decodes the syndrome
-    H_K E + H_P P). So:
+    and H_P has rank p (untainted columns). That credit holds only while P
+    stays hidden, and Bob's decoder state is a function of E *and P* (BP is
+    symmetric: in error coordinates it decodes the syndrome H_K E + H_P P),
+    so what he derives from it and sends may tell Eve about P. By the chain
+    rule, I(K; S, rest) <= I(K; S) + (bits of everything else sent), so
+    with p > 0 a frame leaks at most
 
-    - positions in the public order of ``layout_seed`` (``ldpc.reveal``):
-      m - p + revealed, plus ceil(log2(max_rounds + 2)) bits when p > 0,
-      since the round in which a frame stops (0 .. max_rounds, or never) is
-      public and depends on P;
-    - once a position was chosen from Bob's decoder state (``ldpc.reveal_at``:
-      trap or reliability reveals) and p > 0: m + the revealed key bits.
-      Granting Eve P makes every choice of Bob's a function of E alone, so
-      I(K; transcript) <= I(K; transcript | P) <= m + |revealed key bits|;
-      without that grant the choices could tell her about P and void the
-      credit. Revealed punctured bits are then free (P is already counted).
+        m - p + revealed + ceil(log2(max_rounds + 2) + choice_bits),
 
-    With p = 0 both cases are m + revealed (Bob's choices depend on E only,
-    as in Cascade).
+    the log2 term for the public round in which the frame stopped (0 ..
+    max_rounds, or never), ``choice_bits`` the log2 of the number of choices
+    behind the positions Bob named himself (``ldpc.reveal_at``: for a trap
+    reveal the sets of 1..trap_checks unsatisfied checks, for reliability
+    reveals the subsets of the unknown columns). Granting Eve P instead makes
+    all of Bob's choices functions of E alone, so the frame also leaks at
+    most m + its revealed key bits; the smaller bound is counted. With
+    p = 0 the count is m + revealed (Bob's choices depend on E only, as in
+    Cascade).
     """
     p = plan.n_punct
-    public = plan.leak_start + revealed
+    public = plan.leak_start + np.asarray(revealed, dtype=np.int64)
     if p == 0:
-        return public.astype(np.int64)
-    public = public + int(math.ceil(math.log2(plan.max_rounds + 2)))
-    return np.where(adaptive, plan.m + (revealed - revealed_punct), public).astype(np.int64)
+        return public
+    extra = np.ceil(math.log2(plan.max_rounds + 2) + np.asarray(choice_bits, dtype=np.float64)).astype(np.int64)
+    granted = plan.m + (revealed - revealed_punct)
+    return np.minimum(public + extra, granted).astype(np.int64)
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
@@ -367,11 +383,13 @@ class LdpcBob:
         positions, in the public order of the layout (``ldpc.reveal``), or
         the ``step`` least reliable ones of each failed frame, chosen by Bob
         (``ldpc.reveal_at``; Kiktenko et al., Phys. Rev. Applied 8, 044017,
-        2017). A position Bob chooses voids the puncturing credit of the
-        frame (:func:`leak_bits`), so with this honest count "reliability"
-        is less efficient wherever the plan punctures (n = 2^16, 32 frames:
-        Q = 2 % f 1.19 against 1.10; 3.5 % 1.20 against 1.10): "punctured"
-        is the default.
+        2017). Positions Bob chooses cost the log2 of his choices (about
+        12 bits per revealed bit at 2^16) or the frame's puncturing credit
+        (:func:`leak_bits`), so "reliability" is less efficient wherever
+        the plan punctures (n = 2^16, 32 frames, credit rule: Q = 2 % f 1.19
+        against 1.10; 3.5 % 1.20 against 1.10): "punctured" is the default.
+        Trap reveals (``trap_checks``) cost log2 of the sets of up to
+        ``trap_checks`` checks (~94 bits at 2^16).
     warm : bool
         Continue decoding from the failed attempt's messages after a blind
         round instead of restarting (measured at n = 2^16, Q = 5 %: same f,
@@ -560,6 +578,9 @@ class LdpcBob:
         revealed = np.zeros(nf, dtype=np.int64)
         revealed_punct = np.zeros(nf, dtype=np.int64)  # of which punctured positions
         adaptive = np.zeros(nf, dtype=bool)  # a position was chosen from Bob's decoder state (leak_bits)
+        choice_bits = np.zeros(nf)  # log2 of the number of choices Bob had, summed over his reveal_at requests
+        why: dict[int, float] = {}  # frame -> log2 of the choices behind its entry in `trapped`
+        trap_choices = _log2_subsets(syn.shape[1], self.trap_checks)  # sets of 1..trap_checks checks
         status = np.full(nf, -1, dtype=np.int64)
         todo = np.arange(nf, dtype=np.int64)
         trapped: dict[int, np.ndarray] = {}  # frame -> sub-graph columns to reveal (variables of its few unsatisfied checks)
@@ -579,8 +600,10 @@ class LdpcBob:
                     revealed[tf] += counts
                     revealed_punct[tf] += np.add.reduceat((mask[flat] == 2).astype(np.int64), np.cumsum(counts) - counts)
                     adaptive[tf] = True
+                    choice_bits[tf] += [why[f] for f in tf.tolist()]
                     rounds[tf] = rnd
                     trapped.clear()
+                    why.clear()
                 stop = min(cursor + plan.step, lay.reveal_order.shape[0])
                 if blind.shape[0] and stop > cursor:
                     rep = channel.request("ldpc.reveal", {"frame_ids": ids[blind], "start": cursor, "stop": stop})
@@ -608,6 +631,8 @@ class LdpcBob:
                 break
             if self.trap_checks > 0 and rnd < plan.max_rounds:
                 trapped = _trapped_columns(row_ptr, col_idx, syn, L, todo, known, self.trap_checks)
+                # the positions follow from the set of unsatisfied checks (and the public known columns)
+                why = dict.fromkeys(trapped, trap_choices)
             if self.reveal == "reliability" and rnd < plan.max_rounds:
                 for f in todo.tolist():
                     if f not in trapped:
@@ -617,19 +642,21 @@ class LdpcBob:
                         c = c[np.isfinite(a[c])]
                         if c.shape[0]:
                             trapped[f] = np.sort(c).astype(np.int64)
+                            why[f] = _log2_binom(ns - int(known[f].sum()), c.shape[0])
 
         # a syndrome match whose decisions contradict a known value is not a success (with high-degree
         # variables the checks can outvote a known position's LLR; verification would catch it anyway)
         success = (status >= 0) & ~np.any(known & ((L < 0) != (llr0 < 0)), axis=1)
         bits = y.copy()
         bits[success] = (L[success][:, key_col] < 0).astype(np.uint8)
-        leaked = leak_bits(plan, revealed, revealed_punct, adaptive)
+        leaked = leak_bits(plan, revealed, revealed_punct, np.where(adaptive, choice_bits, 0.0))
         corrected = np.count_nonzero(bits != y, axis=1).astype(np.int64)
         rt1, by1 = channel.stats.snapshot()
         extra = {
             "code": plan.code, "n": plan.n, "m": plan.m, "n_punct": plan.n_punct, "n_short": plan.n_short,
             "step": plan.step, "max_rounds": plan.max_rounds, "rounds": rounds, "iterations": iters,
             "revealed": revealed, "revealed_punctured": revealed_punct, "adaptive_reveals": adaptive,
+            "choice_bits": choice_bits,
             "f_start": plan.efficiency_start(qber), "qber_used": qber,
             "max_iter": self.max_iter, "edges": int(col_idx.shape[0]), "edges_code": code.n_edges,
         }
