@@ -213,7 +213,7 @@ def measure(n_key: int, qber: float, frames: int, seed: int, chunk: int = 16, **
     at all; f includes the fallback's disclosures."""
     rng = np.random.default_rng([seed, n_key, int(qber * 1e6)])
     h = float(binary_entropy(round(qber * n_key) / n_key))
-    f_all, ok_all, undet, iters, rounds, leaked, fb = [], [], 0, [], [], [], []
+    f_all, ok_all, undet, iters, rounds, leaked, fb, adaptive = [], [], 0, [], [], [], [], []
     cpu = 0.0
     edges = None
     code = None
@@ -232,6 +232,7 @@ def measure(n_key: int, qber: float, frames: int, seed: int, chunk: int = 16, **
         f_all.extend((res.leaked_bits / (n_key * h)).tolist())
         iters.extend(res.extra["iterations"].tolist())
         rounds.extend(res.extra["rounds"].tolist())
+        adaptive.extend(res.extra["adaptive_reveals"].tolist())
         leaked.extend(res.leaked_bits.tolist())
         edges = res.extra["edges"]
         code = res.preset
@@ -246,6 +247,7 @@ def measure(n_key: int, qber: float, frames: int, seed: int, chunk: int = 16, **
         "fer": float(1 - ok.mean()), "failed": int((~ok).sum()), "fallback_failed": int((~final_ok).sum()),
         "undetected": undet, "chunk": chunk, "load_avg_1min": round(os.getloadavg()[0], 2),
         "mean_iterations": round(float(it.mean()), 2), "mean_rounds": round(float(np.mean(rounds)), 3),
+        "adaptive_frames": int(np.sum(adaptive)),  # frames with Bob-chosen reveals (trap/reliability)
         "mbit_per_s_per_core": round(frames * n_key / cpu / 1e6, 4),
         "edge_updates_per_s": round(float(it.sum() * edges / cpu), 0),
         "options": options,

@@ -389,7 +389,15 @@ class LdpcBob:
         the plan punctures (n = 2^16, 32 frames, credit rule: Q = 2 % f 1.19
         against 1.10; 3.5 % 1.20 against 1.10): "punctured" is the default.
         Trap reveals (``trap_checks``) cost log2 of the sets of up to
-        ``trap_checks`` checks (~94 bits at 2^16).
+        ``trap_checks`` checks (~94 bits at 2^16). "hybrid": the punctured
+        positions in the public order, and once all of them are revealed,
+        the ``step`` least reliable key positions of each failed frame
+        instead of key positions in the public order. It never costs more
+        than "punctured": with P revealed the puncturing credit is spent
+        either way, and the frame's leak is m + its revealed key bits
+        (:func:`leak_bits`, the granted bound), whoever chose them; but a key
+        bit Bob is least sure of is worth far more to him than a random one
+        (docs/ldpc.md: n = 2^18, Q = 7 %).
     warm : bool
         Continue decoding from the failed attempt's messages after a blind
         round instead of restarting (measured at n = 2^16, Q = 5 %: same f,
@@ -433,10 +441,11 @@ class LdpcBob:
         if trap_checks < 0:
             raise InputError(f"trap_checks={trap_checks!r}: must be >= 0 (0 disables)")
         self.trap_checks = int(trap_checks)
-        if reveal not in ("punctured", "reliability"):
+        if reveal not in ("punctured", "reliability", "hybrid"):
             raise InputError(f"reveal={reveal!r}: choose 'punctured' (blind rounds reveal the punctured "
-                             "positions, then key positions, in the public order) or 'reliability' (the "
-                             "least reliable positions of each failed frame)")
+                             "positions, then key positions, in the public order), 'reliability' (the "
+                             "least reliable positions of each failed frame) or 'hybrid' (the punctured "
+                             "positions in the public order, then the least reliable key positions)")
         self.reveal = reveal
         if max_iter_blind is None:
             max_iter_blind = max_iter
@@ -604,7 +613,9 @@ class LdpcBob:
                     rounds[tf] = rnd
                     trapped.clear()
                     why.clear()
-                stop = min(cursor + plan.step, lay.reveal_order.shape[0])
+                # "hybrid": the public order only up to the last punctured position
+                end = plan.n_punct if self.reveal == "hybrid" else lay.reveal_order.shape[0]
+                stop = min(cursor + plan.step, end)
                 if blind.shape[0] and stop > cursor:
                     rep = channel.request("ldpc.reveal", {"frame_ids": ids[blind], "start": cursor, "stop": stop})
                     got = _reply_bits(rep, "ldpc.reveal", "values", blind.shape[0], stop - cursor)
@@ -633,7 +644,10 @@ class LdpcBob:
                 trapped = _trapped_columns(row_ptr, col_idx, syn, L, todo, known, self.trap_checks)
                 # the positions follow from the set of unsatisfied checks (and the public known columns)
                 why = dict.fromkeys(trapped, trap_choices)
-            if self.reveal == "reliability" and rnd < plan.max_rounds:
+            # "hybrid": Bob's least reliable positions once every punctured one is known (then only key
+            # positions are left, and the frame's leak is m + revealed key bits whoever chose them)
+            if rnd < plan.max_rounds and (self.reveal == "reliability"
+                                          or (self.reveal == "hybrid" and cursor >= plan.n_punct)):
                 for f in todo.tolist():
                     if f not in trapped:
                         a = np.abs(L[f])
