@@ -182,7 +182,9 @@ def leak_bits(plan: FramePlan, revealed: np.ndarray, revealed_punct: np.ndarray,
     max_rounds, or never), ``choice_bits`` the log2 of the number of choices
     behind the positions Bob named himself (``ldpc.reveal_at``: for a trap
     reveal the sets of 1..trap_checks unsatisfied checks, for reliability
-    reveals the subsets of the unknown columns). Granting Eve P instead makes
+    reveals the subsets of the unknown columns), plus, when trap reveals are
+    on, one bit per blind round of the frame (trapped or not: decided from
+    his decoder state too). Granting Eve P instead makes
     all of Bob's choices functions of E alone, so the frame also leaks at
     most m + its revealed key bits; the smaller bound is counted. With
     p = 0 the count is m + revealed (Bob's choices depend on E only, as in
@@ -587,9 +589,11 @@ class LdpcBob:
         revealed = np.zeros(nf, dtype=np.int64)
         revealed_punct = np.zeros(nf, dtype=np.int64)  # of which punctured positions
         adaptive = np.zeros(nf, dtype=bool)  # a position was chosen from Bob's decoder state (leak_bits)
-        choice_bits = np.zeros(nf)  # log2 of the number of choices Bob had, summed over his reveal_at requests
+        choice_bits = np.zeros(nf)  # log2 of the choices behind Bob's requests for the frame, summed (leak_bits)
         why: dict[int, float] = {}  # frame -> log2 of the choices behind its entry in `trapped`
         trap_choices = _log2_subsets(syn.shape[1], self.trap_checks)  # sets of 1..trap_checks checks
+        # with trap reveals on, whether a failed frame is trapped is Bob's choice too: one bit per round
+        flag = 1.0 if self.trap_checks > 0 else 0.0
         status = np.full(nf, -1, dtype=np.int64)
         todo = np.arange(nf, dtype=np.int64)
         trapped: dict[int, np.ndarray] = {}  # frame -> sub-graph columns to reveal (variables of its few unsatisfied checks)
@@ -609,7 +613,7 @@ class LdpcBob:
                     revealed[tf] += counts
                     revealed_punct[tf] += np.add.reduceat((mask[flat] == 2).astype(np.int64), np.cumsum(counts) - counts)
                     adaptive[tf] = True
-                    choice_bits[tf] += [why[f] for f in tf.tolist()]
+                    choice_bits[tf] += [why[f] + flag for f in tf.tolist()]
                     rounds[tf] = rnd
                     trapped.clear()
                     why.clear()
@@ -624,6 +628,7 @@ class LdpcBob:
                                        np.tile(pos, blind.shape[0]), got.ravel())
                     revealed[blind] += stop - cursor
                     revealed_punct[blind] += int(np.count_nonzero(mask[pos] == 2))
+                    choice_bits[blind] += flag
                     rounds[blind] = rnd
                     cursor = stop
                 elif blind.shape[0]:
@@ -663,7 +668,7 @@ class LdpcBob:
         success = (status >= 0) & ~np.any(known & ((L < 0) != (llr0 < 0)), axis=1)
         bits = y.copy()
         bits[success] = (L[success][:, key_col] < 0).astype(np.uint8)
-        leaked = leak_bits(plan, revealed, revealed_punct, np.where(adaptive, choice_bits, 0.0))
+        leaked = leak_bits(plan, revealed, revealed_punct, choice_bits)
         corrected = np.count_nonzero(bits != y, axis=1).astype(np.int64)
         rt1, by1 = channel.stats.snapshot()
         extra = {
