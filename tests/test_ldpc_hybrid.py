@@ -120,3 +120,12 @@ def test_hybrid_leaks_no_more_than_public_order_on_the_same_frames(monkeypatch):
 def test_unknown_reveal_mode_is_refused():
     with pytest.raises(InputError, match="hybrid"):
         LdpcBob(reveal="reliable")
+
+
+def test_default_reveal_by_length():
+    """The 2^18 plans use "hybrid" (adapt.DEFAULT_REVEAL); 2^14 and 2^16 keep "punctured"."""
+    from qkdpost.reconcile.ldpc.adapt import default_reveal, plan_frame
+
+    assert default_reveal(2**18) == "hybrid"
+    assert default_reveal(2**16) == default_reveal(2**14) == "punctured"
+    assert plan_frame(235930, 0.05).n == 2**18 and plan_frame(58982, 0.05).n == 2**16

@@ -32,7 +32,8 @@ from ...errors import InputError
 from .codes import available_codes
 
 __all__ = ["FramePlan", "plan_frame", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE", "DEFAULT_F_STEP",
-           "DEFAULT_MAX_ROUNDS", "MAX_PUNCT_FRACTION", "MAX_F_START", "PREFERRED_FAMILY", "PUNCT_CAP"]
+           "DEFAULT_MAX_ROUNDS", "DEFAULT_REVEAL", "default_reveal", "MAX_PUNCT_FRACTION", "MAX_F_START",
+           "PREFERRED_FAMILY", "PUNCT_CAP"]
 
 # First-attempt efficiency by code length, set from measured f and
 # iterations (docs/ldpc.md): longer codes work closer to capacity. With
@@ -65,6 +66,21 @@ DEFAULT_F_STEP = {2**14: 0.01, 2**16: 0.005, 2**18: 0.005}
 # Blind rounds by code length: the budget max_rounds * f_step stays >= 0.09
 # (with 6 rounds of 0.01 a frame at Q = 2 % ran out and went to the fallback).
 DEFAULT_MAX_ROUNDS = {2**14: 12, 2**16: 20, 2**18: 20}
+
+
+# Blind-round reveals by code length (:class:`.protocol.LdpcBob` ``reveal``).
+# "hybrid" (punctured positions in the public order, then Bob's least
+# reliable key positions; never more leak than "punctured") at 2^18, where
+# frames often run through every punctured position: n_key 235930, 16 frames,
+# seed 7, Q = 7 % (elk2009-r0.65, 1105 punctured): f 1.1000 -> 1.0702 in 215 -> 114
+# iterations (Q = 3 %: identical, no frame got past the punctured positions).
+# 2^14 and 2^16 keep "punctured" (their stored curves).
+DEFAULT_REVEAL = {2**18: "hybrid"}
+
+
+def default_reveal(n: int) -> str:
+    """Blind-round reveal mode for a mother code of length n (:data:`DEFAULT_REVEAL`, else "punctured")."""
+    return DEFAULT_REVEAL.get(n, "punctured")
 
 
 def default_f_start(n: int, design_rate: float) -> float:

@@ -53,7 +53,7 @@ from ...errors import InputError, ProtocolError
 from ..cascade import CascadeAlice, CascadeBob, CascadeConfig
 from ..result import ReconcileResult
 from . import _kernels as K
-from .adapt import FramePlan, plan_frame
+from .adapt import FramePlan, default_reveal, plan_frame
 from .codes import LdpcCode, load_code
 
 __all__ = ["LdpcAlice", "LdpcBob", "FrameLayout", "frame_layout", "leak_bits"]
@@ -380,8 +380,9 @@ class LdpcBob:
         checks (a trapping set) gets the values of those checks' variables
         revealed in its next round instead of the next blind step
         (``ldpc.reveal_at``); 0 disables.
-    reveal : {"punctured", "reliability"}
-        Positions a blind round reveals: the punctured ones, then key
+    reveal : {"punctured", "reliability", "hybrid"}, optional
+        Default by code length (:data:`adapt.DEFAULT_REVEAL`: "hybrid" at
+        2^18, "punctured" otherwise). Positions a blind round reveals: the punctured ones, then key
         positions, in the public order of the layout (``ldpc.reveal``), or
         the ``step`` least reliable ones of each failed frame, chosen by Bob
         (``ldpc.reveal_at``; Kiktenko et al., Phys. Rev. Applied 8, 044017,
@@ -422,7 +423,7 @@ class LdpcBob:
 
     def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int | None = None,
                  max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
-                 patience: int = 6, trap_checks: int = 8, reveal: str = "punctured", code: str | None = None,
+                 patience: int = 6, trap_checks: int = 8, reveal: str | None = None, code: str | None = None,
                  seed: int | None = None,
                  max_state_bytes: int = 256 << 20, fallback: str = "cascade",
                  cascade: CascadeConfig | None = None):
@@ -443,7 +444,7 @@ class LdpcBob:
         if trap_checks < 0:
             raise InputError(f"trap_checks={trap_checks!r}: must be >= 0 (0 disables)")
         self.trap_checks = int(trap_checks)
-        if reveal not in ("punctured", "reliability", "hybrid"):
+        if reveal is not None and reveal not in ("punctured", "reliability", "hybrid"):
             raise InputError(f"reveal={reveal!r}: choose 'punctured' (blind rounds reveal the punctured "
                              "positions, then key positions, in the public order), 'reliability' (the "
                              "least reliable positions of each failed frame) or 'hybrid' (the punctured "
@@ -555,6 +556,7 @@ class LdpcBob:
         else:
             seed = np.random.default_rng([int(self.seed), 0xB0B]).bytes(16)
         lay = frame_layout(code, n_key, plan.n_punct, seed)
+        reveal = self.reveal if self.reveal is not None else default_reveal(plan.n)
         rt0, by0 = channel.stats.snapshot()
 
         reply = channel.request("ldpc.syndromes", {
@@ -618,7 +620,7 @@ class LdpcBob:
                     trapped.clear()
                     why.clear()
                 # "hybrid": the public order only up to the last punctured position
-                end = plan.n_punct if self.reveal == "hybrid" else lay.reveal_order.shape[0]
+                end = plan.n_punct if reveal == "hybrid" else lay.reveal_order.shape[0]
                 stop = min(cursor + plan.step, end)
                 if blind.shape[0] and stop > cursor:
                     rep = channel.request("ldpc.reveal", {"frame_ids": ids[blind], "start": cursor, "stop": stop})
@@ -651,8 +653,8 @@ class LdpcBob:
                 why = dict.fromkeys(trapped, trap_choices)
             # "hybrid": Bob's least reliable positions once every punctured one is known (then only key
             # positions are left, and the frame's leak is m + revealed key bits whoever chose them)
-            if rnd < plan.max_rounds and (self.reveal == "reliability"
-                                          or (self.reveal == "hybrid" and cursor >= plan.n_punct)):
+            if rnd < plan.max_rounds and (reveal == "reliability"
+                                          or (reveal == "hybrid" and cursor >= plan.n_punct)):
                 for f in todo.tolist():
                     if f not in trapped:
                         a = np.abs(L[f])
