@@ -122,10 +122,35 @@ def test_unknown_reveal_mode_is_refused():
         LdpcBob(reveal="reliable")
 
 
-def test_default_reveal_by_length():
-    """The 2^18 plans use "hybrid" (adapt.DEFAULT_REVEAL); 2^14 and 2^16 keep "punctured"."""
-    from qkdpost.reconcile.ldpc.adapt import default_reveal, plan_frame
+def test_2_18_defaults_by_length():
+    """The 2^18 plans use "hybrid" (adapt.DEFAULT_REVEAL) and 200 iterations with patience 20
+    (adapt.DEFAULT_ITERATIONS); 2^14 and 2^16 keep "punctured", 60 and 6."""
+    from qkdpost.reconcile.ldpc.adapt import default_iterations, default_reveal, plan_frame
 
+    assert default_iterations(2**18) == (200, 20)
+    assert default_iterations(2**16) == default_iterations(2**14) == (60, 6)
     assert default_reveal(2**18) == "hybrid"
     assert default_reveal(2**16) == default_reveal(2**14) == "punctured"
     assert plan_frame(235930, 0.05).n == 2**18 and plan_frame(58982, 0.05).n == 2**16
+
+
+def test_iteration_limits_default_by_length_and_can_be_overridden(monkeypatch):
+    """Bob passes the per-length (max_iter, patience) to the decoder unless given explicitly."""
+    from qkdpost.reconcile.ldpc import protocol as P
+
+    got = []
+    real = P.K.decode_batch
+
+    def spy(row_ptr, col_idx, syn, limits, L, R, which, it, lut):
+        got.append(limits[:2].tolist())
+        real(row_ptr, col_idx, syn, limits, L, R, which, it, lut)
+
+    monkeypatch.setattr(P.K, "decode_batch", spy)
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 2, (1, 14746), dtype=np.uint8)
+    b = a ^ (rng.random(a.shape) < 0.03).astype(np.uint8)
+    for kw, want in (({}, [60, 6]), ({"max_iter": 33, "patience": 4}, [33, 4])):
+        got.clear()
+        alice = LdpcAlice({0: a[0]}, sim_seed=1)
+        res = LdpcBob(seed=1, **kw).run(LoopbackChannel(Responder(alice.handlers())), np.arange(1), b, 0.03)
+        assert res.success.all() and got[0] == want and res.extra["max_iter"] == want[0]

@@ -53,7 +53,7 @@ from ...errors import InputError, ProtocolError
 from ..cascade import CascadeAlice, CascadeBob, CascadeConfig
 from ..result import ReconcileResult
 from . import _kernels as K
-from .adapt import FramePlan, default_reveal, plan_frame
+from .adapt import FramePlan, default_iterations, default_reveal, plan_frame
 from .codes import LdpcCode, load_code
 
 __all__ = ["LdpcAlice", "LdpcBob", "FrameLayout", "frame_layout", "leak_bits"]
@@ -366,15 +366,17 @@ class LdpcBob:
         Blind rounds after the first attempt (default by code length,
         :data:`adapt.DEFAULT_MAX_ROUNDS`); frames still failing go to the
         ``fallback``.
-    max_iter : int
-        Decoder iterations of the first attempt.
+    max_iter : int, optional
+        Decoder iterations of the first attempt (default by code length,
+        :func:`adapt.default_iterations`: 60, 200 at 2^18).
     max_iter_blind : int, optional
         Further iterations after each blind round (the decoder continues
         from its state if ``warm``, else restarts; default ``max_iter``).
-    patience : int
+    patience : int, optional
         Abandon an attempt (and go to the next blind round) when the number
         of unsatisfied checks has not improved for this many iterations;
-        0 disables. Not applied in the last round.
+        0 disables. Not applied in the last round. Default by code length
+        (:func:`adapt.default_iterations`: 6, 20 at 2^18).
     trap_checks : int
         A frame whose attempt ends with at most this many unsatisfied
         checks (a trapping set) gets the values of those checks' variables
@@ -422,8 +424,8 @@ class LdpcBob:
     """
 
     def __init__(self, *, f_start: float | None = None, f_step: float | None = None, max_rounds: int | None = None,
-                 max_iter: int = 60, max_iter_blind: int | None = None, warm: bool = True,
-                 patience: int = 6, trap_checks: int = 8, reveal: str | None = None, code: str | None = None,
+                 max_iter: int | None = None, max_iter_blind: int | None = None, warm: bool = True,
+                 patience: int | None = None, trap_checks: int = 8, reveal: str | None = None, code: str | None = None,
                  seed: int | None = None,
                  max_state_bytes: int = 256 << 20, fallback: str = "cascade",
                  cascade: CascadeConfig | None = None):
@@ -432,15 +434,15 @@ class LdpcBob:
                              "or 'drop' (report them as failed)")
         self.fallback = fallback
         self.cascade = cascade if cascade is not None else CascadeConfig()
-        if max_iter < 1:
+        if max_iter is not None and max_iter < 1:
             raise InputError(f"max_iter={max_iter!r}: must be >= 1")
         if max_iter_blind is not None and max_iter_blind < 1:
             raise InputError(f"max_iter_blind={max_iter_blind!r}: must be >= 1")
         self.warm = bool(warm)
         self.max_state_bytes = int(max_state_bytes)
-        if patience < 0:
+        if patience is not None and patience < 0:
             raise InputError(f"patience={patience!r}: must be >= 0 (0 disables)")
-        self.patience = int(patience)
+        self.patience = None if patience is None else int(patience)
         if trap_checks < 0:
             raise InputError(f"trap_checks={trap_checks!r}: must be >= 0 (0 disables)")
         self.trap_checks = int(trap_checks)
@@ -450,15 +452,13 @@ class LdpcBob:
                              "least reliable positions of each failed frame) or 'hybrid' (the punctured "
                              "positions in the public order, then the least reliable key positions)")
         self.reveal = reveal
-        if max_iter_blind is None:
-            max_iter_blind = max_iter
-        self.max_iter_blind = int(max_iter_blind)
+        self.max_iter_blind = None if max_iter_blind is None else int(max_iter_blind)
         if f_start is not None and not (0.5 < f_start < 3.0):
             raise InputError(f"f_start={f_start!r}: must be in (0.5, 3)")
         self.f_start = f_start
         self.f_step = f_step
         self.max_rounds = max_rounds
-        self.max_iter = int(max_iter)
+        self.max_iter = None if max_iter is None else int(max_iter)
         self.code = code
         self.seed = seed
 
@@ -557,6 +557,10 @@ class LdpcBob:
             seed = np.random.default_rng([int(self.seed), 0xB0B]).bytes(16)
         lay = frame_layout(code, n_key, plan.n_punct, seed)
         reveal = self.reveal if self.reveal is not None else default_reveal(plan.n)
+        max_iter, patience = default_iterations(plan.n)
+        max_iter = self.max_iter if self.max_iter is not None else max_iter
+        patience = self.patience if self.patience is not None else patience
+        max_iter_blind = self.max_iter_blind if self.max_iter_blind is not None else max_iter
         rt0, by0 = channel.stats.snapshot()
 
         reply = channel.request("ldpc.syndromes", {
@@ -638,8 +642,8 @@ class LdpcBob:
                     if todo.shape[0] == 0:
                         break
             sub_it = np.empty(todo.shape[0], dtype=np.int64)
-            budget = self.max_iter if rnd == 0 else self.max_iter_blind
-            limits = np.array([budget, self.patience if rnd < plan.max_rounds else 0, numba.get_num_threads()],
+            budget = max_iter if rnd == 0 else max_iter_blind
+            limits = np.array([budget, patience if rnd < plan.max_rounds else 0, numba.get_num_threads()],
                               dtype=np.int64)
             K.decode_batch(row_ptr, col_idx, syn, limits, L, R, todo, sub_it, K.PHI_LUT)
             iters[todo] += np.where(sub_it >= 0, sub_it, -sub_it - 1)
@@ -679,7 +683,7 @@ class LdpcBob:
             "revealed": revealed, "revealed_punctured": revealed_punct, "adaptive_reveals": adaptive,
             "choice_bits": choice_bits,
             "f_start": plan.efficiency_start(qber), "qber_used": qber,
-            "max_iter": self.max_iter, "edges": int(col_idx.shape[0]), "edges_code": code.n_edges,
+            "max_iter": max_iter, "edges": int(col_idx.shape[0]), "edges_code": code.n_edges,
         }
         return ReconcileResult(bits=bits, leaked_bits=leaked, success=success, errors_corrected=corrected,
                                round_trips=rt1 - rt0, bytes_sent=by1 - by0, method="ldpc", preset=plan.code,
