@@ -72,7 +72,7 @@ DEFAULT_MAX_ROUNDS = {2**14: 12, 2**16: 20, 2**18: 20}
 # "hybrid" (punctured positions in the public order, then Bob's least
 # reliable key positions; never more leak than "punctured") at 2^18, where
 # frames often run through every punctured position: n_key 235930, 16 frames,
-# seed 7, Q = 7 % (elk2009-r0.65, 1105 punctured): f 1.1000 -> 1.0702 in 215 -> 114
+# seed 7, Q = 7 % (elk2009-r0.65, 1175 punctured): f 1.1000 -> 1.0702 in 215 -> 114
 # iterations (Q = 3 %: identical, no frame got past the punctured positions).
 # 2^14 and 2^16 keep "punctured" (their stored curves).
 DEFAULT_REVEAL = {2**18: "hybrid"}
