@@ -109,6 +109,28 @@ def test_unknown_preset_and_bad_config():
         CascadeConfig(slack=-1)
     with pytest.raises(ConfigError, match="local_max"):
         CascadeConfig(local_max=-5)
+    for bad in (-1, 65, 2.0):
+        with pytest.raises(ConfigError, match="passes"):
+            CascadeConfig(passes=bad)
+
+
+def test_more_passes_split_a_pair_that_shares_every_block_of_option7():
+    """A frame (data seed 9, frame 40 of 400, n = 4096, Q = 5 %, permutation seed 9) whose errors at
+    2705 and 2711 lie in one block in each of option7's 14 passes: Cascade ends with both errors
+    and reports success (found by a search of 40 x 400 such frames). passes=20 adds six n/2
+    passes; one of them splits the pair and the frame is corrected, for a few more parities."""
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 2, (400, 4096), dtype=np.uint8)
+    b = a ^ (rng.random((400, 4096)) < 0.05).astype(np.uint8)
+    a, b = a[40:41], b[40:41]
+    r14, _, _ = run_spied(a, b, 0.05, 9)
+    assert r14.success[0] and np.flatnonzero(r14.bits[0] != a[0]).tolist() == [2705, 2711]
+    r20, _, alice = run_spied(a, b, 0.05, 9, passes=20)
+    assert r20.success[0] and np.array_equal(r20.bits, a)
+    ks = r20.extra["block_sizes"]
+    assert len(ks) == 20 and ks[:14] == r14.extra["block_sizes"] and ks[14:] == [2048] * 6
+    assert r14.leaked_bits[0] < r20.leaked_bits[0] < r14.leaked_bits[0] + 100
+    assert alice.leaked[0] == r20.leaked_bits[0]
 
 
 # ---------------------------------------------------------------- kernels vs oracles

@@ -103,3 +103,27 @@ def test_override_coercion():
 def test_tag_bits_from_eps_cor():
     assert C.VerifyConfig(eps_cor=2.0**-64).tag_bits == 64
     assert C.VerifyConfig(eps_cor=1e-15).tag_bits == 50
+
+
+def test_cascade_passes_default_reaches_the_kit():
+    """The pipeline runs Cascade with reconcile.cascade_passes passes (20 by default: see the
+    field's doc), 0 meaning the preset's own count; out-of-range values are refused."""
+    import numpy as np
+
+    from qkdpost.channel import LoopbackChannel, Responder
+    from qkdpost.pipeline.kit import QkdpostKit
+
+    Config = C.Config
+    assert Config().reconcile.cascade_passes == 20
+    for bad in (-1, 65):
+        with pytest.raises(ConfigError, match="cascade_passes"):
+            Config().replace(cascade_passes=bad)
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 2, 4096, dtype=np.uint8)
+    b = a ^ (rng.random(4096) < 0.03).astype(np.uint8)
+    for passes, want in ((20, 20), (0, 14)):
+        cfg = Config().replace(cascade_passes=passes)
+        kit = QkdpostKit()
+        chan = LoopbackChannel(Responder(kit.reconcile_alice("cascade", {"r-0000000": a}, cfg)))
+        res = kit.reconcile_bob(chan, "cascade", ["r-0000000"], b[None, :], 0.03, cfg, seed=5)
+        assert len(res.extra["block_sizes"]) == want and np.array_equal(res.bits[0], a)

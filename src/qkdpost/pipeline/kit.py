@@ -121,7 +121,7 @@ class QkdpostKit(StageKit):
         if method == "cascade":
             from ..reconcile.cascade import CascadeBob, CascadeConfig
 
-            bob = CascadeBob(CascadeConfig(preset=cfg.reconcile.cascade_preset))
+            bob = CascadeBob(CascadeConfig(preset=cfg.reconcile.cascade_preset, passes=cfg.reconcile.cascade_passes))
             if seed is None:
                 with self._seed_lock:
                     if self._cascade_seed is None:
