@@ -85,13 +85,16 @@ def test_throughput_qkdpost_n1e4_q2(benchmark):
 # ---------------------------------------------------------------- curves and throughput scripts
 
 
-def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096, passes=0):
+def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096, passes=0, keep_seed=False):
+    """f, FER and costs over ``frames`` frames in batches; batch i's data come from the seeds
+    [seed0, Q, n, i] and its permutations from seed0 + i, or from seed0 for every batch when
+    ``keep_seed`` (a session that keeps its seed, as the pipeline does)."""
     import dataclasses
 
     name = preset
     if passes:
         preset = dataclasses.replace(PRESETS[preset], name=f"{preset}+{passes}", passes=passes)
-    fs, fails, rts, leaks, cpu, rounds = [], 0, [], [], 0.0, []
+    fs, fails, rts, leaks, cpu, rounds, residual = [], 0, [], [], 0.0, [], []
     done = 0
     b_i = 0
     while done < frames:
@@ -99,11 +102,13 @@ def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096, passes=0)
         rng = np.random.default_rng([seed0, int(q * 1e6), n, b_i])
         a, b = bsc_pair(rng, N, n, q)
         t0 = time.process_time()
-        res = reconcile_cascade(a, b, qber=q, seed=seed0 + b_i, preset=preset, slack=slack, local_max=local_max)
+        res = reconcile_cascade(a, b, qber=q, seed=seed0 if keep_seed else seed0 + b_i, preset=preset, slack=slack,
+                                local_max=local_max)
         cpu += time.process_time() - t0
         qt = (a != b).mean(axis=1)
         ok = (res.bits == a).all(axis=1)
         fails += int((~ok).sum())
+        residual.extend(np.flatnonzero(res.bits[i] != a[i]).tolist() for i in np.flatnonzero(~ok))
         fs.extend((res.leaked_bits / (n * binary_entropy(qt))).tolist())
         leaks.extend(res.leaked_bits.tolist())
         rts.append(res.round_trips)
@@ -130,6 +135,8 @@ def measure(preset, n, q, frames, batch, seed0, slack, local_max=4096, passes=0)
         "rounds_per_frame_mean": float(np.mean(rounds)),
         "cpu_s_per_frame": cpu / frames,
         "block_sizes_first3": block_sizes(name, q, n)[:3],
+        "keep_seed": bool(keep_seed),
+        "residual_errors": residual[:20],  # positions left wrong, per failed frame (first 20 frames)
     }
 
 
@@ -173,6 +180,7 @@ def main(argv=None):
     c.add_argument("--local-max", type=int, default=4096)
     c.add_argument("--passes", type=int, default=0, help="override the preset's pass count")
     c.add_argument("--seed", type=int, default=2026)
+    c.add_argument("--keep-seed", action="store_true", help="one permutation seed for every batch (as a session)")
     c.add_argument("--out", required=True)
     t = sub.add_parser("throughput")
     t.add_argument("--n", type=int, default=10**6)
@@ -189,7 +197,8 @@ def main(argv=None):
         for preset in args.presets.split(","):
             for q in (float(x) for x in args.qbers.split(",")):
                 r = measure(
-                    preset, args.n, q, args.frames, args.batch, args.seed, args.slack, args.local_max, args.passes
+                    preset, args.n, q, args.frames, args.batch, args.seed, args.slack, args.local_max, args.passes,
+                    args.keep_seed,
                 )
                 rows.append(r)
                 print(json.dumps(r), flush=True)
