@@ -8,23 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from qkdpost.channel import Channel, LoopbackChannel, Responder
+from test_ldpc import RecordingChannel
+
+from qkdpost.channel import LoopbackChannel, Responder
 from qkdpost.errors import InputError
 from qkdpost.reconcile.ldpc import LdpcAlice, LdpcBob, load_code
 from qkdpost.reconcile.ldpc.protocol import frame_layout, shortened_subgraph
-
-
-class _Recording(Channel):
-    def __init__(self, responder):
-        super().__init__()
-        self.inner = LoopbackChannel(responder)
-        self.stats = self.inner.stats
-        self.log = []
-
-    def request(self, kind, body):
-        reply = self.inner.request(kind, body)
-        self.log.append((kind, body, reply))
-        return reply
 
 
 def _run(monkeypatch, reveal, nf=4, n_key=14746, q_true=0.075, q_told=0.05):
@@ -44,7 +33,7 @@ def _run(monkeypatch, reveal, nf=4, n_key=14746, q_true=0.075, q_told=0.05):
 
     monkeypatch.setattr(P.K, "decode_batch", spy)
     alice = LdpcAlice({i: a[i] for i in range(nf)}, sim_seed=3)
-    chan = _Recording(Responder(alice.handlers()))
+    chan = RecordingChannel(Responder(alice.handlers()))
     bob = LdpcBob(seed=5, f_start=1.0, f_step=0.4, max_rounds=5, trap_checks=0, reveal=reveal, fallback="drop")
     res = bob.run(chan, np.arange(nf), b, q_told)
     return a, b, bob, chan, res, seen
