@@ -113,16 +113,15 @@ def test_cascade_passes_default_reaches_the_kit():
     from qkdpost.channel import LoopbackChannel, Responder
     from qkdpost.pipeline.kit import QkdpostKit
 
-    Config = C.Config
-    assert Config().reconcile.cascade_passes == 20
+    assert C.Config().reconcile.cascade_passes == 20
     for bad in (-1, 65):
         with pytest.raises(ConfigError, match="cascade_passes"):
-            Config().replace(cascade_passes=bad)
+            C.Config().replace(cascade_passes=bad)
     rng = np.random.default_rng(3)
     a = rng.integers(0, 2, 4096, dtype=np.uint8)
     b = a ^ (rng.random(4096) < 0.03).astype(np.uint8)
     for passes, want in ((20, 20), (0, 14)):
-        cfg = Config().replace(cascade_passes=passes)
+        cfg = C.Config().replace(cascade_passes=passes)
         kit = QkdpostKit()
         chan = LoopbackChannel(Responder(kit.reconcile_alice("cascade", {"r-0000000": a}, cfg)))
         res = kit.reconcile_bob(chan, "cascade", ["r-0000000"], b[None, :], 0.03, cfg, seed=5)

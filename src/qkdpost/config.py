@@ -206,8 +206,9 @@ class ReconcileConfig:
     cascade_passes : int
         Cascade passes (0: the preset's own count, 14 for option7). 20 by
         default: a session keeps one permutation seed, and with 14 passes
-        about a third of the seeds leave a pair of positions that share a
-        block in every pass, so frames with errors on both fail
+        some seeds (up to ~0.5 such pairs per seed expected at Q = 5 %)
+        leave a pair of positions that share a block in every pass, so
+        frames with errors on both fail
         verification at a steady rate of ~Q^2 (n = 10^6, Q = 5 %: 4 of 2608
         frames, all on one pair). Each further n/2 pass halves the number
         of such pairs for about one parity per block (docs/cascade.md).

@@ -89,8 +89,8 @@ class CascadeConfig:
     passes : int
         Passes to run instead of the preset's own count (0: the preset's;
         later passes repeat its last block-size rule, n/2 for the option
-        presets). A permutation set has, on average, about half a pair of
-        positions that share a block in every pass of option7 (14 passes);
+        presets). A permutation set has, on average, up to about half a pair
+        of positions that share a block in every pass of option7 (14 passes);
         a frame with errors on both never sees them, so a session that keeps
         its seed can sit on a frame error rate of ~q^2 (measured: 4 of 2608
         frames, n = 10^6, Q = 5 %, all on the same pair). Each further n/2

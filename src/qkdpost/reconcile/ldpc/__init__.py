@@ -79,9 +79,11 @@ def reconcile_ldpc(
     Returns
     -------
     ReconcileResult
-        ``leaked_bits`` = m - p syndrome bits (punctured bits are Alice's
-        private randomness, see :mod:`.adapt`) + revealed bits, per frame,
-        + Cascade's parities for frames handed to the fallback.
+        ``leaked_bits`` per frame: the syndrome and revealed bits, counted by
+        :func:`.protocol.leak_bits` (m - p + revealed, plus what the round
+        count and Bob's choices of positions tell when p > 0, at most
+        m + revealed key bits), + Cascade's parities for frames handed to
+        the fallback.
         ``extra`` holds the code, rounds, iterations and revealed bits per frame.
     """
     unknown = set(options) - set(_BOB_OPTIONS)

@@ -10,16 +10,19 @@ distribution", QIC 11, 226 (2011), arXiv:1007.1616, Sec. 3).
 Leakage. Alice discloses the m syndrome bits. Because the punctured bits are
 uniform and private and the punctured columns of H are untainted (disjoint
 supports, so full column rank p), the syndrome tells at most m - p bits
-about the key: I(X_key; S) = H(S) - rank(H_p) <= m - p. Every bit revealed in
-a blind round adds one. So leaked_bits = m - p + revealed.
+about the key: I(X_key; S) = H(S) - rank(H_p) <= m - p, as long as the
+punctured bits stay hidden. Every bit revealed in a blind round adds one,
+and so does what Bob's own choices of positions tell
+(:func:`.protocol.leak_bits`).
 
 Blind rounds (Martinez-Mateo, Elkouss, Martin, "Blind reconciliation", QIC
 12, 791 (2012), arXiv:1205.5729): the first attempt targets efficiency
-``f_start``; each failed attempt reveals ``step`` more positions, raising
-the leak by ``step`` bits, about ``f_step * n_key * h(Q)``: by default the
-frame's least reliable positions (Kiktenko et al., Phys. Rev. Applied 8,
-044017 (2017), arXiv:1612.03673), or the punctured ones in a public order
-and then key positions (:class:`.protocol.LdpcBob` ``reveal``).
+``f_start``; each failed attempt reveals ``step`` (about
+``f_step * n_key * h(Q)``) more positions: by default the punctured
+positions in a public order and then key positions (at 2^18 then the
+frame's least reliable key positions, Kiktenko et al., Phys. Rev. Applied
+8, 044017 (2017), arXiv:1612.03673); see :class:`.protocol.LdpcBob`
+``reveal`` and :func:`.protocol.leak_bits` for what each costs.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ __all__ = ["FramePlan", "plan_frame", "default_f_start", "DEFAULT_F_START", "F_S
 
 # First-attempt efficiency by code length, set from measured f and
 # iterations (docs/ldpc.md): longer codes work closer to capacity. With
-# reliability reveals (the default) a lower start pays (n = 2^16, 96 frames,
+# reliability reveals (session 5's default) a lower start pays (n = 2^16, 96 frames,
 # seed 7, f_start 1.09 / 1.08 / 1.07: Q 5 % f 1.0901 / 1.0818 / 1.0759 in
 # 36 / 48 / 69 iterations; Q 8 % 1.0902 / 1.0830 / 1.0780 in 36 / 54 / 75):
 # 1.09 at 2^16 keeps the iterations (throughput) of the previous plan.

@@ -391,8 +391,10 @@ class LdpcBob:
         2017). Positions Bob chooses cost the log2 of his choices (about
         12 bits per revealed bit at 2^16) or the frame's puncturing credit
         (:func:`leak_bits`), so "reliability" is less efficient wherever
-        the plan punctures (n = 2^16, 32 frames, credit rule: Q = 2 % f 1.19
-        against 1.10; 3.5 % 1.20 against 1.10): "punctured" is the default.
+        the plan punctures (``benchmarks/bench_ldpc.measure(58982, q, 32,
+        seed=7, reveal=...)``: Q = 2 % f 1.185 against 1.105 for
+        "punctured", 3.5 % 1.128 against 1.096): "punctured" is the default
+        at 2^14 and 2^16.
         Trap reveals (``trap_checks``) cost log2 of the sets of up to
         ``trap_checks`` checks (~94 bits at 2^16). "hybrid": the punctured
         positions in the public order, and once all of them are revealed,
