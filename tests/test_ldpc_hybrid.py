@@ -112,14 +112,13 @@ def test_unknown_reveal_mode_is_refused():
 
 
 def test_2_18_defaults_by_length():
-    """The 2^18 plans use "hybrid" (adapt.DEFAULT_REVEAL) and 200 iterations with patience 20
-    (adapt.DEFAULT_ITERATIONS); 2^14 and 2^16 keep "punctured", 60 and 6."""
-    from qkdpost.reconcile.ldpc.adapt import default_iterations, default_reveal, plan_frame
+    """The 2^18 plans use 200 iterations with patience 20 (adapt.DEFAULT_ITERATIONS); 2^14 and
+    2^16 keep 60 and 6. Every length reveals "hybrid" by default (adapt.DEFAULT_REVEAL)."""
+    from qkdpost.reconcile.ldpc.adapt import DEFAULT_REVEAL, default_iterations, plan_frame
 
     assert default_iterations(2**18) == (200, 20)
     assert default_iterations(2**16) == default_iterations(2**14) == (60, 6)
-    assert default_reveal(2**18) == "hybrid"
-    assert default_reveal(2**16) == default_reveal(2**14) == "punctured"
+    assert DEFAULT_REVEAL == "hybrid" and LdpcBob().reveal is None
     assert plan_frame(235930, 0.05).n == 2**18 and plan_frame(58982, 0.05).n == 2**16
 
 

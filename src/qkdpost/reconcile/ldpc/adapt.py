@@ -34,8 +34,8 @@ from ...bits import binary_entropy
 from ...errors import InputError
 from .codes import available_codes
 
-__all__ = ["FramePlan", "plan_frame", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE", "DEFAULT_F_STEP",
-           "DEFAULT_MAX_ROUNDS", "DEFAULT_REVEAL", "default_reveal", "DEFAULT_ITERATIONS", "default_iterations",
+__all__ = ["FramePlan", "plan_frame", "frame_length", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE", "DEFAULT_F_STEP",
+           "DEFAULT_MAX_ROUNDS", "DEFAULT_REVEAL", "DEFAULT_ITERATIONS", "default_iterations",
            "MAX_PUNCT_FRACTION", "MAX_F_START", "PREFERRED_FAMILY", "PUNCT_CAP"]
 
 # First-attempt efficiency by code length, set from measured f and
@@ -74,14 +74,15 @@ DEFAULT_F_STEP = {2**14: 0.01, 2**16: 0.005, 2**18: 0.005}
 DEFAULT_MAX_ROUNDS = {2**14: 12, 2**16: 20, 2**18: 20}
 
 
-# Blind-round reveals by code length (:class:`.protocol.LdpcBob` ``reveal``).
-# "hybrid" (punctured positions in the public order, then Bob's least
-# reliable key positions; never more leak than "punctured") at 2^18, where
-# frames often run through every punctured position: n_key 235930, 16 frames,
-# seed 7, Q = 7 % (elk2009-r0.65, 1175 punctured): f 1.1000 -> 1.0702 in 215 -> 114
-# iterations (Q = 3 %: identical, no frame got past the punctured positions).
-# 2^14 and 2^16 keep "punctured" (their stored curves).
-DEFAULT_REVEAL = {2**18: "hybrid"}
+# Blind-round reveals (:class:`.protocol.LdpcBob` ``reveal``): "hybrid" at
+# every length (punctured positions in the public order, then Bob's least
+# reliable key positions; never more leak than "punctured"). At 2^18,
+# n_key 235930, 16 frames, seed 7, Q = 7 % (elk2009-r0.65, 1175 punctured):
+# f 1.1000 -> 1.0702 in 215 -> 114 iterations. For frames that only shorten
+# (:func:`frame_length`) it is what makes them efficient: 2^16, 32 frames,
+# seed 7, Q = 2 % (n_key 64835, p = 0): "punctured" (key positions in the
+# public order) f 1.663 with 16 frames failed, "hybrid" 1.088, 0 failed.
+DEFAULT_REVEAL = "hybrid"
 
 
 # Decoder limits by code length: (max_iter per attempt, patience). At 2^18
@@ -97,11 +98,6 @@ DEFAULT_ITERATIONS = {2**18: (200, 20)}
 def default_iterations(n: int) -> tuple[int, int]:
     """(max_iter, patience) for a mother code of length n (:data:`DEFAULT_ITERATIONS`, else (60, 6))."""
     return DEFAULT_ITERATIONS.get(n, (60, 6))
-
-
-def default_reveal(n: int) -> str:
-    """Blind-round reveal mode for a mother code of length n (:data:`DEFAULT_REVEAL`, else "punctured")."""
-    return DEFAULT_REVEAL.get(n, "punctured")
 
 
 def default_f_start(n: int, design_rate: float) -> float:
@@ -235,7 +231,10 @@ def plan_frame(
     # docs/ldpc.md; measured with punctured reveals). Among the codes (of the
     # shortest length) that reach the target, those of the preferred family
     # first.
-    cands.sort(key=lambda c: (c[0][:2], 0 if c[1]["name"].startswith(PREFERRED_FAMILY) else 1, c[0][2:]))
+    # A plan that only shortens (p = 0) comes before the family preference:
+    # Bob's reliability reveals then cost only the bits revealed
+    # (:func:`.protocol.leak_bits`), see :func:`frame_length`.
+    cands.sort(key=lambda c: (c[0][:2], c[2] > 0, 0 if c[1]["name"].startswith(PREFERRED_FAMILY) else 1, c[0][2:]))
     _, e, p, fs = cands[0]
     n, m = e["n"], e["m"]
     fst = f_step if f_step is not None else DEFAULT_F_STEP.get(n, 0.02)
@@ -247,3 +246,54 @@ def plan_frame(
                          f"(first attempt would leak f={plan.efficiency_start(qber):.2f}); use Cascade "
                          "or longer frames")
     return plan
+
+
+def frame_length(qber: float, code_bits: int, *, f_start: float | None = None) -> int:
+    """Key bits per frame for which a shipped code of length ``code_bits`` needs no puncturing.
+
+    A frame of ``n_key = floor(m / (f_start h(Q)))`` bits in a code with m
+    checks reaches the first-attempt efficiency ``f_start`` by shortening
+    alone (:func:`plan_frame` then gives p = 0). Such frames decode better
+    than frames of a fixed length that a lower-rate code must puncture, and
+    their blind rounds can reveal Bob's least reliable positions at the
+    price of the bits revealed, since with p = 0 his choices depend on the
+    error pattern only (:func:`.protocol.leak_bits`). Measured at 2^16,
+    32 frames, seed 7, hybrid reveals: Q = 2 % f 1.088 (n_key 64835) against
+    1.105 at n_key 58982 with public-order reveals; docs/ldpc.md.
+
+    Of the codes of that length, the one that leaves the longest frame in
+    ``[MIN_FILL n, n]`` is chosen. If none can (a QBER between two codes'
+    ranges), the frame is ``n - p`` for the smallest puncturing ``p`` (within
+    the code's untainted positions and the puncturing cap) that reaches
+    ``f_start`` with no shortening.
+
+    Raises
+    ------
+    InputError
+        ``qber`` outside (0, 0.5), no shipped code of that length, or no
+        code of that length reaches ``f_start`` at this QBER.
+    """
+    if not (0.0 < qber < 0.5):
+        raise InputError(f"qber={qber!r}: must be in (0, 0.5)")
+    entries = [e for e in available_codes() if e["n"] == code_bits]
+    if not entries:
+        sizes = sorted({e["n"] for e in available_codes()})
+        raise InputError(f"code_bits={code_bits!r}: no shipped LDPC code has this length (lengths {sizes})")
+    h = float(binary_entropy(qber))
+    short, punct = 0, 0
+    for e in entries:
+        n, m = e["n"], e["m"]
+        fh = (f_start if f_start is not None else default_f_start(n, float(e.get("design_rate", 1.0 - m / n)))) * h
+        n_key = int(m / fh)
+        if MIN_FILL * n <= n_key <= n:
+            short = max(short, n_key)
+        elif n_key > n and fh < 1.0:
+            # m - p = fh (n - p): the least puncturing that fills the whole codeword
+            p = int(math.ceil((m - fh * n) / (1.0 - fh)))
+            cap = PUNCT_CAP.get(e.get("distribution", ""), MAX_PUNCT_FRACTION)
+            if p <= min(e["untainted_max"], int(cap * n)):
+                punct = max(punct, n - p)
+    if short or punct:
+        return short or punct
+    raise InputError(f"qber={qber:.4g}: no shipped LDPC code of length {code_bits} reaches the target efficiency "
+                     "at this QBER; use another code length or Cascade")

@@ -53,7 +53,7 @@ from ...errors import InputError, ProtocolError
 from ..cascade import CascadeAlice, CascadeBob, CascadeConfig
 from ..result import ReconcileResult
 from . import _kernels as K
-from .adapt import FramePlan, default_iterations, default_reveal, plan_frame
+from .adapt import DEFAULT_REVEAL, FramePlan, default_iterations, plan_frame
 from .codes import LdpcCode, load_code
 
 __all__ = ["LdpcAlice", "LdpcBob", "FrameLayout", "frame_layout", "leak_bits"]
@@ -383,18 +383,18 @@ class LdpcBob:
         revealed in its next round instead of the next blind step
         (``ldpc.reveal_at``); 0 disables.
     reveal : {"punctured", "reliability", "hybrid"}, optional
-        Default by code length (:data:`adapt.DEFAULT_REVEAL`: "hybrid" at
-        2^18, "punctured" otherwise). Positions a blind round reveals: the punctured ones, then key
+        Default "hybrid" (:data:`adapt.DEFAULT_REVEAL`). Positions a blind
+        round reveals: the punctured ones, then key
         positions, in the public order of the layout (``ldpc.reveal``), or
         the ``step`` least reliable ones of each failed frame, chosen by Bob
         (``ldpc.reveal_at``; Kiktenko et al., Phys. Rev. Applied 8, 044017,
-        2017). Positions Bob chooses cost the log2 of his choices (about
-        12 bits per revealed bit at 2^16) or the frame's puncturing credit
-        (:func:`leak_bits`), so "reliability" is less efficient wherever
-        the plan punctures (``benchmarks/bench_ldpc.measure(58982, q, 32,
+        2017). Where the plan punctures, positions Bob chooses cost the log2
+        of his choices (about 12 bits per revealed bit at 2^16) or the
+        frame's puncturing credit (:func:`leak_bits`), so "reliability" is
+        less efficient there (``benchmarks/bench_ldpc.measure(58982, q, 32,
         seed=7, reveal=...)``: Q = 2 % f 1.185 against 1.105 for
-        "punctured", 3.5 % 1.128 against 1.096): "punctured" is the default
-        at 2^14 and 2^16.
+        "punctured", 3.5 % 1.128 against 1.096). Frames that only shorten
+        (p = 0, :func:`adapt.frame_length`) pay just the bits revealed.
         Trap reveals (``trap_checks``) cost log2 of the sets of up to
         ``trap_checks`` checks (~94 bits at 2^16). "hybrid": the punctured
         positions in the public order, and once all of them are revealed,
@@ -558,7 +558,7 @@ class LdpcBob:
         else:
             seed = np.random.default_rng([int(self.seed), 0xB0B]).bytes(16)
         lay = frame_layout(code, n_key, plan.n_punct, seed)
-        reveal = self.reveal if self.reveal is not None else default_reveal(plan.n)
+        reveal = self.reveal if self.reveal is not None else DEFAULT_REVEAL
         max_iter, patience = default_iterations(plan.n)
         max_iter = self.max_iter if self.max_iter is not None else max_iter
         patience = self.patience if self.patience is not None else patience
