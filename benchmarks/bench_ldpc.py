@@ -40,6 +40,7 @@ import numpy as np
 from qkdpost.bits import binary_entropy
 from qkdpost.reconcile.ldpc import _kernels as K
 from qkdpost.reconcile.ldpc import load_code, reconcile_ldpc
+from qkdpost.reconcile.ldpc.adapt import frame_length
 
 ROOT = Path(__file__).resolve().parent.parent
 CURVES = ROOT / "data" / "ldpc_curves.json"
@@ -258,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--curves", action="store_true", help="measure and write data/ldpc_curves.json")
     ap.add_argument("--frames", type=int, default=32)
-    ap.add_argument("--n-key", type=int, action="append", default=[], help="frame lengths (default 14746, 58982)")
+    ap.add_argument("--n-key", type=int, action="append", default=[], help="fixed frame lengths")
+    ap.add_argument("--code-bits", type=int, action="append", default=[],
+                    help="code lengths: frames of adapt.frame_length(qber, code_bits) key bits (default 16384, "
+                         "65536 when no --n-key is given)")
     ap.add_argument("--qber", type=float, action="append", default=[])
     ap.add_argument("--out", type=Path, default=CURVES)
     args = ap.parse_args(argv)
@@ -267,25 +271,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if numba.get_num_threads() != 1:
         print("note: set NUMBA_NUM_THREADS=1 for per-core figures", file=sys.stderr)
-    lengths = args.n_key or [14746, 58982]
     qbers = args.qber or [0.02, 0.03, 0.05, 0.07, 0.08, 0.10]
+    sizes = args.code_bits or ([] if args.n_key else [2**14, 2**16])
+    runs = [(n_key, q) for n_key in args.n_key for q in qbers]
+    runs += [(frame_length(q, size), q) for size in sizes for q in qbers]
     old = json.loads(args.out.read_text()) if args.out.exists() else {"points": []}
     points = {(p["n_key"], p["qber"]): p for p in old["points"]}
-    for n_key in lengths:
-        for q in qbers:
-            p = measure(n_key, q, args.frames, seed=7)
-            points[(n_key, q)] = p
-            print(json.dumps(p), flush=True)
-            out = {
-                "what": "reconcile_ldpc default options (fallback='cascade'), fixed-weight BSC frames, 16 frames per "
-                        "call, 1 Numba thread, CPU time; failed = not reconciled by LDPC after all blind rounds "
-                        "(these went to Cascade; fallback_failed = not reconciled at all)",
-                "command": "NUMBA_NUM_THREADS=1 python benchmarks/bench_ldpc.py --curves --frames N",
-                "threads_env": os.environ.get("NUMBA_NUM_THREADS", ""),
-                "points": sorted(points.values(), key=lambda p: (p["n_key"], p["qber"])),
-            }
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(out, indent=1) + "\n")
+    for n_key, q in runs:
+        p = measure(n_key, q, args.frames, seed=7)
+        points[(n_key, q)] = p
+        print(json.dumps(p), flush=True)
+        out = {
+            "what": "reconcile_ldpc default options (fallback='cascade'), fixed-weight BSC frames, 16 frames per "
+                    "call, 1 Numba thread, CPU time; failed = not reconciled by LDPC after all blind rounds "
+                    "(these went to Cascade; fallback_failed = not reconciled at all)",
+            "command": "NUMBA_NUM_THREADS=1 python benchmarks/bench_ldpc.py --curves --frames N [--code-bits N]",
+            "threads_env": os.environ.get("NUMBA_NUM_THREADS", ""),
+            "points": sorted(points.values(), key=lambda p: (p["n_key"], p["qber"])),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

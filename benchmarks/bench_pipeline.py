@@ -67,7 +67,7 @@ class _NoEcKit:
         from qkdpost.reconcile.result import ReconcileResult
 
         class K(QkdpostKit):
-            def reconcile_alice(self, method, frames, cfg):
+            def reconcile_alice(self, method, frames, cfg, *, qber):
                 return {}
 
             def reconcile_bob(self, channel, method, ids, bits, qber, cfg, *, seed):

@@ -45,7 +45,7 @@ class ToyKit(StageKit):
     def __init__(self, fail_verify: set | None = None):
         self.fail_verify = fail_verify or set()
 
-    def reconcile_alice(self, method, frames, cfg):
+    def reconcile_alice(self, method, frames, cfg, *, qber):
         cache = {}
 
         def permuted(i, pseed):

@@ -123,6 +123,6 @@ def test_cascade_passes_default_reaches_the_kit():
     for passes, want in ((20, 20), (0, 14)):
         cfg = C.Config().replace(cascade_passes=passes)
         kit = QkdpostKit()
-        chan = LoopbackChannel(Responder(kit.reconcile_alice("cascade", {"r-0000000": a}, cfg)))
+        chan = LoopbackChannel(Responder(kit.reconcile_alice("cascade", {"r-0000000": a}, cfg, qber=0.02)))
         res = kit.reconcile_bob(chan, "cascade", ["r-0000000"], b[None, :], 0.03, cfg, seed=5)
         assert len(res.extra["block_sizes"]) == want and np.array_equal(res.bits[0], a)

@@ -121,7 +121,7 @@ def test_one_decoy_sift_cascade_bound_positive_and_truth_inside(one_decoy_run):
     cfg = _cfg(bound="rusca2018", decoy_mu="0.5,0.2", decoy_p_mu="0.5,0.5", seed=9)
     kit = QkdpostKit()
     block_id = "r-0000000"
-    chan = LoopbackChannel(Responder(kit.reconcile_alice("cascade", {block_id: a.key}, cfg)))
+    chan = LoopbackChannel(Responder(kit.reconcile_alice("cascade", {block_id: a.key}, cfg, qber=0.02)))
     q = float(b.test_errors) / max(b.n_test, 1)
     res = kit.reconcile_bob(chan, "cascade", [block_id], b.key[None, :], q, cfg, seed=9)
     corrected = np.asarray(res.bits).reshape(-1)

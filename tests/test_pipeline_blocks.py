@@ -337,7 +337,7 @@ def test_pipe_final_lengths_outside_the_block_are_refused(tmp_path):
     al = AliceBlocks(_cfg(), KeyStore(tmp_path / "a"), Report("alice", {}),
                      key_bits=lambda s, n: np.zeros(n, np.uint8), kit=ToyKit())
     al._batch({"ids": "r-0000000", "starts": np.array([0]), "lengths": np.array([BLOCK]), "skip": "", "noisy": "",
-               "method": "cascade"})
+               "method": "cascade", "ec_qber": 0.02})
     base = {"ids": "r-0000000", "dropped": "", "reasons": ""}
     with pytest.raises(ProtocolError, match="final length 2049, outside 1..2048"):
         al._final({**base, "lengths": np.array([BLOCK + 1])})

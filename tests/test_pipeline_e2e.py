@@ -1,6 +1,7 @@
 """End to end with qkdpost's own stages on simulated BBM92 links (loopback, one process)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -170,21 +171,29 @@ def test_benign_link_ldpc_gives_identical_keys(benign, tmp_path):
 
 
 def test_ldpc_split_covers_the_block_in_near_equal_frames():
+    """Frames as long as the block allows up to the best frame at the QBER (adapt.frame_length:
+    no puncturing), near-equal, within one code's range; a QBER no code serves still gets a cut
+    (the LDPC plan then refuses it with its own error)."""
     from qkdpost.pipeline.kit import ldpc_split
 
     from qkdpost.errors import InputError
     from qkdpost.reconcile.ldpc import available_codes
-    from qkdpost.reconcile.ldpc.adapt import MIN_FILL
+    from qkdpost.reconcile.ldpc.adapt import MIN_FILL, frame_length
 
     sizes = sorted({int(c["n"]) for c in available_codes()})
-    for n in (14000, 40000, 58982, 10**6, 1 << 20, 10**7):
-        parts = ldpc_split(n)
-        assert sum(parts) == n and max(parts) - min(parts) <= 1
-        assert any(MIN_FILL * s <= min(parts) and max(parts) <= s for s in sizes)
+    for q in (0.02, 0.05, 0.08, 0.3):
+        for n in (14000, 40000, 58982, 10**6, 1 << 20, 10**7):
+            parts = ldpc_split(n, q)
+            assert sum(parts) == n and max(parts) - min(parts) <= 1
+            size = min(s for s in sizes if max(parts) <= s)
+            assert MIN_FILL * size <= min(parts)
+            if q < 0.3 and n >= 10**6:
+                assert size == 2**18 and max(parts) <= frame_length(q, size)
+                assert len(parts) == math.ceil(n / frame_length(q, size))
     with pytest.raises(InputError, match="cannot be cut"):
-        ldpc_split(1000)
+        ldpc_split(1000, 0.05)
     # a cap on the code length (config reconcile.ldpc_code_bits) picks shorter, faster codes
-    assert max(ldpc_split(10**6)) > 65536 >= max(ldpc_split(10**6, 65536)) > 0.8 * 65536
-    assert sum(ldpc_split(10**6, 65536)) == 10**6
+    assert max(ldpc_split(10**6, 0.05)) > 65536 >= max(ldpc_split(10**6, 0.05, 65536)) > 0.8 * 65536
+    assert sum(ldpc_split(10**6, 0.05, 65536)) == 10**6
     with pytest.raises(InputError, match="ldpc_code_bits=1000"):
-        ldpc_split(10**6, 1000)
+        ldpc_split(10**6, 0.05, 1000)

@@ -23,7 +23,8 @@ def test_pipe_final_with_unknown_block_id_is_a_protocol_error(tmp_path):
     alice = _alice_blocks(tmp_path)
     h = alice.handlers()
     h["pipe.batch"]({"ids": "r-0000000", "starts": np.array([0], dtype=np.int64),
-                     "lengths": np.array([2048], dtype=np.int64), "skip": "", "noisy": "", "method": "cascade"})
+                     "lengths": np.array([2048], dtype=np.int64), "skip": "", "noisy": "", "method": "cascade",
+                     "ec_qber": 0.02})
     with pytest.raises(ProtocolError, match="r-0000005"):
         h["pipe.final"]({"ids": "r-0000005", "lengths": np.array([10], dtype=np.int64),
                          "dropped": "", "reasons": ""})

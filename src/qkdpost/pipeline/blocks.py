@@ -259,6 +259,7 @@ class BobBlocks:
                 "skip": " ".join(b.block_id for b in mine),
                 "noisy": " ".join(b.block_id for b in too_noisy),
                 "method": method,
+                "ec_qber": qber,
             })
         drop(too_noisy, "qber_abort")  # Alice dropped them from the batch message
         known_alice = set(reply["known"].split())
@@ -535,7 +536,8 @@ class AliceBlocks:
         self._frames = frames
         self._routes = {}
         if frames:
-            self._routes.update(self.kit.reconcile_alice(body["method"], frames, self.cfg))
+            self._routes.update(self.kit.reconcile_alice(body["method"], frames, self.cfg,
+                                                          qber=float(body["ec_qber"])))
             self._routes.update(self.kit.verify_alice(frames, self.cfg))
         return {"known": " ".join(known)}
 

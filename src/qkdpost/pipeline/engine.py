@@ -38,7 +38,7 @@ __all__ = ["BobEngine", "AliceEngine", "shared_config", "make_run_id", "PROTOCOL
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 2  # 2: back-half lanes (LANE_FIELD)
+PROTOCOL = 3  # 2: back-half lanes (LANE_FIELD); 3: pipe.batch carries ec_qber (LDPC frame lengths)
 # Request field naming the back-half lane a message belongs to (absent: lane 0).
 LANE_FIELD = "_lane"
 # Message kinds that read and write only their lane's current reconciliation

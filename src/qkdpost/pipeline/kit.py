@@ -1,8 +1,8 @@
 """qkdpost's own stages behind the pipeline's :class:`~.stages.StageKit`.
 
 - Reconciliation: :mod:`qkdpost.reconcile.cascade` (any block length) or
-  :mod:`qkdpost.reconcile.ldpc` (a block longer than the best LDPC frame is
-  cut into near-equal sub-frames, each reconciled on its own; the block's
+  :mod:`qkdpost.reconcile.ldpc` (a block longer than the best LDPC frame at
+  the block's QBER is cut into near-equal sub-frames, each reconciled on its own; the block's
   leakage is the sum and it succeeds only if every sub-frame does).
 - Verification: :mod:`qkdpost.verify` (keyed universal hash, fresh key per block).
 - Secure length: :mod:`qkdpost.finitekey` (bound chosen by config / topology).
@@ -40,17 +40,20 @@ def frame_id(block_id: str) -> int:
         raise InputError(f"block_id={block_id!r}: expected '<run>-<index>'") from None
 
 
-def ldpc_split(n: int, max_code: int = 0) -> list[int]:
-    """Sub-frame lengths for an LDPC-reconciled block of ``n`` bits.
+def ldpc_split(n: int, qber: float, max_code: int = 0) -> list[int]:
+    """Sub-frame lengths for an LDPC-reconciled block of ``n`` bits at this QBER.
 
-    Each shipped code of length N takes frames of ``MIN_FILL * N .. N`` bits
-    (shortening covers the rest; about 0.9 N is best, docs/ldpc.md). Prefer
-    the longest code (of at most ``max_code`` bits, if given) that can cut
-    the block into near-equal frames in its range, with the frame count
-    nearest to ``n / (0.9 N)``.
+    The longest code (of at most ``max_code`` bits, if given) whose best
+    frame at this QBER (:func:`..reconcile.ldpc.adapt.frame_length`: the
+    longest that needs no puncturing) cuts the block into near-equal frames
+    no longer than that and no shorter than ``MIN_FILL`` of the code is
+    used; a frame a little shorter than the best is punctured a little
+    (:func:`..reconcile.ldpc.adapt.plan_frame`). Without such a code (a
+    QBER outside every code's range) frames of about 0.9 of the longest
+    code that fits, and the plan then says what is wrong.
     """
     from ..reconcile.ldpc import available_codes
-    from ..reconcile.ldpc.adapt import MIN_FILL
+    from ..reconcile.ldpc.adapt import MIN_FILL, frame_length
 
     sizes = sorted({int(c["n"]) for c in available_codes()}, reverse=True)
     if max_code:
@@ -58,17 +61,27 @@ def ldpc_split(n: int, max_code: int = 0) -> list[int]:
             raise InputError(f"ldpc_code_bits={max_code}: no shipped LDPC code is that short "
                              f"(lengths {sorted(sizes)}); use 0 or one of them")
         sizes = [size for size in sizes if size <= max_code]
-    for size in sizes:
-        lo, hi = math.ceil(MIN_FILL * size), size
-        k_min, k_max = math.ceil(n / hi), n // lo
-        if k_min < 1 or k_min > k_max:
-            continue
-        k = min(max(round(n / (0.9 * size)), k_min), k_max)
-        if k > _SUB:
-            continue
+
+    def cut(k: int, size: int) -> list[int] | None:
         base, extra = divmod(n, k)
-        if base >= lo and base + (1 if extra else 0) <= hi:
+        if 1 <= k <= _SUB and base >= math.ceil(MIN_FILL * size) and base + (1 if extra else 0) <= size:
             return [base + 1] * extra + [base] * (k - extra)
+        return None
+
+    for size in sizes:
+        try:
+            best = frame_length(qber, size)
+        except InputError:
+            continue
+        parts = cut(math.ceil(n / best), size)
+        if parts:
+            return parts
+    for size in sizes:
+        k_min, k_max = math.ceil(n / size), n // math.ceil(MIN_FILL * size)
+        if k_min <= k_max:
+            parts = cut(min(max(round(n / (0.9 * size)), k_min), k_max), size)
+            if parts:
+                return parts
     raise InputError(f"block of {n} bits cannot be cut into frames of any shipped LDPC code; "
                      "use ec_method='cascade' or another block_bits")
 
@@ -97,7 +110,8 @@ class QkdpostKit(StageKit):
         self._seed_lock = threading.Lock()  # back-half lanes share the kit: one seed, drawn once
 
     # -- reconciliation -------------------------------------------------------------
-    def reconcile_alice(self, method: str, frames: Mapping[str, np.ndarray], cfg: Config) -> dict[str, Handler]:
+    def reconcile_alice(self, method: str, frames: Mapping[str, np.ndarray], cfg: Config, *,
+                        qber: float) -> dict[str, Handler]:
         if method == "cascade":
             from ..reconcile.cascade import CascadeAlice
 
@@ -108,7 +122,7 @@ class QkdpostKit(StageKit):
             sub: dict[int, np.ndarray] = {}
             for b, bits in frames.items():
                 off = 0
-                for j, ln in enumerate(ldpc_split(bits.size, cfg.reconcile.ldpc_code_bits)):
+                for j, ln in enumerate(ldpc_split(bits.size, qber, cfg.reconcile.ldpc_code_bits)):
                     sub[frame_id(b) * _SUB + j] = bits[off : off + ln]
                     off += ln
             seed = None if cfg.pipeline.seed < 0 else cfg.pipeline.seed
@@ -137,7 +151,7 @@ class QkdpostKit(StageKit):
         from ..reconcile.ldpc import LdpcBob
 
         N, n = bits.shape
-        lens = ldpc_split(n, max_code)
+        lens = ldpc_split(n, qber, max_code)
         offs = np.concatenate([[0], np.cumsum(lens)])
         out = bits.copy()
         leak = np.zeros(N, np.int64)

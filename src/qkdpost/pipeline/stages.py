@@ -28,8 +28,10 @@ class StageKit(ABC):
 
     # -- reconciliation ---------------------------------------------------------
     @abstractmethod
-    def reconcile_alice(self, method: str, frames: Mapping[str, np.ndarray], cfg: Config) -> dict[str, Handler]:
-        """Alice's reconciliation handlers for these frames (``method``: cascade or ldpc)."""
+    def reconcile_alice(self, method: str, frames: Mapping[str, np.ndarray], cfg: Config, *,
+                        qber: float) -> dict[str, Handler]:
+        """Alice's reconciliation handlers for these frames (``method``: cascade or ldpc; ``qber``:
+        the estimate Bob hands to :meth:`reconcile_bob`, e.g. to cut LDPC frames the same way)."""
 
     @abstractmethod
     def reconcile_bob(self, channel: Channel, method: str, ids: list[str], bits: np.ndarray, qber: float,

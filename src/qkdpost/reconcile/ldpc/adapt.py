@@ -46,15 +46,17 @@ __all__ = ["FramePlan", "plan_frame", "frame_length", "default_f_start", "DEFAUL
 # 1.09 at 2^16 keeps the iterations (throughput) of the previous plan.
 # (These figures were measured with session 5's reliability reveals, whose
 # leak was undercounted where the plan punctures; docs/ldpc.md "Leakage".)
-# n = 2^18 under the honest count (16 frames, seed 7, public order): f_start
-# 1.04 with f_step 0.0025 instead of 1.05 / 0.005 gave -0.001 at Q = 5, 6,
-# 8 % for twice the iterations; 1.05 kept (docs/ldpc.md, "n = 2^18").
+# n = 2^18 with frames of frame_length (p = 0, hybrid reveals; 8 frames,
+# seed 7): f_start 1.05 -> 1.04 gave f 1.0569 -> 1.0557 at Q = 3 %, 1.0606 ->
+# 1.0562 at 5 %, 1.0663 -> 1.0631 at 8 % for 1.1-1.4x the iterations
+# (docs/ldpc.md, "Frames sized to the code"). (At n_key 235930 with public
+# reveals 1.04 had given only -0.001.)
 # n = 2^14 (96 frames, seed 7), f_start / f_step 1.12 / 0.04 (6 rounds, set
 # for punctured reveals) -> 1.09 / 0.01 (12 rounds): Q 2 / 3 / 5 / 7 / 8 /
 # 10 % f 1.138 / 1.124 (40 frames) / 1.123 / 1.121 (40) / 1.120 / 1.122 (40)
 # -> 1.112 / 1.100 / 1.096 / 1.098 / 1.095 / 1.096 in 38-50 instead of 20-26
 # iterations (1.08 / 0.01: 1.094-1.109 in 43-60).
-DEFAULT_F_START = {2**14: 1.09, 2**16: 1.09, 2**18: 1.05}
+DEFAULT_F_START = {2**14: 1.09, 2**16: 1.09, 2**18: 1.04}
 # Exceptions by (code length, design rate of the mother code). elk2009-r0.85
 # at 2^16 (Q ~ 2 %) sits closest to the 1.10 goal: f_start 1.09 / 1.08 / 1.07
 # -> f 1.0971 / 1.0923 / 1.0885 in 58 / 77 / 96 iterations (96 frames,
