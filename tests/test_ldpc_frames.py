@@ -18,7 +18,7 @@ def _code(name):
 
 
 @pytest.mark.parametrize("n", [2**14, 2**16, 2**18])
-@pytest.mark.parametrize("q", [0.025, 0.03, 0.04, 0.05, 0.07, 0.08, 0.09])
+@pytest.mark.parametrize("q", [0.025, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09])
 def test_frame_length_is_the_longest_frame_a_code_takes_by_shortening_alone(n, q):
     """The plan of a frame_length frame does not puncture and starts at f_start; one bit more and
     the same code could no longer reach f_start without puncturing; no code of that length
@@ -37,15 +37,17 @@ def test_frame_length_is_the_longest_frame_a_code_takes_by_shortening_alone(n, q
             assert not (L < L2 <= n)
 
 
-def test_frame_length_punctures_the_least_between_two_codes_ranges():
-    """At 2^18 and Q = 6 % no code fits by shortening (R 0.75 would leave < 0.75 n, R 0.65
-    needs more than n): the whole codeword is used with the least puncturing that reaches
-    f_start, within the code's untainted positions."""
-    L = frame_length(0.06, 2**18)
-    plan = plan_frame(L, 0.06)
-    assert plan.n_punct > 0 and plan.n_short <= 1 and plan.n_key + plan.n_punct + plan.n_short == 2**18
-    assert plan.n_punct <= 0.1 * 2**18
-    assert plan.efficiency_start(0.06) == pytest.approx(default_f_start(2**18, 0.65), abs=1e-3)
+@pytest.mark.parametrize("n", [2**16, 2**18])
+def test_frame_length_punctures_the_least_where_shortening_cannot_reach(n):
+    """Below the highest-rate code's range (Q = 1.5 %: R 0.85 discloses too much even
+    unshortened) the whole codeword is used with the least puncturing that reaches f_start,
+    within the code's untainted positions."""
+    L = frame_length(0.015, n)
+    plan = plan_frame(L, 0.015)
+    assert plan.code.startswith("elk2009-r0.85")
+    assert plan.n_punct > 0 and plan.n_short <= 1 and plan.n_key + plan.n_punct + plan.n_short == n
+    assert plan.n_punct <= 0.1 * n
+    assert plan.efficiency_start(0.015) == pytest.approx(default_f_start(n, 0.85), abs=1e-3)
 
 
 def test_frame_length_bad_inputs():

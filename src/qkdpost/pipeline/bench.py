@@ -70,6 +70,7 @@ def run_bench(bits: int = 1 << 20, qber: float = 0.02, seconds: float = 3.0, rep
               chain: bool = True, log: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Measure every stage (and the chain on a simulated link); returns table rows."""
     from ..reconcile import reconcile
+    from ..reconcile.ldpc import frame_length
 
     say = log or (lambda s: None)
     rng = np.random.default_rng(7)
@@ -99,7 +100,7 @@ def run_bench(bits: int = 1 << 20, qber: float = 0.02, seconds: float = 3.0, rep
         say(f"reconcile ({method})")
         try:
             q = qber if method == "cascade" else max(qber, 0.02)
-            n = bits if method == "cascade" else min(bits, 58982)
+            n = bits if method == "cascade" else min(bits, frame_length(q, 2**16))
             fa = np.stack([np.roll(a[:n], 7919 * i) for i in range(frames)])
             fb = fa ^ (rng.random(fa.shape) < q).astype(np.uint8)
             reconcile(fa[:1], fb[:1], method=method, qber=q, seed=1)

@@ -14,6 +14,8 @@ LdpcAlice, LdpcBob
     The per-party protocol objects for separate processes.
 available_codes(), load_code(name), plan_frame(n_key, qber)
     The shipped code family and the rate adaptation.
+frame_length(qber, code_bits)
+    The best frame length for a code length at a QBER (shortening only).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ...bits import as_bits
 from ...channel import LoopbackChannel, Responder
 from ...errors import InputError
 from ..result import ReconcileResult
-from .adapt import FramePlan, plan_frame
+from .adapt import FramePlan, frame_length, plan_frame
 from .codes import LdpcCode, available_codes, load_code, read_alist, write_alist
 from .protocol import LdpcAlice, LdpcBob
 
@@ -37,6 +39,7 @@ __all__ = [
     "LdpcCode",
     "FramePlan",
     "available_codes",
+    "frame_length",
     "load_code",
     "plan_frame",
     "read_alist",
@@ -62,8 +65,9 @@ def reconcile_ldpc(
     ----------
     alice_bits, bob_bits : uint8 0/1, shape (n_key,) or (N, n_key)
         Frames of equal length; ``n_key`` must fit a shipped code
-        (n_key <= 2^18; best efficiency for n_key about 0.9 n, e.g. 58982 for
-        the 2^16 codes, where shortening and puncturing have room).
+        (0.75 n <= n_key <= n of a shipped length n); most efficient at
+        ``frame_length(qber, n)`` bits, which a code takes without
+        puncturing (e.g. 62981 at Q = 5 % for the 2^16 codes).
     qber : float
         Estimated QBER in (0, 0.5); sets the code, its shortening and
         puncturing, and the decoder's channel LLR.

@@ -34,8 +34,8 @@ from ...bits import binary_entropy
 from ...errors import InputError
 from .codes import available_codes
 
-__all__ = ["FramePlan", "plan_frame", "frame_length", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE", "DEFAULT_F_STEP",
-           "DEFAULT_MAX_ROUNDS", "DEFAULT_REVEAL", "DEFAULT_ITERATIONS", "default_iterations",
+__all__ = ["FramePlan", "plan_frame", "frame_length", "default_f_start", "DEFAULT_F_START", "F_START_BY_CODE",
+           "DEFAULT_F_STEP", "DEFAULT_MAX_ROUNDS", "DEFAULT_REVEAL", "DEFAULT_ITERATIONS", "default_iterations",
            "MAX_PUNCT_FRACTION", "MAX_F_START", "PREFERRED_FAMILY", "PUNCT_CAP"]
 
 # First-attempt efficiency by code length, set from measured f and
@@ -70,10 +70,13 @@ F_START_BY_CODE = {(2**16, 0.85): 1.08}
 # docs/ldpc.md). At 2^18, 0.005 from 1.08 instead of 0.015 from 1.05: f lower
 # by 0.003-0.011 at Q = 3, 5, 7, 8 % (8 frames each, same seeds), fewer
 # iterations at 3, 5, 8 %.
-DEFAULT_F_STEP = {2**14: 0.01, 2**16: 0.005, 2**18: 0.005}
+# With frames of frame_length and hybrid reveals, 0.0025 at 2^18 (8 frames,
+# seed 7, f_start 1.04): Q = 6 % f 1.0645 -> 1.0633, 8 % 1.0631 -> 1.0597
+# for 1.3-1.6x the iterations (docs/ldpc.md, "Frames sized to the code").
+DEFAULT_F_STEP = {2**14: 0.01, 2**16: 0.005, 2**18: 0.0025}
 # Blind rounds by code length: the budget max_rounds * f_step stays >= 0.09
 # (with 6 rounds of 0.01 a frame at Q = 2 % ran out and went to the fallback).
-DEFAULT_MAX_ROUNDS = {2**14: 12, 2**16: 20, 2**18: 20}
+DEFAULT_MAX_ROUNDS = {2**14: 12, 2**16: 20, 2**18: 40}
 
 
 # Blind-round reveals (:class:`.protocol.LdpcBob` ``reveal``): "hybrid" at
@@ -124,7 +127,11 @@ MAX_PUNCT_FRACTION = 0.10
 PUNCT_CAP = {"elk2009-r0.80": 0.04, "elk2009-r0.75": 0.04}
 # Frames shorter than this fraction of a code's length are not placed in it
 # (shortening more would leave a code that discloses nearly the whole frame).
-MIN_FILL = 0.75
+# 0.75 -> 0.7 lets frame_length shorten instead of puncture where the 2^18
+# codes leave a gap: Q = 6 %, 8 frames, seed 7: elk2009-r0.65 with 1 %
+# punctured (n_key 258272) f 1.0645, elk2009-r0.75 shortened to n_key 193065
+# (0.74 n) f 1.0566 (docs/ldpc.md, "Frames sized to the code").
+MIN_FILL = 0.7
 # A plan whose first attempt is less efficient than this is refused
 # (QBER too low for the shipped family: use Cascade).
 MAX_F_START = 1.6
@@ -208,7 +215,7 @@ def plan_frame(
         ranges = ", ".join(f"{int(math.ceil(MIN_FILL * n))}..{n}" for n in sorted({e['n'] for e in entries}))
         what = "longer than every shipped LDPC code" if n_key > longest else "not in a supported range"
         raise InputError(f"frame length {n_key}: {what}; frames must be {ranges} bits "
-                         f"(about 0.9 n is best); split or regroup the key block")
+                         f"(frame_length(qber, n) is best); split or regroup the key block")
     h = float(binary_entropy(qber))
     cands = []
     for e in sorted(fitting, key=lambda e: (e["n"], e["m"])):
@@ -267,7 +274,9 @@ def frame_length(qber: float, code_bits: int, *, f_start: float | None = None) -
     ``[MIN_FILL n, n]`` is chosen. If none can (a QBER between two codes'
     ranges), the frame is ``n - p`` for the smallest puncturing ``p`` (within
     the code's untainted positions and the puncturing cap) that reaches
-    ``f_start`` with no shortening.
+    ``f_start`` with no shortening. A frame shorter than this is punctured
+    a little to reach ``f_start``; pass the same ``f_start`` to
+    :func:`plan_frame` as here.
 
     Raises
     ------
