@@ -334,12 +334,14 @@ def main(argv=None):
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=16, help="10^6-bit blocks in the timed run")
     ap.add_argument("--preset", default="option7", help="Cascade preset")
+    ap.add_argument("--ec-method", default="cascade", choices=("cascade", "ldpc"))
+    ap.add_argument("--ldpc-code-bits", type=int, default=0, help="longest LDPC code (0: the longest shipped)")
     ap.add_argument("--passes", type=int, default=Config().reconcile.cascade_passes,
                     help="Cascade passes (0: the preset's own)")
     a = ap.parse_args(argv)
     data = _blocks(a.qber, a.blocks, 3)
-    cfg = Config().replace(block_bits=N, batch_blocks=a.batch, lanes=a.lanes, ec_method="cascade",
-                           cascade_preset=a.preset, cascade_passes=a.passes)
+    cfg = Config().replace(block_bits=N, batch_blocks=a.batch, lanes=a.lanes, ec_method=a.ec_method,
+                           cascade_preset=a.preset, cascade_passes=a.passes, ldpc_code_bits=a.ldpc_code_bits)
     with tempfile.TemporaryDirectory() as tmp:  # compiles, and builds the permutations of this seed
         _pipeline(data[: a.batch], cfg, Path(tmp), kit=QkdpostKit(cascade_seed=12345))
     with tempfile.TemporaryDirectory() as tmp:
@@ -347,9 +349,11 @@ def main(argv=None):
         t = _pipeline(data, cfg, Path(tmp), kit=QkdpostKit(cascade_seed=12345))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(json.dumps({"qber": a.qber, "batch_blocks": a.batch, "lanes": a.lanes, "blocks": a.blocks,
-                      "preset": a.preset, "passes": a.passes, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                      "preset": a.preset, "passes": a.passes, "ec_method": a.ec_method,
+                      "ldpc_code_bits": a.ldpc_code_bits, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                       "sifted_Mbps": round(a.blocks * N / wall / 1e6, 2), "final_bits": t["final_bits"],
+                      "mean_efficiency": t.get("mean_efficiency"),
                       "round_trips": t.get("round_trips")}))
 
 
