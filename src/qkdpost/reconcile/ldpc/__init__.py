@@ -65,7 +65,7 @@ def reconcile_ldpc(
     ----------
     alice_bits, bob_bits : uint8 0/1, shape (n_key,) or (N, n_key)
         Frames of equal length; ``n_key`` must fit a shipped code
-        (0.75 n <= n_key <= n of a shipped length n); most efficient at
+        (0.7 n <= n_key <= n of a shipped length n); most efficient at
         ``frame_length(qber, n)`` bits, which a code takes without
         puncturing (e.g. 62981 at Q = 5 % for the 2^16 codes).
     qber : float

@@ -181,7 +181,7 @@ def plan_frame(
 ) -> FramePlan:
     """Choose mother code, puncturing and shortening for frames of ``n_key`` bits.
 
-    Among shipped codes with 0.75 n <= n_key <= n, the shortest length that can reach
+    Among shipped codes with MIN_FILL n <= n_key <= n (0.7 n), the shortest length that can reach
     the target leak m - p = f_start * n_key * h(qber) with
     0 <= p <= min(untainted positions, 10 % of n, n - n_key) is used; at
     that length, the code that needs the fewest punctured positions (the
@@ -193,7 +193,7 @@ def plan_frame(
     Raises
     ------
     InputError
-        ``n_key`` outside every code's range [0.75 n, n], or ``qber`` outside the
+        ``n_key`` outside every code's range [MIN_FILL n, n], or ``qber`` outside the
         range the codes cover for this length.
     """
     if not (0.0 < qber < 0.5):
