@@ -186,8 +186,9 @@ def plan_frame(
     0 <= p <= min(untainted positions, 10 % of n, n - n_key) is used; at
     that length, the code that needs the fewest punctured positions (the
     highest-rate code that reaches the target; shortening is preferred to
-    puncturing), among those of :data:`PREFERRED_FAMILY` if any reaches the
-    target. If no code reaches the target exactly, the one with the smallest
+    puncturing): a plan that only shortens (p = 0) first, then the codes of
+    :data:`PREFERRED_FAMILY` if any reaches the target. If no code reaches
+    the target exactly, the one with the smallest
     start leak that is still >= the target is used.
 
     Raises
