@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_ldpc import RecordingChannel, _disclosed
 
 from qkdpost.bits import binary_entropy
@@ -48,6 +50,23 @@ def test_frame_length_punctures_the_least_where_shortening_cannot_reach(n):
     assert plan.n_punct > 0 and plan.n_short <= 1 and plan.n_key + plan.n_punct + plan.n_short == n
     assert plan.n_punct <= 0.1 * n
     assert plan.efficiency_start(0.015) == pytest.approx(default_f_start(n, 0.85), abs=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(q=st.floats(0.0125, 0.11), n=st.sampled_from([2**14, 2**16, 2**18]))
+def test_frame_length_plans_start_at_f_start_in_that_code_length(q, n):
+    """For any QBER the codes of a length cover, the frame fits that length and its plan starts
+    at the length's f_start (shortening only, or the least puncturing where shortening cannot)."""
+    try:
+        L = frame_length(q, n)
+    except InputError:
+        assert n == 2**18 and q < 0.015  # below the 2^18 R 0.85 code's range
+        return
+    plan = plan_frame(L, q)
+    assert plan.n == n and MIN_FILL * n <= L <= n
+    fs = default_f_start(n, _code(plan.code)["design_rate"])
+    assert fs <= plan.efficiency_start(q) < fs + 2e-3
+    assert plan.n_punct == 0 or plan.n_short <= 1
 
 
 def test_frame_length_bad_inputs():
