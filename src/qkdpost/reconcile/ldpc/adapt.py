@@ -272,8 +272,8 @@ def frame_length(qber: float, code_bits: int, *, f_start: float | None = None) -
     1.105 at n_key 58982 with public-order reveals; docs/ldpc.md.
 
     Of the codes of that length, the one that leaves the longest frame in
-    ``[MIN_FILL n, n]`` is chosen. If none can (a QBER between two codes'
-    ranges), the frame is ``n - p`` for the smallest puncturing ``p`` (within
+    ``[MIN_FILL n, n]`` is chosen. If none can (e.g. a QBER below the
+    highest-rate code's range), the frame is ``n - p`` for the smallest puncturing ``p`` (within
     the code's untainted positions and the puncturing cap) that reaches
     ``f_start`` with no shortening. A frame shorter than this is punctured
     a little to reach ``f_start``; pass the same ``f_start`` to
