@@ -47,7 +47,8 @@ __all__ = ["FramePlan", "plan_frame", "frame_length", "default_f_start", "DEFAUL
 # (These figures were measured with session 5's reliability reveals, whose
 # leak was undercounted where the plan punctures; docs/ldpc.md "Leakage".)
 # n = 2^18 with frames of frame_length (p = 0, hybrid reveals; 8 frames,
-# seed 7): f_start 1.05 -> 1.04 gave f 1.0569 -> 1.0557 at Q = 3 %, 1.0606 ->
+# seed 7, benchmarks/bench_ldpc.measure(frame_length(Q, 2**18, f_start=fs),
+# Q, 8, seed=7, f_start=fs)): f_start 1.05 -> 1.04 gave f 1.0569 -> 1.0557 at Q = 3 %, 1.0606 ->
 # 1.0562 at 5 %, 1.0663 -> 1.0631 at 8 % for 1.1-1.4x the iterations
 # (docs/ldpc.md, "Frames sized to the code"). (At n_key 235930 with public
 # reveals 1.04 had given only -0.001.)
@@ -128,9 +129,9 @@ PUNCT_CAP = {"elk2009-r0.80": 0.04, "elk2009-r0.75": 0.04}
 # Frames shorter than this fraction of a code's length are not placed in it
 # (shortening more would leave a code that discloses nearly the whole frame).
 # 0.75 -> 0.7 lets frame_length shorten instead of puncture where the 2^18
-# codes leave a gap: Q = 6 %, 8 frames, seed 7: elk2009-r0.65 with 1 %
-# punctured (n_key 258272) f 1.0645, elk2009-r0.75 shortened to n_key 193065
-# (0.74 n) f 1.0566 (docs/ldpc.md, "Frames sized to the code").
+# codes leave a gap: Q = 6 %, 8 frames, seed 7 (measure(n_key, 0.06, 8,
+# seed=7, code=...)): elk2009-r0.65 with 1 % punctured (n_key 258272) f
+# 1.0645, elk2009-r0.75 shortened to n_key 193065 (0.74 n) f 1.0566 (docs/ldpc.md, "Frames sized to the code").
 MIN_FILL = 0.7
 # A plan whose first attempt is less efficient than this is refused
 # (QBER too low for the shipped family: use Cascade).
@@ -268,8 +269,9 @@ def frame_length(qber: float, code_bits: int, *, f_start: float | None = None) -
     their blind rounds can reveal Bob's least reliable positions at the
     price of the bits revealed, since with p = 0 his choices depend on the
     error pattern only (:func:`.protocol.leak_bits`). Measured at 2^16,
-    32 frames, seed 7, hybrid reveals: Q = 2 % f 1.088 (n_key 64835) against
-    1.105 at n_key 58982 with public-order reveals; docs/ldpc.md.
+    Q = 2 %, ``benchmarks/bench_ldpc.measure(n_key, 0.02, 40, seed=7)``:
+    f 1.0876 at n_key 64835 (hybrid reveals) against 1.105 at n_key 58982
+    (session 6, public-order reveals); docs/ldpc.md.
 
     Of the codes of that length, the one that leaves the longest frame in
     ``[MIN_FILL n, n]`` is chosen. If none can (e.g. a QBER below the
