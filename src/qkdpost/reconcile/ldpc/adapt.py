@@ -85,9 +85,10 @@ DEFAULT_MAX_ROUNDS = {2**14: 12, 2**16: 20, 2**18: 40}
 # reliable key positions; never more leak than "punctured"). At 2^18,
 # n_key 235930, 16 frames, seed 7, Q = 7 % (elk2009-r0.65, 1175 punctured):
 # f 1.1000 -> 1.0702 in 215 -> 114 iterations. For frames that only shorten
-# (:func:`frame_length`) it is what makes them efficient: 2^16, 32 frames,
-# seed 7, Q = 2 % (n_key 64835, p = 0): "punctured" (key positions in the
-# public order) f 1.663 with 16 frames failed, "hybrid" 1.088, 0 failed.
+# (:func:`frame_length`) it is what makes them efficient: Q = 2 %, n_key
+# 64835 (p = 0), benchmarks/bench_ldpc.measure(64835, 0.02, 32, seed=7,
+# reveal=...): "punctured" (key positions in the public order) f 1.663 with
+# 16 of 32 frames failed, "hybrid" 1.088, 0 failed.
 DEFAULT_REVEAL = "hybrid"
 
 
