@@ -19,6 +19,11 @@ code lengths and QBERs, one Numba thread, and writes ``data/ldpc_curves.json``
 (f, FER with its denominator, undetected errors, iterations, rounds,
 throughput per core). ``tests/test_ldpc_curves.py`` replays it.
 
+Trade-off part (``python benchmarks/bench_ldpc.py --tradeoff 1.08,1.10,1.20
+--qber 0.05``): the same protocol on frames of ``frame_length(Q, code_bits,
+f_start=F)`` for each starting efficiency F, printed as JSON lines (speed
+against f; nothing is written).
+
 Frames: Alice's bits uniform, Bob's = Alice's with exactly round(Q n_key)
 flipped positions (fixed-weight BSC), so f = leaked / (n_key h(Q)) uses the
 true error fraction.
@@ -266,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
                          "65536 when no --n-key is given)")
     ap.add_argument("--qber", type=float, action="append", default=[])
     ap.add_argument("--out", type=Path, default=CURVES)
+    ap.add_argument("--tradeoff", type=str, default="",
+                    help="comma-separated f_start values: print speed against efficiency for frames of "
+                         "frame_length(qber, code_bits, f_start=...) (nothing is written)")
     args = ap.parse_args(argv)
+    if args.tradeoff:
+        return _tradeoff(args)
     if not args.curves:
         ap.print_help()
         return 2
@@ -292,6 +302,18 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def _tradeoff(args: argparse.Namespace) -> int:
+    """Speed against efficiency: the same protocol on frames sized for each starting efficiency."""
+    for size in args.code_bits or [2**16]:
+        for q in args.qber or [0.05]:
+            for f_start in (float(x) for x in args.tradeoff.split(",")):
+                p = measure(frame_length(q, size, f_start=f_start), q, args.frames, seed=7, f_start=f_start)
+                keep = ("n_key", "qber", "code", "f_mean", "failed", "undetected", "mean_iterations", "mean_rounds",
+                        "mbit_per_s_per_core", "edge_updates_per_s", "load_avg_1min")
+                print(json.dumps({"code_bits": size, "f_start": f_start} | {k: p[k] for k in keep}), flush=True)
     return 0
 
 
