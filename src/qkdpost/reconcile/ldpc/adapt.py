@@ -48,8 +48,9 @@ __all__ = ["FramePlan", "plan_frame", "frame_length", "default_f_start", "DEFAUL
 # leak was undercounted where the plan punctures; docs/ldpc.md "Leakage".)
 # n = 2^18 with frames of frame_length (p = 0, hybrid reveals; 8 frames,
 # seed 7, benchmarks/bench_ldpc.measure(frame_length(Q, 2**18, f_start=fs),
-# Q, 8, seed=7, f_start=fs)): f_start 1.05 -> 1.04 gave f 1.0569 -> 1.0557 at Q = 3 %, 1.0606 ->
-# 1.0562 at 5 %, 1.0663 -> 1.0631 at 8 % for 1.1-1.4x the iterations
+# Q, 8, seed=7, f_start=fs)): f_start 1.05 -> 1.04 gave f 1.0569 -> 1.0557
+# at Q = 3 %, 1.0606 -> 1.0562 at 5 %, 1.0663 -> 1.0631 at 8 % for 1.1-1.4x
+# the iterations
 # (docs/ldpc.md, "Frames sized to the code"). (At n_key 235930 with public
 # reveals 1.04 had given only -0.001.)
 # n = 2^14 (96 frames, seed 7), f_start / f_step 1.12 / 0.04 (6 rounds, set
@@ -132,7 +133,8 @@ PUNCT_CAP = {"elk2009-r0.80": 0.04, "elk2009-r0.75": 0.04}
 # 0.75 -> 0.7 lets frame_length shorten instead of puncture where the 2^18
 # codes leave a gap: Q = 6 %, 8 frames, seed 7 (measure(n_key, 0.06, 8,
 # seed=7, code=...)): elk2009-r0.65 with 1 % punctured (n_key 258272) f
-# 1.0645, elk2009-r0.75 shortened to n_key 193065 (0.74 n) f 1.0566 (docs/ldpc.md, "Frames sized to the code").
+# 1.0645, elk2009-r0.75 shortened to n_key 193065 (0.74 n) f 1.0566
+# (docs/ldpc.md, "Frames sized to the code").
 MIN_FILL = 0.7
 # A plan whose first attempt is less efficient than this is refused
 # (QBER too low for the shipped family: use Cascade).
@@ -276,11 +278,11 @@ def frame_length(qber: float, code_bits: int, *, f_start: float | None = None) -
 
     Of the codes of that length, the one that leaves the longest frame in
     ``[MIN_FILL n, n]`` is chosen. If none can (e.g. a QBER below the
-    highest-rate code's range), the frame is ``n - p`` for the smallest puncturing ``p`` (within
-    the code's untainted positions and the puncturing cap) that reaches
-    ``f_start`` with no shortening. A frame shorter than this is punctured
-    a little to reach ``f_start``; pass the same ``f_start`` to
-    :func:`plan_frame` as here.
+    highest-rate code's range), the frame is ``n - p`` for the smallest
+    puncturing ``p`` (within the code's untainted positions and the
+    puncturing cap) that reaches ``f_start`` with no shortening. A frame
+    shorter than this is punctured a little to reach ``f_start``; pass the
+    same ``f_start`` to :func:`plan_frame` as here.
 
     Raises
     ------
